@@ -1,0 +1,99 @@
+"""Orbax checkpoints in a workdir: the latest N for resuming, the best one on dev.
+
+Layout:  <workdir>/config.json      what the checkpoints were trained as (guarded)
+         <workdir>/checkpoints/<step>  latest, keep N   (resume)
+         <workdir>/best/<step>         best on dev, keep 1 (eval, predict, final test)
+Each checkpoint holds the train state (pytree) and a JSON `meta` dict (epoch, history...).
+Saves are synchronous and orbax commits them atomically (write to a temporary folder,
+then rename), so a run killed at any moment leaves only whole checkpoints behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+from simjax.run_records import write_json
+
+CONFIG_FILE = "config.json"
+
+
+class ConfigMismatchError(ValueError):
+  """The workdir holds checkpoints of a different configuration."""
+
+
+class CheckpointStore:
+
+  def __init__(self, workdir: str, keep: int = 3):
+    self.workdir = os.path.abspath(workdir)
+    self._latest = self._manager("checkpoints", keep)
+    self._best = self._manager("best", 1)
+
+  def _manager(self, name: str, keep: int) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=True)
+    return ocp.CheckpointManager(os.path.join(self.workdir, name), options=options,
+                                 item_names=("state", "meta"))
+
+  # -- configuration guard ------------------------------------------------------------
+  def guard_config(self, config: dict[str, Any]) -> None:
+    """Records `config` for a new workdir; refuses a workdir trained with another one."""
+    path = os.path.join(self.workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+      if self.latest_step() is not None:
+        raise ConfigMismatchError(f"{self.workdir} holds checkpoints but no {CONFIG_FILE}: "
+                                  "use a new --workdir")
+      write_json(path, config)
+      return
+    with open(path) as f:
+      saved = json.load(f)
+    config = json.loads(json.dumps(config))  # same types as what was written (tuples -> lists)
+    differences = [f"{key}={saved.get(key)!r} there, {config.get(key)!r} now"
+                   for key in sorted(set(saved) | set(config)) if saved.get(key) != config.get(key)]
+    if differences:
+      raise ConfigMismatchError(
+          f"workdir {self.workdir} belongs to a different configuration ({'; '.join(differences)}): "
+          "use another --workdir, or the original settings to resume")
+
+  # -- save / restore -----------------------------------------------------------------
+  def save(self, step: int, state: Any, meta: dict[str, Any], *, is_best: bool) -> None:
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    if is_best:  # before `latest`, so a resumed run never lacks the best of its epochs
+      self._best.save(step, args=args, force=True)
+    self._latest.save(step, args=args, force=True)
+
+  def latest_step(self) -> int | None:
+    return self._latest.latest_step()
+
+  def best_step(self) -> int | None:
+    return self._best.latest_step()
+
+  def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
+    return self._restore(self._latest, abstract_state)
+
+  def restore_best(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
+    return self._restore(self._best, abstract_state)
+
+  def restore_best_params(self) -> Any | None:
+    """Only the parameters of the best checkpoint, whatever optimizer trained them."""
+    step = self._best.latest_step()
+    if step is None:
+      return None
+    restored = self._best.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return restored["state"]["params"]
+
+  @staticmethod
+  def _restore(manager: ocp.CheckpointManager, abstract_state: Any):
+    step = manager.latest_step()
+    if step is None:
+      return None
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    return restored["state"], dict(restored["meta"])
+
+  def close(self) -> None:
+    self._latest.close()
+    self._best.close()

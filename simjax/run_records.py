@@ -1,0 +1,117 @@
+"""What a run leaves in its workdir besides checkpoints: metrics, results, provenance."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from typing import Any, Iterable
+
+import jax
+
+METRICS_FILE = "metrics.jsonl"
+RESULTS_FILE = "results.json"
+RUN_INFO_FILE = "run_info.json"
+_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets",
+             "array-record", "numpy", "scipy")
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes JSON atomically (temporary file + rename), so a kill never leaves half a file."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def _jsonable(value: Any) -> Any:
+  if hasattr(value, "tolist"):  # numpy / jax scalars and arrays
+    return value.tolist()
+  return str(value)
+
+
+def versions() -> dict[str, str]:
+  found = {"python": platform.python_version()}
+  for name in _PACKAGES:
+    try:
+      found[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      found[name] = "not installed"
+  return found
+
+
+def device_info() -> dict[str, Any]:
+  devices = jax.devices()
+  return {"platform": devices[0].platform, "kind": devices[0].device_kind, "count": len(devices),
+          "host": platform.node(), "processor": platform.processor() or platform.machine(),
+          "cpu_count": os.cpu_count()}
+
+
+def git_state(path: str | None = None) -> dict[str, Any]:
+  """The commit of the code that ran, and whether it had uncommitted changes."""
+  path = path or os.path.dirname(os.path.abspath(__file__))
+  try:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True,
+                            text=True, check=True, timeout=10).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
+                           capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    return {"commit": commit, "dirty": bool(dirty)}
+  except (OSError, subprocess.SubprocessError):
+    return {"commit": None, "dirty": None}
+
+
+def provenance() -> dict[str, Any]:
+  return {"versions": versions(), "device": device_info(), "git": git_state(),
+          "command": " ".join(sys.argv)}
+
+
+class MetricsLog:
+  """One JSON line per epoch in metrics.jsonl, mirrored to TensorBoard event files."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self._tensorboard_dir = os.path.join(workdir, "tensorboard")
+    self._writer = None
+
+  def reset(self, history: Iterable[dict[str, Any]]) -> None:
+    """Rewrites the file from checkpointed history, dropping epochs a killed run logged
+    after its last checkpoint (they will be trained again)."""
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      for row in history:
+        f.write(json.dumps(row, sort_keys=True, default=_jsonable) + "\n")
+    os.replace(tmp, self.path)
+
+  def write(self, row: dict[str, Any]) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row, sort_keys=True, default=_jsonable) + "\n")
+    writer = self._tensorboard()
+    if writer is not None:
+      for key, value in row.items():
+        if key != "epoch" and isinstance(value, (int, float)):
+          writer.add_scalar(key, value, global_step=row["epoch"])
+      writer.flush()
+
+  def _tensorboard(self):
+    if self._writer is None:
+      try:
+        from tensorboardX import SummaryWriter
+      except ImportError:  # optional: metrics.jsonl has everything
+        return None
+      self._writer = SummaryWriter(self._tensorboard_dir)
+    return self._writer
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  path = os.path.join(workdir, METRICS_FILE)
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

