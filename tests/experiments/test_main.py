@@ -1,0 +1,112 @@
+"""The command line: flagfiles, bad input, kill -9 + resume, eval and predict."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FLAGFILES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "experiments", "*.flags")))
+
+
+def _command(*args):
+  return [sys.executable, "-m", "experiments.main", *args]
+
+
+def _run(*args, stdin=None, env=None):
+  return subprocess.run(_command(*args), cwd=REPO, capture_output=True, text=True, input=stdin,
+                        env={**os.environ, **(env or {})}, timeout=300)
+
+
+@pytest.fixture
+def tiny(prepared, manual_dir, tmp_path):
+  """Flags for a tiny, fast run on slices of STS-B."""
+  def flags(workdir, epochs=2):
+    return ["--flagfile=lstm.flags", f"--workdir={workdir}", f"--data_dir={prepared('stsb')}",
+            f"--manual_dir={manual_dir}", "--train_split=train[:128]", "--eval_split=validation[:32]",
+            "--test_split=test[:32]", "--hidden_size=8", "--embedding_dim=8", "--mlp_hidden=8",
+            "--max_length=16", "--batch_size=32", f"--epochs={epochs}"]
+  return flags
+
+
+def test_every_flagfile_parses():
+  from absl import flags
+  from experiments import common, main  # noqa: F401  (defines the flags)
+  assert set(FLAGFILES) >= {"rnn.flags", "lstm.flags", "lstm_stacked_dropout.flags", "lstm_glove.flags"}
+  for name in FLAGFILES:
+    flags.FLAGS.unparse_flags()
+    common.parse_flags_with_flagfile_lookup(["main", f"--flagfile={name}"])
+    assert flags.FLAGS.experiment == name[:-len(".flags")]
+  flags.FLAGS.unparse_flags()
+
+
+def test_unknown_flag_and_missing_flagfile_are_one_clear_line():
+  unknown = _run("--flagfile=lstm.flags", "--hidden_sise=3")
+  assert unknown.returncode != 0
+  assert "Unknown command line flag 'hidden_sise'" in unknown.stderr
+  assert "Traceback" not in unknown.stderr
+  missing = _run("--flagfile=nope.flags")
+  assert missing.returncode != 0
+  assert "flagfile 'nope.flags' not found" in missing.stderr and "experiments" in missing.stderr
+  assert "lstm_glove.flags" in missing.stderr  # lists what is available
+  bad_value = _run("--flagfile=lstm.flags", "--cell=transformer")
+  assert bad_value.returncode != 0 and "--cell" in bad_value.stderr and "Traceback" not in bad_value.stderr
+
+
+def test_killed_run_resumed_equals_uninterrupted(tiny, tmp_path):
+  epochs = 12
+  reference = _run(*tiny(tmp_path / "reference", epochs))
+  assert reference.returncode == 0, reference.stderr
+
+  workdir = tmp_path / "killed"
+  process = subprocess.Popen(_command(*tiny(workdir, epochs)), cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while not glob.glob(str(workdir / "checkpoints" / "[0-9]*")) and time.time() < deadline:
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+
+  resumed = _run(*tiny(workdir, epochs))
+  assert resumed.returncode == 0, resumed.stderr
+  want = json.load(open(tmp_path / "reference" / "results.json"))
+  got = json.load(open(workdir / "results.json"))
+  assert got["test"] == want["test"] and got["dev"] == want["dev"]
+  assert [json.loads(l)["epoch"] for l in open(workdir / "metrics.jsonl")] == list(range(1, epochs + 1))
+
+
+def test_eval_and_predict_use_the_trained_workdir(tiny, tmp_path, prepared, manual_dir):
+  workdir = tmp_path / "run"
+  trained = _run(*tiny(workdir))
+  assert trained.returncode == 0, trained.stderr
+  assert "dev Pearson" in trained.stdout and "test Pearson" in trained.stdout
+  results = json.load(open(workdir / "results.json"))
+
+  evaluated = _run("--mode=eval", f"--workdir={workdir}", f"--data_dir={prepared('stsb')}",
+                   f"--manual_dir={manual_dir}", "--eval_split=validation[:32]", "--test_split=test[:32]")
+  assert evaluated.returncode == 0, evaluated.stderr
+  assert json.load(open(workdir / "eval.json"))["test"] == pytest.approx(results["test"], abs=1e-6)
+
+  pairs = "A man is playing a guitar.\tA man plays the guitar.\n\nzzqx qqzx\t\n"
+  predicted = _run("--mode=predict", f"--workdir={workdir}", stdin=pairs)
+  assert predicted.returncode == 0, predicted.stderr
+  scores = [float(x) for x in predicted.stdout.split()]
+  assert len(scores) == 2 and all(0.0 <= s <= 5.0 for s in scores)  # unknown words and "" still score
+
+  malformed = _run("--mode=predict", f"--workdir={workdir}", stdin="only one column\n")
+  assert malformed.returncode == 1
+  assert malformed.stderr.strip() == ("error: stdin, line 1: expected 'sentence1<TAB>sentence2', "
+                                      "found 1 tab-separated field(s)")
+
+
+def test_workdir_of_another_configuration_is_refused_on_the_command_line(tiny, tmp_path):
+  workdir = tmp_path / "run"
+  assert _run(*tiny(workdir, epochs=1)).returncode == 0
+  other = _run(*tiny(workdir, epochs=1), "--hidden_size=16")
+  assert other.returncode == 1
+  assert "model.hidden_size=8 there, 16 now" in other.stderr and "Traceback" not in other.stderr

@@ -1,0 +1,102 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from simjax import optim, run_records
+from simjax.checkpoints import ConfigMismatchError
+from simjax.loop import TrainingDiverged
+from simjax.similarity import train
+from simjax.similarity.models import ModelConfig
+
+
+def _tiny_model(data, **overrides):
+  settings = dict(embedding_dim=8, hidden_size=8, head="mlp", mlp_hidden=8)
+  return ModelConfig(vocab_size=len(data.vocab), **{**settings, **overrides})
+
+
+@pytest.fixture
+def data_config(prepared, manual_dir):
+  return train.DataConfig(dataset="stsb", data_dir=prepared("stsb"), manual_dir=str(manual_dir),
+                          train_split="train[:256]", eval_split="validation[:64]", test_split="test[:64]",
+                          max_length=16)
+
+
+def _run(workdir, data_config, *, epochs=3, optim_config=None, model=_tiny_model, seed=0):
+  return train.train_and_evaluate(
+      model, data_config, optim_config or optim.OptimConfig(optimizer="adam", learning_rate=3e-3),
+      train.TrainConfig(epochs=epochs, batch_size=32, seed=seed), str(workdir))
+
+
+def test_loss_goes_down_and_outputs_are_written(tmp_path, data_config):
+  results = _run(tmp_path, data_config, epochs=4, optim_config=optim.OptimConfig(learning_rate=1e-2))
+  history = run_records.read_metrics(str(tmp_path))
+  assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+  assert history[-1]["train_mse"] < 0.8 * history[0]["train_mse"]
+  for split in ("dev", "test"):
+    assert set(results[split]) == {"pearson", "spearman", "mse"}
+  saved = json.load(open(tmp_path / "results.json"))
+  assert saved["test"] == pytest.approx(results["test"])
+  assert saved["versions"]["jax"] and saved["device"]["count"] >= 1
+  assert saved["data"]["source_sha256"]["sts-train.csv"].startswith("0f71910b")
+  assert os.listdir(tmp_path / "tensorboard")
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, data_config):
+  first = _run(tmp_path / "a", data_config, epochs=1)
+  again = _run(tmp_path / "b", data_config, epochs=1)
+  other = _run(tmp_path / "c", data_config, epochs=1, seed=1)
+  assert first["test"] == again["test"]  # bit-identical on CPU
+  assert first["test"] != other["test"]
+
+
+def test_resume_continues_to_the_same_result(tmp_path, data_config):
+  uninterrupted = _run(tmp_path / "a", data_config, epochs=3)
+  _run(tmp_path / "b", data_config, epochs=1)  # "stopped" after one epoch...
+  resumed = _run(tmp_path / "b", data_config, epochs=3)  # ...and the same command run again
+  assert resumed["test"] == uninterrupted["test"]
+  assert [r["epoch"] for r in run_records.read_metrics(str(tmp_path / "b"))] == [1, 2, 3]
+
+
+def test_workdir_of_another_configuration_is_refused(tmp_path, data_config):
+  _run(tmp_path, data_config, epochs=1)
+  with pytest.raises(ConfigMismatchError, match=r"model\.hidden_size=8 there, 16 now"):
+    _run(tmp_path, data_config, epochs=1, model=lambda d: _tiny_model(d, hidden_size=16))
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_config):
+  _run(tmp_path, data_config, epochs=1, optim_config=optim.OptimConfig(optimizer="sgd", learning_rate=0.01))
+  good = sorted(os.listdir(tmp_path / "checkpoints"))
+  # Same configuration file, so resuming is allowed; then the learning rate explodes.
+  config_path = tmp_path / "config.json"
+  config = json.load(open(config_path))
+  config["optim"]["learning_rate"] = 1e39
+  json.dump(config, open(config_path, "w"))
+  with pytest.raises(TrainingDiverged, match=rf"at step \d+ \(epoch 2\).*last good checkpoint \(step {good[-1]}\)"):
+    _run(tmp_path, data_config, epochs=2, optim_config=optim.OptimConfig(optimizer="sgd", learning_rate=1e39))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == good
+
+
+def test_plateau_schedule_halves_the_learning_rate_when_dev_mse_stalls(tmp_path, data_config):
+  _run(tmp_path, data_config, epochs=4, optim_config=optim.OptimConfig(
+      optimizer="adam", learning_rate=0.05, lr_schedule="plateau", plateau_patience=0, decay_factor=0.5))
+  history = run_records.read_metrics(str(tmp_path))
+  scales = [row["learning_rate_scale"] for row in history]
+  assert scales[0] == 1.0
+  for before, after, row in zip(scales, scales[1:], history):
+    # patience 0: every epoch whose dev MSE is not a new best halves the scale.
+    assert after in (before, before * 0.5)
+  assert min(scales) < 1.0
+
+
+def test_frozen_embeddings_do_not_move(tmp_path, data_config):
+  import dataclasses
+  glove_config = dataclasses.replace(data_config, embeddings="glove")
+  results = train.train_and_evaluate(
+      lambda d: _tiny_model(d, embedding_dim=50, freeze_embeddings=True), glove_config,
+      optim.OptimConfig(), train.TrainConfig(epochs=1, batch_size=32), str(tmp_path))
+  assert results["data"]["glove"]["train_vocab_coverage"] > 0.9
+  state, _, vocab = train.load_trained(str(tmp_path))
+  prepared = train.prepare_data(glove_config, str(tmp_path), seed=0)
+  np.testing.assert_array_equal(state.params["encoder"]["embedding"]["embedding"], prepared.embedding_matrix)
