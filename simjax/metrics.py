@@ -41,8 +41,11 @@ def spearman(predictions, targets) -> float:
 
 
 def regression_metrics(predictions, targets) -> dict[str, float]:
-  return {"mse": mse(predictions, targets), "pearson": pearson(predictions, targets),
-          "spearman": spearman(predictions, targets)}
+  return {
+    "mse": mse(predictions, targets),
+    "pearson": pearson(predictions, targets),
+    "spearman": spearman(predictions, targets),
+  }
 
 
 def _as_pair(predictions, targets) -> tuple[np.ndarray, np.ndarray]:

@@ -40,8 +40,12 @@ def learning_rate_schedule(config: OptimConfig, steps_per_epoch: int, total_step
   base = config.learning_rate
   warmup_steps = int(config.warmup_epochs * steps_per_epoch)
   if config.lr_schedule == "step":
-    main = optax.exponential_decay(base, transition_steps=config.decay_epochs * steps_per_epoch,
-                                   decay_rate=config.decay_factor, staircase=True)
+    main = optax.exponential_decay(
+      base,
+      transition_steps=config.decay_epochs * steps_per_epoch,
+      decay_rate=config.decay_factor,
+      staircase=True,
+    )
   elif config.lr_schedule in ("cosine", "warmup_cosine"):
     main = optax.cosine_decay_schedule(base, decay_steps=max(total_steps - warmup_steps, 1))
   else:
@@ -52,7 +56,9 @@ def learning_rate_schedule(config: OptimConfig, steps_per_epoch: int, total_step
   return optax.join_schedules([warmup, main], boundaries=[warmup_steps])
 
 
-def make_optimizer(config: OptimConfig, steps_per_epoch: int, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(
+  config: OptimConfig, steps_per_epoch: int, total_steps: int
+) -> optax.GradientTransformation:
   lr = learning_rate_schedule(config, steps_per_epoch, total_steps)
   if config.optimizer == "sgd":
     base = optax.sgd(lr)
@@ -79,8 +85,9 @@ def plateau_transform(config: OptimConfig) -> optax.GradientTransformationExtraA
   when the loop calls `update(..., value=dev_loss)` at the end of an epoch. For every
   schedule other than 'plateau' the loop never advances it, so the scale stays 1.
   """
-  return optax.contrib.reduce_on_plateau(factor=config.decay_factor, patience=config.plateau_patience,
-                                         rtol=1e-4, accumulation_size=1)
+  return optax.contrib.reduce_on_plateau(
+    factor=config.decay_factor, patience=config.plateau_patience, rtol=1e-4, accumulation_size=1
+  )
 
 
 def advance_plateau(transform, state, dev_loss: float):

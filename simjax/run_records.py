@@ -15,8 +15,17 @@ import jax
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
 RUN_INFO_FILE = "run_info.json"
-_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets",
-             "array-record", "numpy", "scipy")
+_PACKAGES = (
+  "jax",
+  "jaxlib",
+  "flax",
+  "optax",
+  "orbax-checkpoint",
+  "tensorflow-datasets",
+  "array-record",
+  "numpy",
+  "scipy",
+)
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -47,27 +56,38 @@ def versions() -> dict[str, str]:
 
 def device_info() -> dict[str, Any]:
   devices = jax.devices()
-  return {"platform": devices[0].platform, "kind": devices[0].device_kind, "count": len(devices),
-          "host": platform.node(), "processor": platform.processor() or platform.machine(),
-          "cpu_count": os.cpu_count()}
+  return {
+    "platform": devices[0].platform,
+    "kind": devices[0].device_kind,
+    "count": len(devices),
+    "host": platform.node(),
+    "processor": platform.processor() or platform.machine(),
+    "cpu_count": os.cpu_count(),
+  }
 
 
 def git_state(path: str | None = None) -> dict[str, Any]:
   """The commit of the code that ran, and whether it had uncommitted changes."""
   path = path or os.path.dirname(os.path.abspath(__file__))
   try:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True,
-                            text=True, check=True, timeout=10).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
-                           capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    commit = subprocess.run(
+      ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True, timeout=10
+    ).stdout.strip()
+    dirty = subprocess.run(
+      ["git", "status", "--porcelain", "--untracked-files=no"],
+      cwd=path,
+      capture_output=True,
+      text=True,
+      check=True,
+      timeout=10,
+    ).stdout.strip()
     return {"commit": commit, "dirty": bool(dirty)}
   except (OSError, subprocess.SubprocessError):
     return {"commit": None, "dirty": None}
 
 
 def provenance() -> dict[str, Any]:
-  return {"versions": versions(), "device": device_info(), "git": git_state(),
-          "command": " ".join(sys.argv)}
+  return {"versions": versions(), "device": device_info(), "git": git_state(), "command": " ".join(sys.argv)}
 
 
 class MetricsLog:

@@ -20,14 +20,22 @@ class TrainState(flax.struct.PyTreeNode):
 
   @classmethod
   def create(cls, *, apply_fn, params, tx, plateau, rng) -> "TrainState":
-    return cls(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=tx.init(params),
-               plateau_state=plateau.init(params), rng=rng, apply_fn=apply_fn, tx=tx)
+    return cls(
+      step=jax.numpy.zeros((), jax.numpy.int32),
+      params=params,
+      opt_state=tx.init(params),
+      plateau_state=plateau.init(params),
+      rng=rng,
+      apply_fn=apply_fn,
+      tx=tx,
+    )
 
   def apply_gradients(self, grads) -> "TrainState":
     updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
     updates = jax.tree_util.tree_map(lambda u: u * self.plateau_state.scale.astype(u.dtype), updates)
-    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
-                        opt_state=opt_state)
+    return self.replace(
+      step=self.step + 1, params=optax.apply_updates(self.params, updates), opt_state=opt_state
+    )
 
   def step_key(self) -> jax.Array:
     return jax.random.fold_in(self.rng, self.step)

@@ -10,29 +10,29 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def manual_dir() -> pathlib.Path:
-    """Folder with stsbenchmark/ and sick2014/ raw files: $SIMJAX_MANUAL_DIR, else ../shared/data."""
-    env = os.environ.get("SIMJAX_MANUAL_DIR")
-    path = pathlib.Path(env) if env else REPO.parent / "shared" / "data"
-    if not (path / "stsbenchmark").is_dir() or not (path / "sick2014").is_dir():
-        pytest.skip(
-            f"raw STS/SICK files not found in {path} (need stsbenchmark/ and sick2014/); "
-            "set SIMJAX_MANUAL_DIR to a folder holding them"
-        )
-    return path
+  """Folder with stsbenchmark/ and sick2014/ raw files: $SIMJAX_MANUAL_DIR, else ../shared/data."""
+  env = os.environ.get("SIMJAX_MANUAL_DIR")
+  path = pathlib.Path(env) if env else REPO.parent / "shared" / "data"
+  if not (path / "stsbenchmark").is_dir() or not (path / "sick2014").is_dir():
+    pytest.skip(
+      f"raw STS/SICK files not found in {path} (need stsbenchmark/ and sick2014/); "
+      "set SIMJAX_MANUAL_DIR to a folder holding them"
+    )
+  return path
 
 
 @pytest.fixture(scope="session")
 def prepared(manual_dir, tmp_path_factory):
-    """`prepared(name)` -> TFDS data_dir holding dataset `name`, built at most once per session."""
-    from simjax.similarity import datasets
+  """`prepared(name)` -> TFDS data_dir holding dataset `name`, built at most once per session."""
+  from simjax.similarity import datasets
 
-    data_dir = tmp_path_factory.mktemp("tensorflow_datasets")
-    done = set()
+  data_dir = tmp_path_factory.mktemp("tensorflow_datasets")
+  done = set()
 
-    def get(name: str) -> str:
-        if name not in done:
-            datasets.prepare(name, str(data_dir), str(manual_dir))
-            done.add(name)
-        return str(data_dir)
+  def get(name: str) -> str:
+    if name not in done:
+      datasets.prepare(name, str(data_dir), str(manual_dir))
+      done.add(name)
+    return str(data_dir)
 
-    return get
+  return get

@@ -12,9 +12,11 @@ def test_pearson_spearman_mse_match_scipy(seed):
   predictions = targets + rng.normal(size=300)
   predictions[:20] = np.round(predictions[:20])  # ties on the prediction side too
   assert metrics.pearson(predictions, targets) == pytest.approx(
-      scipy.stats.pearsonr(predictions, targets)[0], abs=1e-6)
+    scipy.stats.pearsonr(predictions, targets)[0], abs=1e-6
+  )
   assert metrics.spearman(predictions, targets) == pytest.approx(
-      scipy.stats.spearmanr(predictions, targets)[0], abs=1e-6)
+    scipy.stats.spearmanr(predictions, targets)[0], abs=1e-6
+  )
   assert metrics.mse(predictions, targets) == pytest.approx(np.mean((predictions - targets) ** 2), rel=1e-9)
 
 

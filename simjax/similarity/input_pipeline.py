@@ -56,8 +56,9 @@ def num_batches(data: EncodedPairs, batch_size: int, max_length: int) -> int:
   return int(np.sum(-(-counts // batch_size)))
 
 
-def batches(data: EncodedPairs, batch_size: int, max_length: int,
-            shuffle_rng: np.random.Generator | None = None) -> Iterator[dict[str, np.ndarray]]:
+def batches(
+  data: EncodedPairs, batch_size: int, max_length: int, shuffle_rng: np.random.Generator | None = None
+) -> Iterator[dict[str, np.ndarray]]:
   """Yields dicts with ids_a, lengths_a, ids_b, lengths_b, score, weight.
 
   With `shuffle_rng`, examples are shuffled within buckets and batches across buckets;
@@ -72,7 +73,7 @@ def batches(data: EncodedPairs, batch_size: int, max_length: int,
     rows = np.flatnonzero(bucket == b)
     if shuffle_rng is not None:
       rows = shuffle_rng.permutation(rows)
-    plan += [(length, rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
+    plan += [(length, rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
   if shuffle_rng is not None:
     plan = [plan[i] for i in shuffle_rng.permutation(len(plan))]
   for length, rows in plan:
@@ -86,7 +87,10 @@ def _gather(data: EncodedPairs, rows: np.ndarray, batch_size: int, length: int) 
     return np.concatenate([x, np.zeros((fill,) + x.shape[1:], x.dtype)]) if fill else x
 
   return {
-      "ids_a": pad(data.ids_a[rows, :length]), "lengths_a": pad(data.lengths_a[rows]),
-      "ids_b": pad(data.ids_b[rows, :length]), "lengths_b": pad(data.lengths_b[rows]),
-      "score": pad(data.score[rows]), "weight": pad(np.ones(len(rows), np.float32)),
+    "ids_a": pad(data.ids_a[rows, :length]),
+    "lengths_a": pad(data.lengths_a[rows]),
+    "ids_b": pad(data.ids_b[rows, :length]),
+    "lengths_b": pad(data.lengths_b[rows]),
+    "score": pad(data.score[rows]),
+    "weight": pad(np.ones(len(rows), np.float32)),
   }

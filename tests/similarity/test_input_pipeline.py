@@ -11,8 +11,8 @@ def _pairs(n=50, max_length=40, seed=0):
   ids_a = np.zeros((n, max_length), np.int32)
   ids_b = np.zeros((n, max_length), np.int32)
   for i in range(n):
-    ids_a[i, :lengths_a[i]] = rng.integers(2, 100, lengths_a[i])
-    ids_b[i, :lengths_b[i]] = rng.integers(2, 100, lengths_b[i])
+    ids_a[i, : lengths_a[i]] = rng.integers(2, 100, lengths_a[i])
+    ids_b[i, : lengths_b[i]] = rng.integers(2, 100, lengths_b[i])
   return input_pipeline.EncodedPairs(ids_a, lengths_a, ids_b, lengths_b, np.arange(n, dtype=np.float32))
 
 

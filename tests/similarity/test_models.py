@@ -19,9 +19,17 @@ def _tiny(**overrides):
   return ModelConfig(vocab_size=VOCAB, embedding_dim=6, hidden_size=5, mlp_hidden=4, **overrides)
 
 
-@pytest.mark.parametrize("cell,bidirectional,pooling", [
-    ("rnn", False, "last"), ("gru", False, "last"), ("lstm", False, "last"), ("lstm", True, "last"),
-    ("gru", True, "mean"), ("rnn", True, "max")])
+@pytest.mark.parametrize(
+  "cell,bidirectional,pooling",
+  [
+    ("rnn", False, "last"),
+    ("gru", False, "last"),
+    ("lstm", False, "last"),
+    ("lstm", True, "last"),
+    ("gru", True, "mean"),
+    ("rnn", True, "max"),
+  ],
+)
 def test_sentence_vector_ignores_padding(cell, bidirectional, pooling):
   config = _tiny(cell=cell, bidirectional=bidirectional, pooling=pooling, num_layers=2)
   model, variables = _init(config)
@@ -78,8 +86,12 @@ def test_dropout_only_between_layers_and_only_in_training():
   lengths = jnp.array([4])
   deterministic = [model.apply(variables, ids, lengths, ids[:, ::-1], lengths) for _ in range(2)]
   np.testing.assert_array_equal(*deterministic)
-  noisy = [model.apply(variables, ids, lengths, ids[:, ::-1], lengths, train=True,
-                       rngs={"dropout": jax.random.PRNGKey(k)}) for k in range(2)]
+  noisy = [
+    model.apply(
+      variables, ids, lengths, ids[:, ::-1], lengths, train=True, rngs={"dropout": jax.random.PRNGKey(k)}
+    )
+    for k in range(2)
+  ]
   assert not np.allclose(*noisy)
 
 

@@ -18,15 +18,25 @@ def _tiny_model(data, **overrides):
 
 @pytest.fixture
 def data_config(prepared, manual_dir):
-  return train.DataConfig(dataset="stsb", data_dir=prepared("stsb"), manual_dir=str(manual_dir),
-                          train_split="train[:256]", eval_split="validation[:64]", test_split="test[:64]",
-                          max_length=16)
+  return train.DataConfig(
+    dataset="stsb",
+    data_dir=prepared("stsb"),
+    manual_dir=str(manual_dir),
+    train_split="train[:256]",
+    eval_split="validation[:64]",
+    test_split="test[:64]",
+    max_length=16,
+  )
 
 
 def _run(workdir, data_config, *, epochs=3, optim_config=None, model=_tiny_model, seed=0):
   return train.train_and_evaluate(
-      model, data_config, optim_config or optim.OptimConfig(optimizer="adam", learning_rate=3e-3),
-      train.TrainConfig(epochs=epochs, batch_size=32, seed=seed), str(workdir))
+    model,
+    data_config,
+    optim_config or optim.OptimConfig(optimizer="adam", learning_rate=3e-3),
+    train.TrainConfig(epochs=epochs, batch_size=32, seed=seed),
+    str(workdir),
+  )
 
 
 def test_loss_goes_down_and_outputs_are_written(tmp_path, data_config):
@@ -73,14 +83,22 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_conf
   config = json.load(open(config_path))
   config["optim"]["learning_rate"] = 1e39
   json.dump(config, open(config_path, "w"))
-  with pytest.raises(TrainingDiverged, match=rf"at step \d+ \(epoch 2\).*last good checkpoint \(step {good[-1]}\)"):
+  with pytest.raises(
+    TrainingDiverged, match=rf"at step \d+ \(epoch 2\).*last good checkpoint \(step {good[-1]}\)"
+  ):
     _run(tmp_path, data_config, epochs=2, optim_config=optim.OptimConfig(optimizer="sgd", learning_rate=1e39))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == good
 
 
 def test_plateau_schedule_halves_the_learning_rate_when_dev_mse_stalls(tmp_path, data_config):
-  _run(tmp_path, data_config, epochs=4, optim_config=optim.OptimConfig(
-      optimizer="adam", learning_rate=0.05, lr_schedule="plateau", plateau_patience=0, decay_factor=0.5))
+  _run(
+    tmp_path,
+    data_config,
+    epochs=4,
+    optim_config=optim.OptimConfig(
+      optimizer="adam", learning_rate=0.05, lr_schedule="plateau", plateau_patience=0, decay_factor=0.5
+    ),
+  )
   history = run_records.read_metrics(str(tmp_path))
   scales = [row["learning_rate_scale"] for row in history]
   assert scales[0] == 1.0
@@ -92,10 +110,15 @@ def test_plateau_schedule_halves_the_learning_rate_when_dev_mse_stalls(tmp_path,
 
 def test_frozen_embeddings_do_not_move(tmp_path, data_config):
   import dataclasses
+
   glove_config = dataclasses.replace(data_config, embeddings="glove")
   results = train.train_and_evaluate(
-      lambda d: _tiny_model(d, embedding_dim=50, freeze_embeddings=True), glove_config,
-      optim.OptimConfig(), train.TrainConfig(epochs=1, batch_size=32), str(tmp_path))
+    lambda d: _tiny_model(d, embedding_dim=50, freeze_embeddings=True),
+    glove_config,
+    optim.OptimConfig(),
+    train.TrainConfig(epochs=1, batch_size=32),
+    str(tmp_path),
+  )
   assert results["data"]["glove"]["train_vocab_coverage"] > 0.9
   state, _, vocab = train.load_trained(str(tmp_path))
   prepared = train.prepare_data(glove_config, str(tmp_path), seed=0)
