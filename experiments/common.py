@@ -17,7 +17,7 @@ def define_training_flags() -> None:
   from simjax import optim
 
   flags.DEFINE_integer("seed", 0, "Random seed (init, dropout, data order).")
-  flags.DEFINE_integer("epochs", 20, "Training epochs (a resumed run continues up to this).", lower_bound=0)
+  flags.DEFINE_integer("epochs", 20, "Training epochs (a resumed run continues up to this).", lower_bound=1)
   flags.DEFINE_integer("batch_size", 64, "Batch size.", lower_bound=1)
   flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.", lower_bound=0.0)
   flags.DEFINE_enum("optimizer", "adam", list(optim.OPTIMIZERS), "Optimizer.")
@@ -29,13 +29,18 @@ def define_training_flags() -> None:
     "for --plateau_patience epochs.",
   )
   flags.DEFINE_float("momentum", 0.9, "Momentum for momentum / nesterov.")
-  flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay.", lower_bound=0.0)
+  flags.DEFINE_float(
+    "weight_decay",
+    0.0,
+    "Weight decay: decoupled for adamw, an L2 term in the gradient otherwise.",
+    lower_bound=0.0,
+  )
   flags.DEFINE_float("grad_clip_norm", 0.0, "Clip gradients to this global norm (0: off).", lower_bound=0.0)
   flags.DEFINE_float("warmup_epochs", 0.0, "Linear warmup length in epochs.", lower_bound=0.0)
   flags.DEFINE_float("decay_factor", 0.5, "step / plateau: learning-rate multiplier at each decay.")
   flags.DEFINE_integer("decay_epochs", 10, "step: epochs between decays.", lower_bound=1)
   flags.DEFINE_integer(
-    "plateau_patience", 2, "plateau: epochs without improvement before a decay.", lower_bound=0
+    "plateau_patience", 2, "plateau: epochs without improvement before a decay.", lower_bound=1
   )
   flags.DEFINE_integer("keep_checkpoints", 3, "How many latest checkpoints to keep.", lower_bound=1)
 
@@ -95,7 +100,7 @@ def parse_flags_with_flagfile_lookup(argv: list[str]) -> list[str]:
   try:
     return FLAGS(resolve_flagfiles(argv))
   except flags.Error as e:
-    sys.exit(f"error: {e}\nPass --helpshort or --helpfull to see the flags.")
+    sys.exit(f"error: {e} (--helpshort lists the flags)")
 
 
 # --------------------------------------------------------------------------------------
@@ -130,7 +135,7 @@ def read_sentence_pairs(stream: Iterable[str], name: str) -> tuple[list[str], li
   first, second = [], []
   for line_number, line in enumerate(stream, 1):
     line = line.rstrip("\r\n")
-    if not line.strip():
+    if not line:  # a blank line holds no pair; "\t" alone is a pair of empty sentences
       continue
     parts = line.split("\t")
     if len(parts) != 2:
@@ -144,12 +149,13 @@ def read_sentence_pairs(stream: Iterable[str], name: str) -> tuple[list[str], li
 
 
 def quiet_library_logs() -> None:
-  """Orbax and TFDS log every step of every save at INFO; keep the console for results
-  unless the user asked for more with -v / --verbosity."""
+  """Orbax and TFDS log every step of every save at INFO, and routine notes (e.g. a
+  read-only checkpoint folder during eval) at WARNING; keep the console for results unless
+  the user asked for more with -v / --verbosity. Real failures arrive as exceptions."""
   from absl import logging
 
   if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)
 
 
 def run_mode(fn: Callable[[], None]) -> None:
@@ -159,7 +165,7 @@ def run_mode(fn: Callable[[], None]) -> None:
 
   try:
     fn()
-  except (ValueError, FileNotFoundError, ConfigMismatchError, TrainingDiverged) as e:
+  except (ValueError, OSError, ConfigMismatchError, TrainingDiverged) as e:
     if os.environ.get("SIMJAX_TRACEBACK"):  # for debugging: the full stack instead of one line
       raise
     print(f"error: {e}", file=sys.stderr)

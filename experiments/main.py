@@ -69,7 +69,7 @@ flags.DEFINE_bool("freeze_embeddings", False, "Keep the embedding table fixed du
 
 # Model.
 flags.DEFINE_integer(
-  "embedding_dim", 50, "Embedding size (must match the vectors with --embeddings=glove).", lower_bound=1
+  "embedding_dim", 50, "Embedding size (with --embeddings=glove: taken from the vectors).", lower_bound=1
 )
 flags.DEFINE_enum("cell", "lstm", list(CELLS), "Recurrent cell.")
 flags.DEFINE_integer("hidden_size", 128, "Recurrent state size.", lower_bound=1)
@@ -91,12 +91,14 @@ common.define_training_flags()
 def model_config_for(data) -> ModelConfig:
   low, high = datasets.SCORE_RANGE[FLAGS.dataset]
   embedding_dim = FLAGS.embedding_dim
-  if data.embedding_matrix is not None and data.embedding_matrix.shape[1] != embedding_dim:
-    raise ValueError(
-      f"--embedding_dim={embedding_dim} but the GloVe vectors have "
-      f"{data.embedding_matrix.shape[1]} dimensions: set --embedding_dim="
-      f"{data.embedding_matrix.shape[1]}"
-    )
+  if data.embedding_matrix is not None:
+    pretrained_dim = data.embedding_matrix.shape[1]
+    if FLAGS["embedding_dim"].present and embedding_dim != pretrained_dim:
+      raise ValueError(
+        f"--embedding_dim={embedding_dim} but the GloVe vectors have {pretrained_dim} dimensions: "
+        "drop --embedding_dim or set it to match"
+      )
+    embedding_dim = pretrained_dim  # e.g. 300 for a --glove_path to 300-d vectors
   return ModelConfig(
     vocab_size=len(data.vocab),
     embedding_dim=embedding_dim,

@@ -26,23 +26,33 @@ class ConfigMismatchError(ValueError):
 
 
 class CheckpointStore:
-  def __init__(self, workdir: str, keep: int = 3):
+  def __init__(self, workdir: str, keep: int = 3, *, read_only: bool = False):
+    """`read_only` (eval, predict): never write, and leave a running training's
+    unfinished checkpoints alone."""
     self.workdir = os.path.abspath(workdir)
-    self._latest = self._manager("checkpoints", keep)
-    self._best = self._manager("best", 1)
+    self._latest = self._manager("checkpoints", keep, read_only)
+    self._best = self._manager("best", 1, read_only)
 
-  def _manager(self, name: str, keep: int) -> ocp.CheckpointManager:
+  def _manager(self, name: str, keep: int, read_only: bool) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, enable_async_checkpointing=False, cleanup_tmp_directories=True
+      max_to_keep=keep,
+      enable_async_checkpointing=False,
+      cleanup_tmp_directories=not read_only,
+      read_only=read_only,
+      create=not read_only,
     )
     return ocp.CheckpointManager(
       os.path.join(self.workdir, name), options=options, item_names=("state", "meta")
     )
 
   # -- configuration guard ------------------------------------------------------------
-  def guard_config(self, config: dict[str, Any]) -> None:
-    """Records `config` for a new workdir; refuses a workdir trained with another one."""
+  def guard_config(self, config: dict[str, Any], *, replace: bool = False) -> None:
+    """Records `config` for a new workdir (or, with `replace`, one without checkpoints);
+    refuses a workdir trained with another configuration."""
     path = os.path.join(self.workdir, CONFIG_FILE)
+    if replace and self.latest_step() is None:
+      write_json(path, config)
+      return
     if not os.path.exists(path):
       if self.latest_step() is not None:
         raise ConfigMismatchError(
@@ -62,7 +72,7 @@ class CheckpointStore:
     if differences:
       raise ConfigMismatchError(
         f"workdir {self.workdir} belongs to a different configuration ({'; '.join(differences)}): "
-        "use another --workdir, or the original settings to resume"
+        "use a new --workdir, or the original settings to resume"
       )
 
   # -- save / restore -----------------------------------------------------------------

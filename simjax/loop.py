@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from simjax import optim
@@ -71,7 +72,7 @@ def fit(
   for epoch in range(meta["epoch"] + 1, epochs + 1):
     start = time.perf_counter()
     result = train_epoch(state, epoch)
-    _check_finite(result.step_losses, first_step=int(state.step), epoch=epoch, store=store)
+    _check_finite(result.step_losses, result.state, first_step=int(state.step), epoch=epoch, store=store)
     state = result.state
     jax.block_until_ready(state)
     epoch_seconds = time.perf_counter() - start
@@ -88,7 +89,12 @@ def fit(
     value = dev[selection.best_metric]
     is_best = meta["best"] is None or _better(value, meta["best"]["value"], selection.higher_is_better)
     if is_best:
-      meta["best"] = {"epoch": epoch, "metric": selection.best_metric, "value": value}
+      meta["best"] = {
+        "epoch": epoch,
+        "step": int(state.step),
+        "metric": selection.best_metric,
+        "value": value,
+      }
     meta["epoch"] = epoch
     meta["history"].append(row)
     meta["train_seconds"] += epoch_seconds
@@ -106,19 +112,22 @@ def _better(value: float, best: float, higher_is_better: bool) -> bool:
   return value > best if higher_is_better else value < best
 
 
-def _check_finite(step_losses: np.ndarray, *, first_step: int, epoch: int, store: CheckpointStore) -> None:
+def _check_finite(
+  step_losses: np.ndarray, state: Any, *, first_step: int, epoch: int, store: CheckpointStore
+) -> None:
+  """Raises before a non-finite loss or parameter could reach a checkpoint."""
   bad = np.flatnonzero(~np.isfinite(step_losses))
   if bad.size:
-    kept = store.latest_step()
-    kept_text = (
-      f"the last good checkpoint (step {kept}) is kept"
-      if kept is not None
-      else "no checkpoint was written yet"
-    )
-    raise TrainingDiverged(
-      f"loss became {step_losses[bad[0]]} at step {first_step + int(bad[0]) + 1} (epoch {epoch}); "
-      f"{kept_text}; lower --learning_rate or set --grad_clip_norm"
-    )
+    what = f"loss became {step_losses[bad[0]]} at step {first_step + int(bad[0]) + 1} (epoch {epoch})"
+  elif not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(state.params)):
+    what = f"parameters became non-finite in epoch {epoch} (steps {first_step + 1}-{int(state.step)})"
+  else:
+    return
+  kept = store.latest_step()
+  kept_text = (
+    f"the last good checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint was written yet"
+  )
+  raise TrainingDiverged(f"{what}; {kept_text}; lower --learning_rate or set --grad_clip_norm")
 
 
 def abstract_state(state: Any) -> Any:

@@ -9,6 +9,7 @@ import optax
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "adadelta")
 SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "plateau")
+SCHEDULES_OVER_ALL_EPOCHS = ("cosine", "warmup_cosine")  # their shape depends on --epochs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,8 +30,12 @@ class OptimConfig:
       raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
     if self.lr_schedule not in SCHEDULES:
       raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}; got {self.lr_schedule!r}")
-    if not self.learning_rate > 0:
+    if not 0 < self.learning_rate < float("inf"):
       raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+    if self.lr_schedule == "warmup_cosine" and self.warmup_epochs <= 0:
+      raise ValueError("lr_schedule warmup_cosine needs warmup_epochs > 0")
+    if self.plateau_patience < 1:
+      raise ValueError(f"plateau_patience must be >= 1, got {self.plateau_patience}")
     if not 0 < self.decay_factor <= 1:
       raise ValueError(f"decay_factor must be in (0, 1], got {self.decay_factor}")
 

@@ -59,7 +59,8 @@ def num_batches(data: EncodedPairs, batch_size: int, max_length: int) -> int:
 def batches(
   data: EncodedPairs, batch_size: int, max_length: int, shuffle_rng: np.random.Generator | None = None
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Yields dicts with ids_a, lengths_a, ids_b, lengths_b, score, weight.
+  """Yields dicts with ids_a, lengths_a, ids_b, lengths_b, score, weight and row (the
+  example's index in `data`, -1 on fill rows).
 
   With `shuffle_rng`, examples are shuffled within buckets and batches across buckets;
   without, the order is fixed (evaluation). Either way the number of batches is
@@ -93,4 +94,5 @@ def _gather(data: EncodedPairs, rows: np.ndarray, batch_size: int, length: int) 
     "lengths_b": pad(data.lengths_b[rows]),
     "score": pad(data.score[rows]),
     "weight": pad(np.ones(len(rows), np.float32)),
+    "row": np.concatenate([rows, np.full(fill, -1)]).astype(np.int32),
   }

@@ -118,7 +118,9 @@ class SimilarityHead(nn.Module):
     if cfg.head == "manhattan":  # MaLSTM (Mueller & Thyagarajan, 2016)
       similarity = jnp.exp(-jnp.sum(jnp.abs(u - v), axis=-1))
     elif cfg.head == "cosine":
-      cosine = jnp.sum(u * v, -1) / (jnp.linalg.norm(u, axis=-1) * jnp.linalg.norm(v, axis=-1) + 1e-8)
+      # sqrt(x + eps), not norm(): the norm's gradient is NaN at a zero vector (an empty sentence).
+      norms = jnp.sqrt(jnp.sum(u * u, -1) * jnp.sum(v * v, -1) + 1e-12)
+      cosine = jnp.sum(u * v, -1) / norms
       similarity = (cosine + 1.0) / 2.0
     else:
       features = jnp.concatenate([jnp.abs(u - v), u * v], axis=-1)

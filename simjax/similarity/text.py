@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import re
 from collections.abc import Iterable, Sequence
 
@@ -68,8 +69,10 @@ class Vocabulary:
       raise DataError(f"cannot save vocabulary: words {bad[:3]!r} are empty or contain line breaks")
     # newline="" writes "\n" as is, so load() can split on "\n" only and keep
     # words containing other Unicode line separators (\x1c, \u2028, ...) intact.
-    with open(path, "w", encoding="utf-8", newline="") as f:
+    tmp = f"{path}.tmp"  # then rename: a kill never leaves a truncated vocabulary
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
       f.write("".join(word + "\n" for word in self.words))
+    os.replace(tmp, path)
 
   @classmethod
   def load(cls, path: str) -> Vocabulary:

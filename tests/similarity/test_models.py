@@ -79,6 +79,20 @@ def test_empty_and_unknown_sentences_get_finite_scores():
   assert np.all(np.isfinite(model.apply(variables, ids, lengths, ids[::-1], lengths[::-1])))
 
 
+@pytest.mark.parametrize("head", ["manhattan", "cosine", "mlp"])
+def test_empty_sentence_gives_finite_gradients(head):
+  model, variables = _init(_tiny(head=head))
+  params = jax.tree_util.tree_map(jnp.zeros_like, variables["params"])  # zero vectors: the worst case
+  ids = jnp.zeros((1, 8), jnp.int32)
+  lengths = jnp.array([0])
+
+  def loss(p):
+    return jnp.sum((model.apply({"params": p}, ids, lengths, ids, lengths) - 2.0) ** 2)
+
+  grads = jax.grad(loss)(params)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
+
+
 def test_dropout_only_between_layers_and_only_in_training():
   config = _tiny(num_layers=3, dropout=0.5)
   model, variables = _init(config)

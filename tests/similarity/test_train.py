@@ -90,21 +90,30 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_conf
   assert sorted(os.listdir(tmp_path / "checkpoints")) == good
 
 
+def test_a_workdir_whose_first_epoch_diverged_accepts_new_settings(tmp_path, data_config):
+  with pytest.raises(TrainingDiverged, match="no checkpoint was written yet"):
+    _run(tmp_path, data_config, epochs=1, optim_config=optim.OptimConfig(optimizer="sgd", learning_rate=1e39))
+  results = _run(tmp_path, data_config, epochs=1)  # the advice followed, same --workdir
+  assert np.isfinite(results["test"]["mse"])
+
+
 def test_plateau_schedule_halves_the_learning_rate_when_dev_mse_stalls(tmp_path, data_config):
   _run(
     tmp_path,
     data_config,
-    epochs=4,
+    epochs=8,
     optim_config=optim.OptimConfig(
-      optimizer="adam", learning_rate=0.05, lr_schedule="plateau", plateau_patience=0, decay_factor=0.5
+      optimizer="adam", learning_rate=0.05, lr_schedule="plateau", plateau_patience=1, decay_factor=0.5
     ),
   )
   history = run_records.read_metrics(str(tmp_path))
-  scales = [row["learning_rate_scale"] for row in history]
+  scales = [row["learning_rate_scale"] for row in history]  # the scale each epoch trained with
+  dev_mse = [row["dev_mse"] for row in history]
   assert scales[0] == 1.0
-  for before, after, row in zip(scales, scales[1:], history):
-    # patience 0: every epoch whose dev MSE is not a new best halves the scale.
-    assert after in (before, before * 0.5)
+  for epoch in range(1, len(history)):
+    # patience 1: an epoch whose dev MSE is no new best halves the next epoch's rate.
+    stalled = dev_mse[epoch - 1] >= min(dev_mse[: epoch - 1], default=float("inf"))
+    assert scales[epoch] == scales[epoch - 1] * (0.5 if stalled else 1.0)
   assert min(scales) < 1.0
 
 
@@ -119,7 +128,17 @@ def test_frozen_embeddings_do_not_move(tmp_path, data_config):
     train.TrainConfig(epochs=1, batch_size=32),
     str(tmp_path),
   )
-  assert results["data"]["glove"]["train_vocab_coverage"] > 0.9
+  assert results["data"]["glove_coverage_of_train_vocab"] > 0.9
   state, _, vocab = train.load_trained(str(tmp_path))
-  prepared = train.prepare_data(glove_config, str(tmp_path), seed=0)
+  prepared = train.prepare_data(glove_config, seed=0, vocab=vocab)
   np.testing.assert_array_equal(state.params["encoder"]["embedding"]["embedding"], prepared.embedding_matrix)
+  # Not frozen: the same run moves them.
+  results = train.train_and_evaluate(
+    lambda d: _tiny_model(d, embedding_dim=50),
+    glove_config,
+    optim.OptimConfig(),
+    train.TrainConfig(epochs=1, batch_size=32),
+    str(tmp_path / "tuned"),
+  )
+  state, _, _ = train.load_trained(str(tmp_path / "tuned"))
+  assert not np.allclose(state.params["encoder"]["embedding"]["embedding"], prepared.embedding_matrix)
