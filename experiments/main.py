@@ -169,8 +169,9 @@ def run_train() -> None:
     on_epoch=table.print_row,
     progress=common.progress_bar,
   )
-  if "glove" in results["data"]:
-    print(f"GloVe coverage of the train vocabulary: {results['data']['glove']['train_vocab_coverage']:.1%}")
+  coverage = results["data"].get("glove_coverage_of_train_vocab")  # known when the vocabulary is built
+  if coverage is not None:
+    print(f"GloVe coverage of the train vocabulary: {coverage:.1%}")
   _print_final(
     results, f"best dev epoch {results['best_epoch']}, {results['train_seconds']:.1f} s of training"
   )

@@ -1,0 +1,54 @@
+r"""Prints a Markdown table of finished runs, read from their results.json files.
+
+  python -m experiments.results_table workdirs/*_stsb workdirs/*_sick
+
+The study's published test Pearson (STS Benchmark) is shown beside ours where it exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+# Test Pearson on STS-B reported by the study we reproduce, per flagfile experiment.
+STUDY_STSB_PEARSON = {"rnn": 0.237, "lstm": 0.481, "lstm_glove": 0.502}
+
+
+def row(workdir: str) -> str:
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  flags = results["flags"]
+  experiment, dataset = flags.get("experiment", "?"), results["data"]["dataset"]
+  study = STUDY_STSB_PEARSON.get(experiment) if dataset == "stsb" else None
+  test = results["test"]
+  step_ms = 1000 * results["seconds_per_step"] if results.get("seconds_per_step") else float("nan")
+  return (
+    f"| {experiment} | {dataset} | {'-' if study is None else f'{study:.3f}'} | {test['pearson']:.3f} | "
+    f"{test['spearman']:.3f} | {test['mse']:.3f} | {results['best_epoch']}/{results['epochs']} | "
+    f"{results['train_seconds']:.0f} | {step_ms:.1f} | `{os.path.basename(os.path.normpath(workdir))}` |"
+  )
+
+
+def main(workdirs: list[str]) -> int:
+  if not workdirs:
+    print(__doc__.strip(), file=sys.stderr)
+    return 2
+  print(
+    "| experiment | dataset | study test Pearson | test Pearson | test Spearman | test MSE "
+    "| best epoch | train s | ms/step | workdir |"
+  )
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  missing = []
+  for workdir in workdirs:
+    if os.path.exists(os.path.join(workdir, "results.json")):
+      print(row(workdir))
+    else:
+      missing.append(workdir)
+  if missing:
+    print(f"no results.json (unfinished?) in: {', '.join(missing)}", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
