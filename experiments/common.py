@@ -16,6 +16,14 @@ def define_training_flags() -> None:
   """Flags every task shares: what the design card calls the common flags."""
   from simjax import optim
 
+  flags.DEFINE_enum(
+    "mode",
+    "train",
+    ["train", "eval", "predict"],
+    "train (resumes from --workdir), eval (best checkpoint on dev and test), predict (from --input).",
+  )
+  flags.DEFINE_string("experiment", "default", "Experiment name; names the default workdir.")
+  flags.DEFINE_string("workdir", None, "Run directory (default: workdirs/<experiment>_<dataset>).")
   flags.DEFINE_integer("seed", 0, "Random seed (init, dropout, data order).")
   flags.DEFINE_integer("epochs", 20, "Training epochs (a resumed run continues up to this).", lower_bound=1)
   flags.DEFINE_integer("batch_size", 64, "Batch size.", lower_bound=1)

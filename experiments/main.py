@@ -21,17 +21,8 @@ from simjax.similarity.models import CELLS, HEADS, POOLINGS, ModelConfig
 
 FLAGS = flags.FLAGS
 
-# Task and mode.
+# Task-specific flags; the shared ones (mode, workdir, seed, optimizer...) are in common.py.
 flags.DEFINE_enum("task", "similarity", ["similarity"], "What to train: sentence similarity.")
-flags.DEFINE_enum(
-  "mode",
-  "train",
-  ["train", "eval", "predict"],
-  "train (resumes from --workdir), eval (best checkpoint on dev and test), "
-  "predict (score TSV sentence pairs from --input).",
-)
-flags.DEFINE_string("experiment", "default", "Experiment name; names the default workdir.")
-flags.DEFINE_string("workdir", None, "Run directory (default: workdirs/<experiment>_<dataset>).")
 flags.DEFINE_string("input", "-", "predict: TSV file of 'sentence1<TAB>sentence2' lines, '-' for stdin.")
 
 # Data.

@@ -78,11 +78,12 @@ class CheckpointStore:
   # -- save / restore -----------------------------------------------------------------
   def save(self, step: int, state: Any, meta: dict[str, Any], *, is_best: bool) -> None:
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-    if is_best:  # before `latest`, so a resumed run never lacks the best of its epochs
-      if step in self._best.all_steps():  # left by a run killed before it saved `latest`
-        self._best.delete(step)
-      self._best.save(step, args=args, force=True)
-    self._latest.save(step, args=args, force=True)
+    # `best` first, so a resumed run never lacks the best of its epochs. A run killed
+    # between the two saves redoes that epoch and saves the same step again: replace it.
+    for manager in (self._best, self._latest) if is_best else (self._latest,):
+      if step in manager.all_steps():
+        manager.delete(step)
+      manager.save(step, args=args, force=True)
 
   def latest_step(self) -> int | None:
     return self._latest.latest_step()
