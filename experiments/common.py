@@ -23,7 +23,23 @@ def define_training_flags() -> None:
     "train (resumes from --workdir), eval (best checkpoint on dev and test), predict (from --input).",
   )
   flags.DEFINE_string("experiment", "default", "Experiment name; names the default workdir.")
-  flags.DEFINE_string("workdir", None, "Run directory (default: workdirs/<experiment>_<dataset>).")
+  flags.DEFINE_string("workdir", None, "Run directory (default: workdirs/<experiment>[_<dataset>]).")
+  flags.DEFINE_string(
+    "data_dir",
+    os.environ.get("TFDS_DATA_DIR"),
+    "TFDS data_dir: where datasets are found or prepared (default: $TFDS_DATA_DIR, else TFDS's default).",
+  )
+  flags.DEFINE_string("train_split", "train", "TFDS split (slicing allowed, e.g. train[:256]).")
+  flags.DEFINE_string(
+    "eval_split", None, "Split evaluated every epoch (default: validation for sentences, test for CIFAR-10)."
+  )
+  flags.DEFINE_float(
+    "dropout",
+    0.0,
+    "Dropout rate: between recurrent layers (num_layers > 1) / in the CNN (see --architecture).",
+    lower_bound=0.0,
+    upper_bound=0.99,
+  )
   flags.DEFINE_integer("seed", 0, "Random seed (init, dropout, data order).")
   flags.DEFINE_integer("epochs", 20, "Training epochs (a resumed run continues up to this).", lower_bound=1)
   flags.DEFINE_integer("batch_size", 64, "Batch size.", lower_bound=1)
@@ -71,11 +87,11 @@ def optim_config():
 
 
 def flag_values() -> dict[str, Any]:
-  """Every flag of the main module and of this one, as recorded in results.json."""
+  """Every flag the entry point defines (absl's own excluded), as recorded in results.json."""
   values = {}
-  for module in (sys.argv[0], "__main__", "experiments.main", __name__):
-    for flag in FLAGS.get_flags_for_module(module):
-      values[flag.name] = flag.value
+  for module, module_flags in FLAGS.flags_by_module_dict().items():
+    if module == "__main__" or module.startswith("experiments") or module.endswith("main.py"):
+      values.update({flag.name: flag.value for flag in module_flags})
   return dict(sorted(values.items()))
 
 

