@@ -11,12 +11,16 @@ from simjax.vision.models import DTYPES, HEADS, MODELS
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_enum("architecture", "cnn", sorted(MODELS), "cnn: the classic conv-pool stacks; resnet: with BatchNorm.")
+flags.DEFINE_enum(
+  "architecture", "cnn", sorted(MODELS), "cnn: the classic conv-pool stacks; resnet: with BatchNorm."
+)
 flags.DEFINE_enum("cnn_head", "fc", list(HEADS), "cnn: fully connected layers or global average pooling.")
 flags.DEFINE_integer("width", 64, "Channels of the first stage (later stages double).", lower_bound=1)
 flags.DEFINE_list("fc_units", ["512", "256"], "Hidden units of the fc head, comma separated.")
 flags.DEFINE_enum("dtype", "float32", sorted(DTYPES), "Compute dtype (params and BatchNorm stay float32).")
-flags.DEFINE_integer("crop_padding", 4, "Random translation by up to this many pixels (0: off).", lower_bound=0)
+flags.DEFINE_integer(
+  "crop_padding", 4, "Random translation by up to this many pixels (0: off).", lower_bound=0
+)
 flags.DEFINE_bool("flip", True, "Random horizontal flips.")
 flags.DEFINE_integer("cutout", 0, "Side of a random square blanked per image (0: off).", lower_bound=0)
 flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the cross-entropy targets.", lower_bound=0.0)
@@ -51,7 +55,9 @@ def data_config():
     cache_dir=FLAGS.cache_dir or None,
     train_split=FLAGS.train_split,
     eval_split=FLAGS.eval_split or DEFAULT_EVAL_SPLIT,
-    augmentation=input_pipeline.Augmentation(crop_padding=FLAGS.crop_padding, flip=FLAGS.flip, cutout=FLAGS.cutout),
+    augmentation=input_pipeline.Augmentation(
+      crop_padding=FLAGS.crop_padding, flip=FLAGS.flip, cutout=FLAGS.cutout
+    ),
   )
 
 
@@ -102,12 +108,16 @@ def evaluate() -> None:
   from simjax.vision import input_pipeline, train as training
 
   state, config = training.load_trained(workdir())
-  split = input_pipeline.load_split(FLAGS.eval_split or DEFAULT_EVAL_SPLIT, FLAGS.data_dir, FLAGS.cache_dir or None)
+  split = input_pipeline.load_split(
+    FLAGS.eval_split or DEFAULT_EVAL_SPLIT, FLAGS.data_dir, FLAGS.cache_dir or None
+  )
   predictions = training.predict_classes(state, split.images, FLAGS.batch_size, config["model"]["dtype"])
   results = {"test": training.classification_metrics(predictions, split.labels, split.class_names)}
   results.update(data=split.info, **run_records.provenance())
   run_records.write_json(os.path.join(workdir(), "eval.json"), results)
-  _print_accuracy(results["test"], split.info["label"], f"{split.info['split']}, latest checkpoint of {workdir()}")
+  _print_accuracy(
+    results["test"], split.info["label"], f"{split.info['split']}, latest checkpoint of {workdir()}"
+  )
 
 
 def predict(paths: list[str]) -> None:

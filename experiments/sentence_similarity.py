@@ -190,4 +190,3 @@ def _print_final(results, where: str) -> None:
   for name in ("dev", "test"):
     r = results[name]
     print(f"  {name:4s} Pearson {r['pearson']:.4f}  Spearman {r['spearman']:.4f}  MSE {r['mse']:.4f}")
-

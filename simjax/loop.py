@@ -133,6 +133,8 @@ def _check_finite(
 
 
 def abstract_state(state: Any) -> Any:
-  return jax.tree_util.tree_map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if hasattr(x, "shape") else x, state
-  )
+  # Keep each array's sharding, so restored arrays land where the live ones are.
+  def abstract(x):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) if isinstance(x, jax.Array) else x
+
+  return jax.tree_util.tree_map(abstract, state)

@@ -37,3 +37,15 @@ def prepared(manual_dir, tmp_path_factory):
     return str(data_dir)
 
   return get
+
+
+@pytest.fixture(scope="session")
+def cifar_data_dir() -> str:
+  """A TFDS data_dir holding cifar10/: $TFDS_DATA_DIR if it has one, else ../shared/tensorflow_datasets."""
+  candidates = [os.environ.get("TFDS_DATA_DIR"), str(REPO.parent / "shared" / "tensorflow_datasets")]
+  for path in filter(None, candidates):
+    if (pathlib.Path(path) / "cifar10").is_dir():
+      return path
+  (pytest.fail if os.environ.get("CI") else pytest.skip)(
+    f"no prepared TFDS cifar10 in {candidates}: set TFDS_DATA_DIR to a data_dir holding cifar10/"
+  )

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from simjax import loop, metrics, optim, run_records
+from simjax import loop, metrics, optim, run_records, sharding
 from simjax.checkpoints import CONFIG_FILE, CheckpointStore
 from simjax.similarity import datasets, glove, input_pipeline, text
 from simjax.similarity.models import ModelConfig, SiameseSimilarity, with_pretrained_embeddings
@@ -194,9 +194,11 @@ def predict(
   state: TrainState, data: input_pipeline.EncodedPairs, batch_size: int, max_length: int
 ) -> np.ndarray:
   """Scores every pair of `data`, in its order (bucketing reorders rows; `row` undoes it)."""
+  mesh = sharding.data_mesh()
+  sharding.check_batch_size(batch_size, mesh)
   rows, outputs = [], []
   for batch in input_pipeline.batches(data, batch_size, max_length):
-    outputs.append(eval_step(state, batch))
+    outputs.append(eval_step(state, sharding.shard_batch(batch, mesh)))
     rows.append(batch["row"])
   scores = np.empty(len(data), np.float32)
   for row, out in zip(rows, jax.device_get(outputs)):
@@ -252,6 +254,8 @@ def train_and_evaluate(
   )
 
   train = data.splits["train"]
+  mesh = sharding.data_mesh()  # data parallel over every local device
+  sharding.check_batch_size(batch_size, mesh)
   steps_per_epoch = input_pipeline.num_batches(train, batch_size, max_length)
   state = create_train_state(
     jax.random.PRNGKey(train_config.seed),
@@ -261,6 +265,7 @@ def train_and_evaluate(
     total_steps=steps_per_epoch * train_config.epochs,
     pretrained_embeddings=data.embedding_matrix,
   )
+  state = sharding.replicate(state, mesh)
 
   def train_epoch(state: TrainState, epoch: int) -> loop.EpochResult:
     # The epoch's order depends only on (seed, epoch): a resumed run sees the same batches.
@@ -268,7 +273,7 @@ def train_and_evaluate(
     bar = progress(steps_per_epoch, f"epoch {epoch}") if progress else None
     step_metrics = []
     for batch in input_pipeline.batches(train, batch_size, max_length, shuffle_rng=rng):
-      state, out = train_step(state, batch)
+      state, out = train_step(state, sharding.shard_batch(batch, mesh))
       step_metrics.append(out)
       if bar is not None:
         bar.update(1)

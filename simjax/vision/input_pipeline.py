@@ -78,7 +78,9 @@ def load_split(split: str, data_dir: str | None, cache_dir: str | None) -> Image
       count = len(source)
     except Exception as e:  # bad split strings surface here
       splits = ", ".join(sorted(builder.info.splits))
-      raise DataError(f"bad split {split!r} for {DATASET} ({e}); use one of {splits}, e.g. 'train[:5000]'") from None
+      raise DataError(
+        f"bad split {split!r} for {DATASET} ({e}); use one of {splits}, e.g. 'train[:5000]'"
+      ) from None
     if count == 0:
       raise DataError(f"split {split!r} of {DATASET} is empty")
     records = source.__getitems__(list(range(count)))
@@ -127,7 +129,9 @@ def read_images(paths: list[str]) -> np.ndarray:
           image = image.resize((32, 32), Image.BILINEAR)
         images.append(np.asarray(image, np.uint8))
     except (UnidentifiedImageError, OSError) as e:
-      raise DataError(f"{path}: not a readable image ({e.__class__.__name__}); pass PNG or JPEG files") from None
+      raise DataError(
+        f"{path}: not a readable image ({e.__class__.__name__}); pass PNG or JPEG files"
+      ) from None
   return np.stack(images)
 
 

@@ -55,11 +55,18 @@ class TrainConfig:
 # State and steps
 # --------------------------------------------------------------------------------------
 def create_train_state(
-  rng: jax.Array, model_config: ModelConfig, optim_config: optim.OptimConfig, *, steps_per_epoch: int, total_steps: int
+  rng: jax.Array,
+  model_config: ModelConfig,
+  optim_config: optim.OptimConfig,
+  *,
+  steps_per_epoch: int,
+  total_steps: int,
 ) -> TrainState:
   model = make_model(model_config)
   init_rng, state_rng = jax.random.split(rng)
-  variables = jax.jit(functools.partial(model.init, train=False))(init_rng, jnp.zeros((1, 32, 32, 3), jnp.float32))
+  variables = jax.jit(functools.partial(model.init, train=False))(
+    init_rng, jnp.zeros((1, 32, 32, 3), jnp.float32)
+  )
   return TrainState.create(
     apply_fn=model.apply,
     params=variables["params"],
@@ -94,13 +101,22 @@ def train_step(
   augment_key, dropout_key = jax.random.split(state.step_key())
   images = input_pipeline.normalize(input_pipeline.augment(augment_key, images, augmentation), compute_dtype)
   grad_fn = jax.value_and_grad(_loss_and_updates, argnums=1, has_aux=True)
-  (loss, (accuracy, batch_stats)), grads = grad_fn(state, state.params, images, labels, dropout_key, label_smoothing)
+  (loss, (accuracy, batch_stats)), grads = grad_fn(
+    state, state.params, images, labels, dropout_key, label_smoothing
+  )
   state = state.apply_gradients(grads).replace(batch_stats=batch_stats)
   return state, {"loss": loss, "accuracy": accuracy}
 
 
 def make_train_epoch(
-  mesh, *, batch_size: int, steps: int, augmentation, label_smoothing: float, compute_dtype, fused: bool | None = None
+  mesh,
+  *,
+  batch_size: int,
+  steps: int,
+  augmentation,
+  label_smoothing: float,
+  compute_dtype,
+  fused: bool | None = None,
 ) -> Callable:
   """(state, images, labels, epoch_key) -> (state, {"loss": [steps], "accuracy": [steps]}).
 
@@ -333,7 +349,10 @@ def train_and_evaluate(
 
 
 def run_config(
-  model_config: ModelConfig, data_config: DataConfig, optim_config: optim.OptimConfig, train_config: TrainConfig
+  model_config: ModelConfig,
+  data_config: DataConfig,
+  optim_config: optim.OptimConfig,
+  train_config: TrainConfig,
 ) -> dict[str, Any]:
   """What a workdir's checkpoints depend on (see similarity.train.run_config)."""
   data = dataclasses.asdict(data_config)
@@ -358,7 +377,9 @@ def load_trained(workdir: str) -> tuple[TrainState, dict[str, Any]]:
     raise FileNotFoundError(f"{config_path} not found: --workdir must be the workdir of a trained model")
   with open(config_path) as f:
     config = json.load(f)
-  model_config = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["model"].items()})
+  model_config = ModelConfig(
+    **{k: tuple(v) if isinstance(v, list) else v for k, v in config["model"].items()}
+  )
   state = create_train_state(
     jax.random.PRNGKey(0), model_config, optim.OptimConfig(), steps_per_epoch=1, total_steps=1
   )
@@ -367,10 +388,12 @@ def load_trained(workdir: str) -> tuple[TrainState, dict[str, Any]]:
   store.close()
   if restored is None:
     raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: train there first")
+
   def like(reference, values):
     return jax.tree_util.tree_map(lambda r, v: jnp.asarray(v, r.dtype), reference, values)
 
   state = state.replace(
-    params=like(state.params, restored["params"]), batch_stats=like(state.batch_stats, restored["batch_stats"])
+    params=like(state.params, restored["params"]),
+    batch_stats=like(state.batch_stats, restored["batch_stats"]),
   )
   return state, config

@@ -10,6 +10,8 @@ from simjax.loop import TrainingDiverged
 from simjax.similarity import train
 from simjax.similarity.models import ModelConfig
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def _tiny_model(data, **overrides):
   settings = dict(embedding_dim=8, hidden_size=8, head="mlp", mlp_hidden=8)
@@ -142,3 +144,47 @@ def test_frozen_embeddings_do_not_move(tmp_path, data_config):
   )
   state, _, _ = train.load_trained(str(tmp_path / "tuned"))
   assert not np.allclose(state.params["encoder"]["embedding"]["embedding"], prepared.embedding_matrix)
+
+
+MULTI_DEVICE_SCRIPT = r"""
+import json, sys
+import jax
+from simjax import optim, run_records
+from simjax.similarity import train
+from simjax.similarity.models import ModelConfig
+data = train.DataConfig(dataset="stsb", data_dir=sys.argv[1], manual_dir=sys.argv[2], train_split="train[:256]",
+                        eval_split="validation[:64]", test_split="test[:64]", max_length=16)
+results = train.train_and_evaluate(
+  lambda d: ModelConfig(vocab_size=len(d.vocab), embedding_dim=8, hidden_size=8, head="mlp", mlp_hidden=8),
+  data, optim.OptimConfig(learning_rate=1e-2), train.TrainConfig(epochs=2, batch_size=32), sys.argv[3])
+print(json.dumps({"devices": jax.device_count(), "test": results["test"],
+                  "losses": [r["train_mse"] for r in run_records.read_metrics(sys.argv[3])]}))
+"""
+
+
+def test_four_devices_give_the_losses_of_one(prepared, manual_dir, tmp_path):
+  import subprocess
+  import sys
+
+  outputs = {}
+  for devices in (1, 4):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "PYTHONPATH": REPO}
+    done = subprocess.run(
+      [
+        sys.executable,
+        "-c",
+        MULTI_DEVICE_SCRIPT,
+        prepared("stsb"),
+        str(manual_dir),
+        str(tmp_path / str(devices)),
+      ],
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    outputs[devices] = json.loads(done.stdout.strip().splitlines()[-1])
+  assert outputs[4]["devices"] == 4
+  np.testing.assert_allclose(outputs[4]["losses"], outputs[1]["losses"], rtol=1e-4)
+  np.testing.assert_allclose(outputs[4]["test"]["pearson"], outputs[1]["test"]["pearson"], rtol=1e-4)

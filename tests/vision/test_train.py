@@ -1,0 +1,145 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from simjax import optim, run_records
+from simjax.vision import input_pipeline, train
+from simjax.vision.models import ModelConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY_OPTIM = optim.OptimConfig(optimizer="nesterov", learning_rate=0.05)
+
+
+@pytest.fixture
+def data_config(cifar_data_dir, tmp_path_factory):
+  return train.DataConfig(
+    data_dir=cifar_data_dir,
+    cache_dir=str(tmp_path_factory.getbasetemp() / "cifar_cache"),
+    train_split="train[:512]",
+    eval_split="test[:256]",
+  )
+
+
+def _run(workdir, data_config, *, epochs, model=None, batch_size=64, optim_config=TINY_OPTIM):
+  return train.train_and_evaluate(
+    model or ModelConfig(architecture="resnet", width=8),
+    data_config,
+    optim_config,
+    train.TrainConfig(epochs=epochs, batch_size=batch_size, label_smoothing=0.1),
+    str(workdir),
+  )
+
+
+def test_short_run_lowers_the_loss_and_writes_results(tmp_path, data_config):
+  results = _run(tmp_path, data_config, epochs=4)
+  history = run_records.read_metrics(str(tmp_path))
+  assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.1
+  test = results["test"]
+  assert set(test["per_class_accuracy"]) == set(input_pipeline.CLASS_NAMES)
+  assert np.sum(test["confusion_matrix"]) == 256
+  assert results["images_per_second"] > 0 and results["compile_seconds"] > 0
+  saved = json.load(open(tmp_path / "results.json"))
+  assert saved["test"]["accuracy"] == test["accuracy"] and "versions" in saved and "flags" in saved
+
+
+def test_resume_equals_no_resume(tmp_path, data_config):
+  model = ModelConfig(architecture="cnn", head="gap", width=8, dropout=0.3)
+  uninterrupted = _run(tmp_path / "a", data_config, epochs=2, model=model)
+  _run(tmp_path / "b", data_config, epochs=1, model=model)
+  resumed = _run(tmp_path / "b", data_config, epochs=2, model=model)
+  assert resumed["test"] == uninterrupted["test"]
+  assert run_records.read_metrics(str(tmp_path / "a")) != []
+  losses = [[r["train_loss"] for r in run_records.read_metrics(str(tmp_path / d))] for d in "ab"]
+  assert losses[0] == losses[1]
+
+
+def test_fused_epoch_program_equals_the_host_loop(cifar_data_dir):
+  import jax
+  import jax.numpy as jnp
+
+  from simjax import sharding
+
+  split = input_pipeline.load_split("train[:256]", cifar_data_dir, None)
+  mesh = sharding.data_mesh()
+  results = []
+  for fused in (True, False):
+    state = train.create_train_state(
+      jax.random.PRNGKey(0),
+      ModelConfig(architecture="resnet", width=4),
+      TINY_OPTIM,
+      steps_per_epoch=4,
+      total_steps=4,
+    )
+    epoch = train.make_train_epoch(
+      mesh,
+      batch_size=64,
+      steps=4,
+      augmentation=input_pipeline.Augmentation(cutout=4),
+      label_smoothing=0.0,
+      compute_dtype=jnp.float32,
+      fused=fused,
+    )
+    state, metrics = epoch(state, jnp.asarray(split.images), jnp.asarray(split.labels), jax.random.PRNGKey(5))
+    results.append(np.asarray(metrics["loss"]))
+  np.testing.assert_allclose(results[0], results[1], rtol=1e-5)
+
+
+def test_bad_batch_sizes_are_explained(tmp_path, data_config):
+  with pytest.raises(ValueError, match="larger than the 512 images"):
+    _run(tmp_path, data_config, epochs=1, batch_size=1024)
+
+
+def test_classification_metrics():
+  metrics = train.classification_metrics(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), ("a", "b", "c"))
+  assert metrics["accuracy"] == 0.75
+  assert metrics["per_class_accuracy"] == {"a": 1.0, "b": 1.0, "c": 0.5}
+  assert metrics["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+
+
+MULTI_DEVICE_SCRIPT = r"""
+import json, sys
+import jax
+from simjax import optim
+from simjax.vision import train
+from simjax.vision.models import ModelConfig
+data = train.DataConfig(data_dir=sys.argv[1], cache_dir=None, train_split="train[:256]", eval_split="test[:64]")
+config = train.TrainConfig(epochs=2, batch_size=32, seed=3)
+try:
+  train.train_and_evaluate(ModelConfig(architecture="resnet", width=4), data,
+                           optim.OptimConfig(optimizer="nesterov", learning_rate=0.05),
+                           train.TrainConfig(epochs=1, batch_size=30), sys.argv[2] + "/bad")
+except ValueError as e:
+  bad = str(e)
+else:
+  bad = None
+results = train.train_and_evaluate(ModelConfig(architecture="resnet", width=4), data,
+                                   optim.OptimConfig(optimizer="nesterov", learning_rate=0.05), config, sys.argv[2])
+from simjax import run_records
+print(json.dumps({"devices": jax.device_count(), "bad": bad,
+                  "losses": [r["train_loss"] for r in run_records.read_metrics(sys.argv[2])],
+                  "accuracy": results["test"]["accuracy"]}))
+"""
+
+
+def test_four_devices_give_the_losses_of_one(cifar_data_dir, tmp_path):
+  outputs = {}
+  for devices in (1, 4):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "PYTHONPATH": REPO}
+    done = subprocess.run(
+      [sys.executable, "-c", MULTI_DEVICE_SCRIPT, cifar_data_dir, str(tmp_path / str(devices))],
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    outputs[devices] = json.loads(done.stdout.strip().splitlines()[-1])
+  assert outputs[4]["devices"] == 4 and outputs[1]["devices"] == 1
+  np.testing.assert_allclose(outputs[4]["losses"], outputs[1]["losses"], rtol=1e-4)
+  assert abs(outputs[4]["accuracy"] - outputs[1]["accuracy"]) <= 2 / 64  # argmax ties may flip
+  assert outputs[1]["bad"] is None
+  assert "does not split evenly over 4 devices" in outputs[4]["bad"]
