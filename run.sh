@@ -4,8 +4,10 @@
 #                            (GloVe LSTM on STS Benchmark)
 #   ./run.sh test [ARGS]     run the test suite (ARGS go to pytest)
 #   ./run.sh ARGS            run `python -m experiments.main ARGS`, e.g. --flagfile=rnn.flags
-# Offline: when ../shared exists, its raw datasets are used (SIMJAX_MANUAL_DIR); otherwise
-# TFDS downloads the official files on first use.
+# Offline: when ../shared exists, its raw sentence datasets are used (SIMJAX_MANUAL_DIR) and
+# its prepared TFDS datasets (CIFAR-10) are linked into .data/tensorflow_datasets, which is
+# then TFDS_DATA_DIR (writable, so the sentence datasets can be prepared next to them).
+# Otherwise TFDS downloads the official files on first use. Set either variable to override.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -23,6 +25,14 @@ fi
 
 if [ -z "${SIMJAX_MANUAL_DIR:-}" ] && [ -d ../shared/data ]; then
   export SIMJAX_MANUAL_DIR="$(cd ../shared/data && pwd)"
+fi
+if [ -z "${TFDS_DATA_DIR:-}" ] && [ -d ../shared/tensorflow_datasets ]; then
+  export TFDS_DATA_DIR="$PWD/.data/tensorflow_datasets"
+  mkdir -p "$TFDS_DATA_DIR"
+  for dataset in ../shared/tensorflow_datasets/*/; do
+    link="$TFDS_DATA_DIR/$(basename "$dataset")"
+    [ -e "$link" ] || ln -s "$(cd "$dataset" && pwd)" "$link"
+  done
 fi
 export PYTHONUNBUFFERED=1
 

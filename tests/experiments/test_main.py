@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -140,3 +141,46 @@ def test_workdir_of_another_configuration_is_refused_on_the_command_line(tiny, t
   other = _run(*tiny(workdir, epochs=1), "--hidden_size=16")
   assert other.returncode == 1
   assert "model.hidden_size=8 there, 16 now" in other.stderr and "Traceback" not in other.stderr
+
+
+def test_cifar_train_eval_and_predict_on_the_command_line(cifar_data_dir, tmp_path):
+  from PIL import Image
+
+  workdir = tmp_path / "cnn"
+  common = [f"--workdir={workdir}", f"--data_dir={cifar_data_dir}", f"--cache_dir={tmp_path / 'cache'}"]
+  trained = _run(
+    "--flagfile=cnn_gap.flags",
+    *common,
+    "--train_split=train[:128]",
+    "--eval_split=test[:64]",
+    "--width=4",
+    "--epochs=1",
+    "--batch_size=32",
+  )
+  assert trained.returncode == 0, trained.stderr
+  assert "accuracy (test[:64], last epoch)" in trained.stdout and "images/s" in trained.stdout
+  evaluated = _run("--task=cifar10", "--mode=eval", *common, "--eval_split=test[:64]")
+  assert evaluated.returncode == 0, evaluated.stderr
+  assert json.load(open(workdir / "eval.json"))["test"] == json.load(open(workdir / "results.json"))["test"]
+
+  Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "black.png")
+  predicted = _run("--task=cifar10", "--mode=predict", *common, str(tmp_path / "black.png"))
+  assert predicted.returncode == 0, predicted.stderr
+  path, label = predicted.stdout.strip().split("\t")
+  assert path.endswith("black.png") and label in (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+  )
+  (tmp_path / "notes.txt").write_text("hello")
+  bad = _run("--task=cifar10", "--mode=predict", *common, str(tmp_path / "notes.txt"))
+  assert (
+    bad.returncode == 1 and "notes.txt: not a readable image" in bad.stderr and "Traceback" not in bad.stderr
+  )

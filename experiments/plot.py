@@ -1,0 +1,103 @@
+r"""Figures from finished CIFAR-10 workdirs (PNG, matplotlib).
+
+  python -m experiments.plot --out=plots workdirs/cnn_fc workdirs/cnn_dropout \
+      workdirs/cnn_gap workdirs/cnn_gap_dropout [workdirs/cnn_resnet]
+
+Writes <out>/comparison.png (train loss and test accuracy per epoch, one line per workdir:
+the study's comparison of the structures) and <out>/per_class_accuracy.png (grouped bars).
+The data label (e.g. "CIFAR-10 (JPEG stand-in)") comes from each run's results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _load(workdir: str) -> dict:
+  results_path = os.path.join(workdir, "results.json")
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  for path in (results_path, metrics_path):
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} not found: is {workdir} a finished CIFAR-10 run?")
+  with open(results_path) as f:
+    results = json.load(f)
+  if "per_class_accuracy" not in results.get("test", {}):
+    raise ValueError(f"{workdir} is not a CIFAR-10 run (no per-class accuracy in results.json)")
+  with open(metrics_path) as f:
+    history = [json.loads(line) for line in f if line.strip()]
+  name = results.get("flags", {}).get("experiment") or os.path.basename(os.path.normpath(workdir))
+  return {"name": name, "results": results, "history": history, "label": results["data"]["eval"]["label"]}
+
+
+def plot(workdirs: list[str], out: str) -> list[str]:
+  try:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; works without a display
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+  except ImportError:
+    raise SystemExit("error: plotting needs matplotlib: pip install matplotlib (it is in requirements.txt)")
+  runs = [_load(w) for w in workdirs]
+  labels = sorted({run["label"] for run in runs})
+  data_label = " + ".join(labels)
+  os.makedirs(out, exist_ok=True)
+
+  figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+  for run in runs:
+    epochs = [row["epoch"] for row in run["history"]]
+    eval_key = next(k for k in run["history"][0] if k.endswith("_accuracy") and k != "train_accuracy")
+    final = run["results"]["test"]["accuracy"]
+    loss_axis.plot(epochs, [row["train_loss"] for row in run["history"]], label=run["name"])
+    accuracy_axis.plot(
+      epochs, [100 * row[eval_key] for row in run["history"]], label=f"{run['name']} ({100 * final:.1f}%)"
+    )
+  loss_axis.set(xlabel="epoch", ylabel="train loss", title="Training loss")
+  accuracy_axis.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
+  for axis in (loss_axis, accuracy_axis):
+    axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axis.grid(alpha=0.3)
+    axis.legend()
+  figure.suptitle(f"CNN structures on {data_label}")
+  figure.tight_layout()
+  comparison = os.path.join(out, "comparison.png")
+  figure.savefig(comparison, dpi=120)
+  plt.close(figure)
+
+  classes = list(runs[0]["results"]["test"]["per_class_accuracy"])
+  figure, axis = plt.subplots(figsize=(12, 4.5))
+  width = 0.8 / len(runs)
+  for i, run in enumerate(runs):
+    per_class = run["results"]["test"]["per_class_accuracy"]
+    positions = [c + (i - (len(runs) - 1) / 2) * width for c in range(len(classes))]
+    axis.bar(positions, [100 * per_class[c] for c in classes], width, label=run["name"])
+  axis.set_xticks(range(len(classes)), classes)
+  axis.set(ylabel="test accuracy (%)", title=f"Per-class test accuracy, {data_label}", ylim=(0, 100))
+  axis.grid(axis="y", alpha=0.3)
+  axis.legend(ncol=min(len(runs), 5), fontsize="small")
+  figure.tight_layout()
+  per_class_path = os.path.join(out, "per_class_accuracy.png")
+  figure.savefig(per_class_path, dpi=120)
+  plt.close(figure)
+  return [comparison, per_class_path]
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("workdirs", nargs="+", help="finished CIFAR-10 workdirs")
+  parser.add_argument("--out", default="plots", help="folder for the PNG files (default: plots)")
+  args = parser.parse_args(argv)
+  try:
+    for path in plot(args.workdirs, args.out):
+      print(path)
+  except (OSError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
