@@ -14,6 +14,7 @@ import json
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 from simjax.run_records import write_json
@@ -131,3 +132,31 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     else:
       flat[f"{prefix}{key}"] = value
   return flat
+
+
+def read_config(workdir: str) -> dict[str, Any]:
+  """The config.json of a trained workdir (what eval and predict rebuild the model from)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: --workdir must be the workdir of a trained model")
+  with open(path) as f:
+    return json.load(f)
+
+
+def restore_for_inference(workdir: str, state: Any, which: str) -> Any:
+  """`state` with the params (and BatchNorm statistics) of the workdir's `which`
+  ("best" / "latest") checkpoint; read-only, so a running training is never disturbed."""
+  store = CheckpointStore(workdir, read_only=True)
+  restored = store.restore_state_tree(which)
+  store.close()
+  if restored is None:
+    folder = "best" if which == "best" else "checkpoints"
+    raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, folder)}: train there first")
+
+  def like(reference, values):
+    return jax.tree_util.tree_map(lambda r, v: jax.numpy.asarray(v, r.dtype), reference, values)
+
+  return state.replace(
+    params=like(state.params, restored["params"]),
+    batch_stats=like(state.batch_stats, restored.get("batch_stats") or {}),
+  )

@@ -48,7 +48,6 @@ def fit(
   state: Any,
   *,
   store: CheckpointStore,
-  log: MetricsLog,
   epochs: int,
   train_epoch: Callable[[Any, int], EpochResult],
   evaluate: Callable[[Any], dict[str, float]],
@@ -60,50 +59,58 @@ def fit(
 
   Returns the final state and checkpoint meta: {"epoch", "history", "best", "train_seconds"}.
   """
-  meta = {"epoch": 0, "history": [], "best": None, "train_seconds": 0.0}
-  restored = store.restore_latest(abstract_state(state))
-  if restored is not None:
-    state, meta = restored
-  log.reset(meta["history"])
-  # Compiled once: run eagerly, optax's plateau update would recompile every epoch.
-  advance_plateau = jax.jit(lambda plateau_state, value: optim.advance_plateau(plateau, plateau_state, value))
-  for row in meta["history"]:
-    on_epoch(row)
+  log = MetricsLog(store.workdir)
+  try:
+    meta = {"epoch": 0, "history": [], "best": None, "train_seconds": 0.0}
+    restored = store.restore_latest(abstract_state(state))
+    if restored is not None:
+      state, meta = restored
+    log.reset(meta["history"])
+    # Compiled once: run eagerly, optax's plateau update would recompile every epoch.
+    advance_plateau = jax.jit(
+      lambda plateau_state, value: optim.advance_plateau(plateau, plateau_state, value)
+    )
+    for row in meta["history"]:
+      on_epoch(row)
 
-  for epoch in range(meta["epoch"] + 1, epochs + 1):
-    first_step = int(state.step)  # read now: train_epoch may donate `state`'s buffers
-    start = time.perf_counter()
-    result = train_epoch(state, epoch)
-    _check_finite(result.step_losses, result.state, first_step=first_step, epoch=epoch, store=store)
-    state = result.state
-    jax.block_until_ready(state)
-    epoch_seconds = time.perf_counter() - start
-    dev = evaluate(state)
-    row = {
-      "epoch": epoch,
-      **result.metrics,
-      **{f"{selection.eval_name}_{k}": v for k, v in dev.items()},
-      "learning_rate_scale": float(state.plateau_state.scale),
-      "epoch_seconds": epoch_seconds,
-    }
-    if plateau is not None and selection.plateau_metric is not None:
-      state = state.replace(plateau_state=advance_plateau(state.plateau_state, dev[selection.plateau_metric]))
-    value = dev[selection.best_metric]
-    is_best = meta["best"] is None or _better(value, meta["best"]["value"], selection.higher_is_better)
-    if is_best:
-      meta["best"] = {
+    for epoch in range(meta["epoch"] + 1, epochs + 1):
+      first_step = int(state.step)  # read now: train_epoch may donate `state`'s buffers
+      start = time.perf_counter()
+      result = train_epoch(state, epoch)
+      _check_finite(result.step_losses, result.state, first_step=first_step, epoch=epoch, store=store)
+      state = result.state
+      jax.block_until_ready(state)
+      epoch_seconds = time.perf_counter() - start
+      dev = evaluate(state)
+      row = {
         "epoch": epoch,
-        "step": int(state.step),
-        "metric": selection.best_metric,
-        "value": value,
+        **result.metrics,
+        **{f"{selection.eval_name}_{k}": v for k, v in dev.items()},
+        "learning_rate_scale": float(state.plateau_state.scale),
+        "epoch_seconds": epoch_seconds,
       }
-    meta["epoch"] = epoch
-    meta["history"].append(row)
-    meta["train_seconds"] += epoch_seconds
-    store.save(int(state.step), state, meta, is_best=is_best)  # before the log: see MetricsLog.reset
-    log.write(row)
-    on_epoch(row)
-  return state, meta
+      if plateau is not None and selection.plateau_metric is not None:
+        state = state.replace(
+          plateau_state=advance_plateau(state.plateau_state, dev[selection.plateau_metric])
+        )
+      value = dev[selection.best_metric]
+      is_best = meta["best"] is None or _better(value, meta["best"]["value"], selection.higher_is_better)
+      if is_best:
+        meta["best"] = {
+          "epoch": epoch,
+          "step": int(state.step),
+          "metric": selection.best_metric,
+          "value": value,
+        }
+      meta["epoch"] = epoch
+      meta["history"].append(row)
+      meta["train_seconds"] += epoch_seconds
+      store.save(int(state.step), state, meta, is_best=is_best)  # before the log: see MetricsLog.reset
+      log.write(row)
+      on_epoch(row)
+    return state, meta
+  finally:
+    log.close()
 
 
 def _better(value: float, best: float, higher_is_better: bool) -> bool:

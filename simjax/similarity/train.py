@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Callable
 
@@ -13,7 +12,8 @@ import numpy as np
 import optax
 
 from simjax import loop, metrics, optim, run_records, sharding
-from simjax.checkpoints import CONFIG_FILE, CheckpointStore
+from simjax import checkpoints
+from simjax.checkpoints import CheckpointStore
 from simjax.similarity import datasets, glove, input_pipeline, text
 from simjax.similarity.models import ModelConfig, SiameseSimilarity, with_pretrained_embeddings
 from simjax.train_state import TrainState
@@ -290,21 +290,16 @@ def train_and_evaluate(
     higher_is_better=train_config.best_metric != "mse",
     plateau_metric="mse" if optim_config.lr_schedule == "plateau" else None,
   )
-  log = run_records.MetricsLog(workdir)
-  try:
-    _, meta = loop.fit(
-      state,
-      store=store,
-      log=log,
-      epochs=train_config.epochs,
-      train_epoch=train_epoch,
-      evaluate=lambda s: evaluate(s, data.splits["dev"], batch_size, max_length),
-      selection=selection,
-      plateau=optim.plateau_transform(optim_config),
-      on_epoch=on_epoch,
-    )
-  finally:
-    log.close()
+  _, meta = loop.fit(
+    state,
+    store=store,
+    epochs=train_config.epochs,
+    train_epoch=train_epoch,
+    evaluate=lambda s: evaluate(s, data.splits["dev"], batch_size, max_length),
+    selection=selection,
+    plateau=optim.plateau_transform(optim_config),
+    on_epoch=on_epoch,
+  )
   best = store.restore_best(loop.abstract_state(state))
   store.close()
   best_state, best_meta = best  # fit() always leaves one: epochs >= 1
@@ -361,19 +356,13 @@ def run_config(
 
 def load_trained(workdir: str) -> tuple[TrainState, dict[str, Any], text.Vocabulary]:
   """The best-on-dev state of a trained workdir, its run config and vocabulary."""
-  config_path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(config_path):
-    raise FileNotFoundError(f"{config_path} not found: --workdir must be the workdir of a trained model")
-  with open(config_path) as f:
-    config = json.load(f)
-  model_config = ModelConfig(**config["model"])
+  config = checkpoints.read_config(workdir)
   state = create_train_state(
-    jax.random.PRNGKey(0), model_config, optim.OptimConfig(), steps_per_epoch=1, total_steps=1
+    jax.random.PRNGKey(0),
+    ModelConfig(**config["model"]),
+    optim.OptimConfig(),
+    steps_per_epoch=1,
+    total_steps=1,
   )
-  store = CheckpointStore(workdir, read_only=True)  # never touch a training run's files
-  restored = store.restore_state_tree("best")
-  store.close()
-  if restored is None:
-    raise FileNotFoundError(f"no best checkpoint in {os.path.join(workdir, 'best')}: train there first")
-  params = jax.tree_util.tree_map(lambda ref, x: jnp.asarray(x, ref.dtype), state.params, restored["params"])
-  return state.replace(params=params), config, text.Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
+  state = checkpoints.restore_for_inference(workdir, state, "best")
+  return state, config, text.Vocabulary.load(os.path.join(workdir, VOCAB_FILE))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import time
 from typing import Any, Callable
@@ -21,7 +20,8 @@ import numpy as np
 import optax
 
 from simjax import loop, optim, run_records, sharding
-from simjax.checkpoints import CONFIG_FILE, CheckpointStore
+from simjax import checkpoints
+from simjax.checkpoints import CheckpointStore
 from simjax.train_state import TrainState
 from simjax.vision import input_pipeline
 from simjax.vision.models import ModelConfig, make_model
@@ -108,8 +108,11 @@ def train_step(
   return state, {"loss": loss, "accuracy": accuracy}
 
 
-def make_train_epoch(
+def compile_train_epoch(
   mesh,
+  state: TrainState,
+  images: jax.Array,
+  labels: jax.Array,
   *,
   batch_size: int,
   steps: int,
@@ -118,7 +121,7 @@ def make_train_epoch(
   compute_dtype,
   fused: bool | None = None,
 ) -> Callable:
-  """(state, images, labels, epoch_key) -> (state, {"loss": [steps], "accuracy": [steps]}).
+  """Compiles one epoch: (state, images, labels, epoch_key) -> (state, {"loss", "accuracy"} per step).
 
   `images`/`labels` are the whole (replicated) train split on the device(s); each step
   gathers its batch from a fresh permutation there and shards it over the data axis.
@@ -126,10 +129,12 @@ def make_train_epoch(
   trip between steps. XLA's CPU backend runs loop bodies without its fast convolution
   path (about 14x slower, measured here), so on CPU (fused=None picks) the epoch is a
   host loop over one compiled step instead; the data still never leaves the device.
+  Everything is compiled here, ahead of time, so epoch timings exclude compilation.
   """
   fused = jax.default_backend() != "cpu" if fused is None else fused
   batch_sharding = sharding.batch_sharded(mesh)
   replicated = sharding.replicated(mesh)
+  example_key = jax.random.PRNGKey(0)
 
   def step(state, images, labels, indices):
     batch_images = jax.lax.with_sharding_constraint(images[indices], batch_sharding)
@@ -143,29 +148,34 @@ def make_train_epoch(
       compute_dtype=compute_dtype,
     )
 
-  def epoch_order(epoch_key, count):
-    return jax.random.permutation(epoch_key, count)[: steps * batch_size].reshape(steps, batch_size)
+  def epoch_order(epoch_key):
+    return jax.random.permutation(epoch_key, labels.shape[0])[: steps * batch_size].reshape(steps, batch_size)
 
   if fused:
 
     def epoch(state, images, labels, epoch_key):
-      order = epoch_order(epoch_key, labels.shape[0])
-      return jax.lax.scan(lambda s, indices: step(s, images, labels, indices), state, order)
+      return jax.lax.scan(lambda s, indices: step(s, images, labels, indices), state, epoch_order(epoch_key))
 
-    return jax.jit(epoch, out_shardings=(replicated, replicated), donate_argnums=(0,))
+    jitted = jax.jit(epoch, out_shardings=(replicated, replicated), donate_argnums=(0,))
+    return jitted.lower(state, images, labels, example_key).compile()
 
-  order_fn = jax.jit(epoch_order, static_argnums=1)
-  step_fn = jax.jit(step, out_shardings=(replicated, replicated), donate_argnums=(0,))
+  order_fn = jax.jit(epoch_order).lower(example_key).compile()
+  example_indices = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+  step_fn = (
+    jax.jit(step, out_shardings=(replicated, replicated), donate_argnums=(0,))
+    .lower(state, images, labels, example_indices)
+    .compile()
+  )
 
-  def epoch(state, images, labels, epoch_key):
-    order = order_fn(epoch_key, labels.shape[0])
+  def host_loop_epoch(state, images, labels, epoch_key):
+    order = order_fn(epoch_key)
     metrics = []
     for i in range(steps):
       state, step_metrics = step_fn(state, images, labels, order[i])
       metrics.append(step_metrics)
     return state, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *metrics)
 
-  return epoch
+  return host_loop_epoch
 
 
 def make_predict(mesh, *, batch_size: int, compute_dtype) -> Callable:
@@ -207,15 +217,6 @@ def classification_metrics(predictions: np.ndarray, labels: np.ndarray, class_na
     "per_class_accuracy": {name: float(a) for name, a in zip(class_names, per_class)},
     "confusion_matrix": confusion.tolist(),  # rows: true class, columns: predicted
   }
-
-
-def _compiled(epoch_fn, state, images, labels, key) -> Callable:
-  """The fused epoch compiled ahead of time; the host-loop epoch warmed up on a copy
-  of the state (its step compiles on first use)."""
-  if hasattr(epoch_fn, "lower"):
-    return epoch_fn.lower(state, images, labels, key).compile()
-  jax.block_until_ready(epoch_fn(jax.tree_util.tree_map(jnp.copy, state), images, labels, key))
-  return epoch_fn
 
 
 def _accuracy_and_error(metrics: dict[str, Any]) -> dict[str, float]:
@@ -279,8 +280,13 @@ def train_and_evaluate(
   train_images, train_labels = jax.device_put((train.images, train.labels), replicated)
   eval_batch = min(train_config.batch_size, -(-len(test) // mesh.devices.size) * mesh.devices.size)
   test_images = jax.device_put(_padded(test.images, eval_batch), replicated)
-  epoch_fn = make_train_epoch(
+  # Compile before training, so epoch timings measure training only.
+  start = time.perf_counter()
+  compiled_epoch = compile_train_epoch(
     mesh,
+    state,
+    train_images,
+    train_labels,
     batch_size=train_config.batch_size,
     steps=steps,
     augmentation=data_config.augmentation,
@@ -288,9 +294,6 @@ def train_and_evaluate(
     compute_dtype=compute_dtype,
   )
   predict_fn = make_predict(mesh, batch_size=eval_batch, compute_dtype=compute_dtype)
-  # Compile before training, so epoch timings measure training only.
-  start = time.perf_counter()
-  compiled_epoch = _compiled(epoch_fn, state, train_images, train_labels, jax.random.PRNGKey(0))
   compiled_predict = predict_fn.lower(state, test_images).compile()
   compile_seconds = time.perf_counter() - start
 
@@ -309,26 +312,21 @@ def train_and_evaluate(
       {"train_loss": float(np.mean(metrics["loss"])), "train_accuracy": float(np.mean(metrics["accuracy"]))},
     )
 
-  log = run_records.MetricsLog(workdir)
-  try:
-    state, meta = loop.fit(
-      state,
-      store=store,
-      log=log,
-      epochs=train_config.epochs,
-      train_epoch=train_epoch,
-      evaluate=lambda s: _accuracy_and_error(evaluate(s)),
-      selection=loop.Selection(
-        best_metric="accuracy",
-        higher_is_better=True,
-        plateau_metric="error" if optim_config.lr_schedule == "plateau" else None,
-        eval_name="test" if data_config.eval_split.startswith("test") else "eval",
-      ),
-      plateau=optim.plateau_transform(optim_config),
-      on_epoch=on_epoch,
-    )
-  finally:
-    log.close()
+  state, meta = loop.fit(
+    state,
+    store=store,
+    epochs=train_config.epochs,
+    train_epoch=train_epoch,
+    evaluate=lambda s: _accuracy_and_error(evaluate(s)),
+    selection=loop.Selection(
+      best_metric="accuracy",
+      higher_is_better=True,
+      plateau_metric="error" if optim_config.lr_schedule == "plateau" else None,
+      eval_name="test" if data_config.eval_split.startswith("test") else "eval",
+    ),
+    plateau=optim.plateau_transform(optim_config),
+    on_epoch=on_epoch,
+  )
   store.close()
   final = evaluate(state)  # the last epoch, as the study reports it (no selection on test)
   images_trained = steps * train_config.batch_size * meta["epoch"]
@@ -371,29 +369,13 @@ def run_config(
 
 
 def load_trained(workdir: str) -> tuple[TrainState, dict[str, Any]]:
-  """The latest state of a trained workdir and its run config."""
-  config_path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(config_path):
-    raise FileNotFoundError(f"{config_path} not found: --workdir must be the workdir of a trained model")
-  with open(config_path) as f:
-    config = json.load(f)
-  model_config = ModelConfig(
-    **{k: tuple(v) if isinstance(v, list) else v for k, v in config["model"].items()}
-  )
+  """The last-epoch state of a trained workdir (what results.json reports) and its run config."""
+  config = checkpoints.read_config(workdir)
   state = create_train_state(
-    jax.random.PRNGKey(0), model_config, optim.OptimConfig(), steps_per_epoch=1, total_steps=1
+    jax.random.PRNGKey(0),
+    ModelConfig(**config["model"]),
+    optim.OptimConfig(),
+    steps_per_epoch=1,
+    total_steps=1,
   )
-  store = CheckpointStore(workdir, read_only=True)
-  restored = store.restore_state_tree("latest")
-  store.close()
-  if restored is None:
-    raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: train there first")
-
-  def like(reference, values):
-    return jax.tree_util.tree_map(lambda r, v: jnp.asarray(v, r.dtype), reference, values)
-
-  state = state.replace(
-    params=like(state.params, restored["params"]),
-    batch_stats=like(state.batch_stats, restored["batch_stats"]),
-  )
-  return state, config
+  return checkpoints.restore_for_inference(workdir, state, "latest"), config

@@ -74,8 +74,12 @@ def test_fused_epoch_program_equals_the_host_loop(cifar_data_dir):
       steps_per_epoch=4,
       total_steps=4,
     )
-    epoch = train.make_train_epoch(
+    images, labels = jnp.asarray(split.images), jnp.asarray(split.labels)
+    epoch = train.compile_train_epoch(
       mesh,
+      state,
+      images,
+      labels,
       batch_size=64,
       steps=4,
       augmentation=input_pipeline.Augmentation(cutout=4),
@@ -83,7 +87,7 @@ def test_fused_epoch_program_equals_the_host_loop(cifar_data_dir):
       compute_dtype=jnp.float32,
       fused=fused,
     )
-    state, metrics = epoch(state, jnp.asarray(split.images), jnp.asarray(split.labels), jax.random.PRNGKey(5))
+    state, metrics = epoch(state, images, labels, jax.random.PRNGKey(5))
     results.append(np.asarray(metrics["loss"]))
   np.testing.assert_allclose(results[0], results[1], rtol=1e-5)
 
