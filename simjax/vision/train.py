@@ -219,6 +219,20 @@ def classification_metrics(predictions: np.ndarray, labels: np.ndarray, class_na
   }
 
 
+def seconds_to_accuracy(history: list[dict[str, Any]], targets) -> dict[str, float | None]:
+  """Training seconds (compilation excluded) until the evaluated accuracy first reached each target."""
+  reached = {}
+  for target in targets:
+    elapsed, reached[str(target)] = 0.0, None
+    for row in history:
+      elapsed += row["epoch_seconds"]
+      accuracy = next(v for k, v in row.items() if k.endswith("_accuracy") and k != "train_accuracy")
+      if accuracy >= target:
+        reached[str(target)] = elapsed
+        break
+  return reached
+
+
 def _accuracy_and_error(metrics: dict[str, Any]) -> dict[str, float]:
   # The per-epoch row keeps scalars only; "error" can drive the plateau schedule.
   return {"accuracy": metrics["accuracy"], "error": 1.0 - metrics["accuracy"]}
@@ -337,6 +351,7 @@ def train_and_evaluate(
     "compile_seconds": compile_seconds,
     "images_per_second": images_trained / meta["train_seconds"] if meta["train_seconds"] else None,
     "seconds_per_epoch": float(np.median([r["epoch_seconds"] for r in meta["history"]])),
+    "seconds_to_accuracy": seconds_to_accuracy(meta["history"], (0.8, 0.85, 0.9, 0.94)),
     "devices": mesh.devices.size,
     "data": data_info,
     "flags": flags or {},

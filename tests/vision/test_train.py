@@ -42,6 +42,7 @@ def test_short_run_lowers_the_loss_and_writes_results(tmp_path, data_config):
   assert set(test["per_class_accuracy"]) == set(input_pipeline.CLASS_NAMES)
   assert np.sum(test["confusion_matrix"]) == 256
   assert results["images_per_second"] > 0 and results["compile_seconds"] > 0
+  assert set(results["seconds_to_accuracy"]) == {"0.8", "0.85", "0.9", "0.94"}
   saved = json.load(open(tmp_path / "results.json"))
   assert saved["test"]["accuracy"] == test["accuracy"] and "versions" in saved and "flags" in saved
 
@@ -147,3 +148,12 @@ def test_four_devices_give_the_losses_of_one(cifar_data_dir, tmp_path):
   assert abs(outputs[4]["accuracy"] - outputs[1]["accuracy"]) <= 2 / 64  # argmax ties may flip
   assert outputs[1]["bad"] is None
   assert "does not split evenly over 4 devices" in outputs[4]["bad"]
+
+
+def test_seconds_to_accuracy_counts_training_time_until_first_reached():
+  history = [
+    {"epoch": 1, "epoch_seconds": 10.0, "train_accuracy": 0.99, "test_accuracy": 0.5},
+    {"epoch": 2, "epoch_seconds": 5.0, "train_accuracy": 0.99, "test_accuracy": 0.91},
+    {"epoch": 3, "epoch_seconds": 5.0, "train_accuracy": 0.99, "test_accuracy": 0.89},
+  ]
+  assert train.seconds_to_accuracy(history, (0.5, 0.9, 0.95)) == {"0.5": 10.0, "0.9": 15.0, "0.95": None}
