@@ -14,7 +14,6 @@ import json
 import os
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 from simjax.run_records import write_json
@@ -98,15 +97,6 @@ class CheckpointStore:
   def restore_best(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
     return self._restore(self._best, abstract_state)
 
-  def restore_state_tree(self, which: str = "best") -> Any | None:
-    """The saved state ("best" or "latest") as nested dicts of arrays, without a target
-    structure: inference needs only params (and batch_stats), whatever optimizer trained them."""
-    manager = {"best": self._best, "latest": self._latest}[which]
-    step = manager.latest_step()
-    if step is None:
-      return None
-    return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-
   @staticmethod
   def _restore(manager: ocp.CheckpointManager, abstract_state: Any):
     step = manager.latest_step()
@@ -144,19 +134,16 @@ def read_config(workdir: str) -> dict[str, Any]:
 
 
 def restore_for_inference(workdir: str, state: Any, which: str) -> Any:
-  """`state` with the params (and BatchNorm statistics) of the workdir's `which`
-  ("best" / "latest") checkpoint; read-only, so a running training is never disturbed."""
+  """The workdir's `which` ("best" / "latest") checkpoint, restored into the structure and
+  device placement of `state` (built from the workdir's config.json), so a model trained
+  on several devices is usable on one. Read-only: a running training is never disturbed."""
+  from simjax.loop import abstract_state
+
   store = CheckpointStore(workdir, read_only=True)
-  restored = store.restore_state_tree(which)
+  restore = store.restore_best if which == "best" else store.restore_latest
+  restored = restore(abstract_state(state))
   store.close()
   if restored is None:
     folder = "best" if which == "best" else "checkpoints"
     raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, folder)}: train there first")
-
-  def like(reference, values):
-    return jax.tree_util.tree_map(lambda r, v: jax.numpy.asarray(v, r.dtype), reference, values)
-
-  return state.replace(
-    params=like(state.params, restored["params"]),
-    batch_stats=like(state.batch_stats, restored.get("batch_stats") or {}),
-  )
+  return restored[0]

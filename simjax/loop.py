@@ -77,10 +77,10 @@ def fit(
       first_step = int(state.step)  # read now: train_epoch may donate `state`'s buffers
       start = time.perf_counter()
       result = train_epoch(state, epoch)
+      jax.block_until_ready(result.state)
+      epoch_seconds = time.perf_counter() - start  # the check below compiles on first use: not timed
       _check_finite(result.step_losses, result.state, first_step=first_step, epoch=epoch, store=store)
       state = result.state
-      jax.block_until_ready(state)
-      epoch_seconds = time.perf_counter() - start
       dev = evaluate(state)
       row = {
         "epoch": epoch,
@@ -136,7 +136,10 @@ def _check_finite(
   kept_text = (
     f"the last good checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint was written yet"
   )
-  raise TrainingDiverged(f"{what}; {kept_text}; lower --learning_rate or set --grad_clip_norm")
+  raise TrainingDiverged(
+    f"{what}; {kept_text}; lower --learning_rate or set --grad_clip_norm in a new --workdir "
+    "(a workdir with checkpoints resumes only with its own settings)"
+  )
 
 
 def abstract_state(state: Any) -> Any:

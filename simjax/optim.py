@@ -51,7 +51,7 @@ def learning_rate_schedule(config: OptimConfig, steps_per_epoch: int, total_step
       decay_rate=config.decay_factor,
       staircase=True,
     )
-  elif config.lr_schedule == "onecycle":  # up for 25% of training, then down (Smith & Topin)
+  elif config.lr_schedule == "onecycle":  # up for 30% of training (optax default), then down (Smith & Topin)
     main = optax.cosine_onecycle_schedule(max(total_steps - warmup_steps, 1), peak_value=base)
   elif config.lr_schedule in ("cosine", "warmup_cosine"):
     main = optax.cosine_decay_schedule(base, decay_steps=max(total_steps - warmup_steps, 1))

@@ -360,7 +360,7 @@ def load_trained(workdir: str) -> tuple[TrainState, dict[str, Any], text.Vocabul
   state = create_train_state(
     jax.random.PRNGKey(0),
     ModelConfig(**config["model"]),
-    optim.OptimConfig(),
+    optim.OptimConfig(**config["optim"]),  # the checkpoint's optimizer-state structure
     steps_per_epoch=1,
     total_steps=1,
   )

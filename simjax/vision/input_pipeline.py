@@ -83,12 +83,18 @@ def load_split(split: str, data_dir: str | None, cache_dir: str | None) -> Image
       ) from None
     if count == 0:
       raise DataError(f"split {split!r} of {DATASET} is empty")
-    records = source.__getitems__(list(range(count)))
+    try:
+      records = source.__getitems__(list(range(count)))
+    except (OSError, RuntimeError) as e:  # a prepared folder with missing or damaged data files
+      raise DataError(
+        f"cannot read {DATASET} {split!r} from {builder.data_dir} ({str(e).splitlines()[0][:200]}); "
+        "check the array_record files there or point --data_dir at a complete copy"
+      ) from None
     images = np.stack([r["image"] for r in records]).astype(np.uint8)
     labels = np.array([r["label"] for r in records], np.int32)
     if cache:
       os.makedirs(os.path.dirname(cache), exist_ok=True)
-      tmp = cache + ".tmp.npz"
+      tmp = f"{cache}.{os.getpid()}.tmp.npz"  # concurrent first runs never share a temporary file
       np.savez(tmp, images=images, labels=labels)
       os.replace(tmp, cache)
   info["rows"] = len(labels)

@@ -309,6 +309,7 @@ def train_and_evaluate(
   )
   predict_fn = make_predict(mesh, batch_size=eval_batch, compute_dtype=compute_dtype)
   compiled_predict = predict_fn.lower(state, test_images).compile()
+  jax.random.fold_in(jax.random.PRNGKey(train_config.seed), 0).block_until_ready()  # eager ops of train_epoch
   compile_seconds = time.perf_counter() - start
 
   def evaluate(state) -> dict[str, Any]:
@@ -389,7 +390,7 @@ def load_trained(workdir: str) -> tuple[TrainState, dict[str, Any]]:
   state = create_train_state(
     jax.random.PRNGKey(0),
     ModelConfig(**config["model"]),
-    optim.OptimConfig(),
+    optim.OptimConfig(**config["optim"]),  # the checkpoint's optimizer-state structure
     steps_per_epoch=1,
     total_steps=1,
   )

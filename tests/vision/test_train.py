@@ -133,7 +133,12 @@ print(json.dumps({"devices": jax.device_count(), "bad": bad,
 def test_four_devices_give_the_losses_of_one(cifar_data_dir, tmp_path):
   outputs = {}
   for devices in (1, 4):
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "PYTHONPATH": REPO}
+    env = {
+      **os.environ,
+      "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+      "JAX_PLATFORMS": "cpu",  # the 4 devices are virtual CPU devices, also on a GPU machine
+      "PYTHONPATH": REPO,
+    }
     done = subprocess.run(
       [sys.executable, "-c", MULTI_DEVICE_SCRIPT, cifar_data_dir, str(tmp_path / str(devices))],
       capture_output=True,
@@ -148,6 +153,11 @@ def test_four_devices_give_the_losses_of_one(cifar_data_dir, tmp_path):
   assert abs(outputs[4]["accuracy"] - outputs[1]["accuracy"]) <= 2 / 64  # argmax ties may flip
   assert outputs[1]["bad"] is None
   assert "does not split evenly over 4 devices" in outputs[4]["bad"]
+  # Trained on 4 devices, used on this process's single device.
+  state, config = train.load_trained(str(tmp_path / "4"))
+  images = input_pipeline.load_split("test[:64]", cifar_data_dir, None).images
+  predictions = train.predict_classes(state, images, 32, config["model"]["dtype"])
+  assert predictions.shape == (64,) and set(predictions) <= set(range(10))
 
 
 def test_seconds_to_accuracy_counts_training_time_until_first_reached():
