@@ -38,8 +38,8 @@ class EpochResult:
 class Selection:
   """Which dev metric picks the best checkpoint, and which one drives the plateau."""
 
-  best_metric: str  # key in the evaluate() dict, e.g. "pearson"
-  higher_is_better: bool
+  best_metric: str | None  # key in the evaluate() dict, e.g. "pearson"; None: keep no best checkpoint
+  higher_is_better: bool = True
   plateau_metric: str | None = None  # e.g. "mse" (lower is better); None: no plateau
   eval_name: str = "dev"  # prefix of the evaluated split's metrics in the logged rows
 
@@ -93,8 +93,10 @@ def fit(
         state = state.replace(
           plateau_state=advance_plateau(state.plateau_state, dev[selection.plateau_metric])
         )
-      value = dev[selection.best_metric]
-      is_best = meta["best"] is None or _better(value, meta["best"]["value"], selection.higher_is_better)
+      value = dev.get(selection.best_metric, float("nan"))
+      is_best = selection.best_metric is not None and (
+        meta["best"] is None or _better(value, meta["best"]["value"], selection.higher_is_better)
+      )
       if is_best:
         meta["best"] = {
           "epoch": epoch,

@@ -334,8 +334,7 @@ def train_and_evaluate(
     train_epoch=train_epoch,
     evaluate=lambda s: _accuracy_and_error(evaluate(s)),
     selection=loop.Selection(
-      best_metric="accuracy",
-      higher_is_better=True,
+      best_metric=None,  # the evaluated split is the test set: select nothing on it, keep no "best"
       plateau_metric="error" if optim_config.lr_schedule == "plateau" else None,
       eval_name="test" if data_config.eval_split.startswith("test") else "eval",
     ),

@@ -43,6 +43,8 @@ def test_short_run_lowers_the_loss_and_writes_results(tmp_path, data_config):
   assert np.sum(test["confusion_matrix"]) == 256
   assert results["images_per_second"] > 0 and results["compile_seconds"] > 0
   assert set(results["seconds_to_accuracy"]) == {"0.8", "0.85", "0.9", "0.94"}
+  assert not os.listdir(tmp_path / "best")  # nothing is selected on the test split
+  assert len(os.listdir(tmp_path / "checkpoints")) == 3  # the latest 3 of 4 epochs
   saved = json.load(open(tmp_path / "results.json"))
   assert saved["test"]["accuracy"] == test["accuracy"] and "versions" in saved and "flags" in saved
 
