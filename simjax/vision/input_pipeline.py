@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 
 DATASET = "cifar10"
-NUM_CLASSES = 10
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # Per-channel statistics of the official CIFAR-10 train set (0-255 scale).
 MEAN = np.array([125.31, 122.95, 113.87], np.float32)

@@ -9,7 +9,6 @@ sharded on their first axis, the state is replicated, so BatchNorm sees the glob
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import time
 from typing import Any, Callable
@@ -24,7 +23,7 @@ from simjax import checkpoints
 from simjax.checkpoints import CheckpointStore
 from simjax.train_state import TrainState
 from simjax.vision import input_pipeline
-from simjax.vision.models import ModelConfig, make_model
+from simjax.vision.models import ModelConfig, init_variables, make_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +63,7 @@ def create_train_state(
 ) -> TrainState:
   model = make_model(model_config)
   init_rng, state_rng = jax.random.split(rng)
-  variables = jax.jit(functools.partial(model.init, train=False))(
-    init_rng, jnp.zeros((1, 32, 32, 3), jnp.float32)
-  )
+  variables = jax.jit(lambda key: init_variables(model, key))(init_rng)  # one compile, not one per op
   return TrainState.create(
     apply_fn=model.apply,
     params=variables["params"],
