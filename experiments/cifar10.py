@@ -89,6 +89,8 @@ def train() -> None:
       epochs=FLAGS.epochs,
       batch_size=FLAGS.batch_size,
       seed=FLAGS.seed,
+      num_seeds=FLAGS.num_seeds,
+      sequential_seeds=FLAGS.sequential_seeds,
       label_smoothing=FLAGS.label_smoothing,
       keep_checkpoints=FLAGS.keep_checkpoints,
     ),
@@ -96,15 +98,16 @@ def train() -> None:
     flags=common.flag_values(),
     on_epoch=table.print_row,
   )
-  print(
-    f"\ncompile {results['compile_seconds']:.1f} s, train {results['train_seconds']:.1f} s "
-    f"({results['images_per_second']:.0f} images/s on {results['devices']} device(s))"
-  )
-  _print_accuracy(results["test"], results["data"]["eval"]["label"], f"{config.eval_split}, last epoch")
+  if "compile_seconds" in results:  # a stacked run (sequential seeds report per seed)
+    print(
+      f"\ncompile {results['compile_seconds']:.1f} s, train {results['train_seconds']:.1f} s "
+      f"({results['images_per_second']:.0f} images/s on {results['devices']} device(s))"
+    )
+  _print_accuracy(results, results["data"]["eval"]["label"], f"{config.eval_split}, last epoch")
 
 
 def evaluate() -> None:
-  from simjax import run_records
+  from simjax import run_records, seeds
   from simjax.vision import input_pipeline, train as training
 
   state, config = training.load_trained(workdir())
@@ -112,15 +115,19 @@ def evaluate() -> None:
     FLAGS.eval_split or DEFAULT_EVAL_SPLIT, FLAGS.data_dir, FLAGS.cache_dir or None
   )
   predictions = training.predict_classes(state, split.images, FLAGS.batch_size, config["model"]["dtype"])
-  results = {"test": training.classification_metrics(predictions, split.labels, split.class_names)}
-  results.update(data=split.info, **run_records.provenance())
+  run_seeds = seeds.seed_list(config["train"]["seed"], config["train"].get("num_seeds", 1))
+  per_seed = [
+    {"seed": s, "test": training.classification_metrics(p, split.labels, split.class_names)}
+    for s, p in zip(run_seeds, predictions)
+  ]
+  results = {**seeds.combine(per_seed), "data": {"eval": split.info}, **run_records.provenance()}
+  common.warn_about_provenance_differences(workdir(), results)
   run_records.write_json(os.path.join(workdir(), "eval.json"), results)
-  _print_accuracy(
-    results["test"], split.info["label"], f"{split.info['split']}, latest checkpoint of {workdir()}"
-  )
+  _print_accuracy(results, split.info["label"], f"{split.info['split']}, latest checkpoint of {workdir()}")
 
 
 def predict(paths: list[str]) -> None:
+  import numpy as np
   from simjax.vision import input_pipeline, train as training
 
   if not paths:
@@ -129,11 +136,19 @@ def predict(paths: list[str]) -> None:
   images = input_pipeline.read_images(paths)
   predictions = training.predict_classes(state, images, FLAGS.batch_size, config["model"]["dtype"])
   names = input_pipeline.CLASS_NAMES
-  for path, label in zip(paths, predictions):
+  # A multi-seed workdir predicts by majority vote of its seeds (ties: the lowest class id).
+  votes = np.apply_along_axis(np.bincount, 0, predictions, minlength=len(names))
+  for path, label in zip(paths, votes.argmax(axis=0)):
     print(f"{path}\t{names[label]}")
 
 
-def _print_accuracy(metrics, label: str, where: str) -> None:
-  print(f"\n{label} accuracy ({where}): {metrics['accuracy']:.4f}")
+def _print_accuracy(results, label: str, where: str) -> None:
+  metrics = results["test"]
+  n = len(results["per_seed"])
+  mean_of = f", mean of {n} seeds {results['seeds']}" if n > 1 else ""
+  print(f"\n{label} accuracy ({where}{mean_of}): {metrics['accuracy']:.4f}")
   for name, accuracy in metrics["per_class_accuracy"].items():
     print(f"  {name:12s} {accuracy:.4f}")
+  if n > 1:
+    print("Mean ± std over seeds (sample std):")
+    print("\n".join(common.seed_summary_lines(results, [("test accuracy", "test.accuracy")])))

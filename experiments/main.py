@@ -29,6 +29,7 @@ def main(argv):
   if inputs and FLAGS.mode != "predict":
     raise app.UsageError(f"unexpected arguments: {' '.join(inputs)} (only --mode=predict takes inputs)")
   common.quiet_library_logs()
+  common.apply_determinism()
   modes = {"train": task.train, "eval": task.evaluate, "predict": lambda: task.predict(inputs)}
   common.run_mode(modes[FLAGS.mode])
 

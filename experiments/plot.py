@@ -6,6 +6,10 @@ r"""Figures from finished CIFAR-10 workdirs (PNG, matplotlib).
 Writes <out>/comparison.png (train loss and test accuracy per epoch, one line per workdir:
 the study's comparison of the structures) and <out>/per_class_accuracy.png (grouped bars).
 The data label (e.g. "CIFAR-10 (JPEG stand-in)") comes from each run's results.json.
+Multi-seed runs (--num_seeds) are drawn as their mean with a band from the lowest to the
+highest seed, and bars with ± one standard deviation.
+
+`learning_curves()` draws sentence-similarity runs: train and dev MSE per epoch.
 """
 
 from __future__ import annotations
@@ -32,15 +36,37 @@ def _load(workdir: str) -> dict:
   return {"name": name, "results": results, "history": history, "label": results["data"]["eval"]["label"]}
 
 
-def plot(workdirs: list[str], out: str) -> list[str]:
+class MissingPlotDependency(ImportError):
+  """matplotlib is not installed; the message says how to install it."""
+
+
+def _pyplot():
   try:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; works without a display
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
+    import matplotlib.ticker  # noqa: F401
   except ImportError:
-    raise SystemExit("error: plotting needs matplotlib: pip install matplotlib (it is in requirements.txt)")
+    raise MissingPlotDependency(
+      "plotting needs matplotlib: pip install matplotlib (it is in requirements.txt)"
+    ) from None
+  return matplotlib, plt
+
+
+def _curve(axis, history: list[dict], key: str, label: str, scale: float = 1.0) -> None:
+  """Mean over seeds per epoch, with a min-max band when the run has several seeds."""
+  epochs = [row["epoch"] for row in history]
+  (line,) = axis.plot(epochs, [scale * row[key] for row in history], label=label)
+  per_seed = [row.get("per_seed", {}).get(key) for row in history]
+  if all(values and len(values) > 1 for values in per_seed):
+    low = [scale * min(values) for values in per_seed]
+    high = [scale * max(values) for values in per_seed]
+    axis.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+
+
+def plot(workdirs: list[str], out: str) -> list[str]:
+  matplotlib, plt = _pyplot()
   runs = [_load(w) for w in workdirs]
   labels = sorted({run["label"] for run in runs})
   data_label = " + ".join(labels)
@@ -48,13 +74,10 @@ def plot(workdirs: list[str], out: str) -> list[str]:
 
   figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
   for run in runs:
-    epochs = [row["epoch"] for row in run["history"]]
     eval_key = next(k for k in run["history"][0] if k.endswith("_accuracy") and k != "train_accuracy")
     final = run["results"]["test"]["accuracy"]
-    loss_axis.plot(epochs, [row["train_loss"] for row in run["history"]], label=run["name"])
-    accuracy_axis.plot(
-      epochs, [100 * row[eval_key] for row in run["history"]], label=f"{run['name']} ({100 * final:.1f}%)"
-    )
+    _curve(loss_axis, run["history"], "train_loss", run["name"])
+    _curve(accuracy_axis, run["history"], eval_key, f"{run['name']} ({100 * final:.1f}%)", scale=100)
   loss_axis.set(xlabel="epoch", ylabel="train loss", title="Training loss")
   accuracy_axis.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
   for axis in (loss_axis, accuracy_axis):
@@ -73,7 +96,9 @@ def plot(workdirs: list[str], out: str) -> list[str]:
   for i, run in enumerate(runs):
     per_class = run["results"]["test"]["per_class_accuracy"]
     positions = [c + (i - (len(runs) - 1) / 2) * width for c in range(len(classes))]
-    axis.bar(positions, [100 * per_class[c] for c in classes], width, label=run["name"])
+    summary = run["results"].get("summary", {})
+    errors = [100 * summary.get(f"test.per_class_accuracy.{c}", {}).get("std", 0.0) for c in classes]
+    axis.bar(positions, [100 * per_class[c] for c in classes], width, yerr=errors, label=run["name"])
   axis.set_xticks(range(len(classes)), classes)
   axis.set(ylabel="test accuracy (%)", title=f"Per-class test accuracy, {data_label}", ylim=(0, 100))
   axis.grid(axis="y", alpha=0.3)
@@ -85,6 +110,33 @@ def plot(workdirs: list[str], out: str) -> list[str]:
   return [comparison, per_class_path]
 
 
+def learning_curves(workdirs: list[str], out: str, title: str = "") -> str:
+  """<out>/learning_curves.png: train and dev MSE per epoch of sentence-similarity runs."""
+  _, plt = _pyplot()
+  figure, (train_axis, dev_axis) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+  for workdir in workdirs:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      history = [json.loads(line) for line in f if line.strip()]
+    if not history or "train_mse" not in history[0]:
+      raise ValueError(f"{workdir} is not a finished sentence-similarity run (no train_mse in metrics.jsonl)")
+    name = os.path.basename(os.path.normpath(workdir))
+    _curve(train_axis, history, "train_mse", name)
+    _curve(dev_axis, history, "dev_mse", name)
+  train_axis.set(xlabel="epoch", ylabel="MSE", title="Train MSE")
+  dev_axis.set(xlabel="epoch", title="Dev MSE")
+  for axis in (train_axis, dev_axis):
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="small")
+  if title:
+    figure.suptitle(title)
+  figure.tight_layout()
+  os.makedirs(out, exist_ok=True)
+  path = os.path.join(out, "learning_curves.png")
+  figure.savefig(path, dpi=120)
+  plt.close(figure)
+  return path
+
+
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("workdirs", nargs="+", help="finished CIFAR-10 workdirs")
@@ -93,7 +145,7 @@ def main(argv: list[str]) -> int:
   try:
     for path in plot(args.workdirs, args.out):
       print(path)
-  except (OSError, ValueError) as e:
+  except (OSError, ValueError, MissingPlotDependency) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0

@@ -60,8 +60,8 @@ DEFAULT_EVAL_SPLIT = "validation"  # dev: model selection and the plateau schedu
 def model_config_for(data) -> ModelConfig:
   low, high = datasets.SCORE_RANGE[FLAGS.dataset]
   embedding_dim = FLAGS.embedding_dim
-  if data.embedding_matrix is not None:
-    pretrained_dim = data.embedding_matrix.shape[1]
+  if data.embedding_matrices is not None:
+    pretrained_dim = data.embedding_matrices.shape[-1]
     if FLAGS["embedding_dim"].present and embedding_dim != pretrained_dim:
       raise ValueError(
         f"--embedding_dim={embedding_dim} but the GloVe vectors have {pretrained_dim} dimensions: "
@@ -130,6 +130,8 @@ def train() -> None:
       epochs=FLAGS.epochs,
       batch_size=FLAGS.batch_size,
       seed=FLAGS.seed,
+      num_seeds=FLAGS.num_seeds,
+      sequential_seeds=FLAGS.sequential_seeds,
       keep_checkpoints=FLAGS.keep_checkpoints,
       best_metric=FLAGS.best_metric,
     ),
@@ -141,25 +143,34 @@ def train() -> None:
   coverage = results["data"].get("glove_coverage_of_train_vocab")  # known when the vocabulary is built
   if coverage is not None:
     print(f"GloVe coverage of the train vocabulary: {coverage:.1%}")
-  _print_final(
-    results, f"best dev epoch {results['best_epoch']}, {results['train_seconds']:.1f} s of training"
-  )
+  best_epochs = ", ".join(str(r["best_epoch"]) for r in results["per_seed"])
+  _print_final(results, f"best dev epoch {best_epochs}, {results['train_seconds']:.1f} s of training")
 
 
 def evaluate() -> None:
-  from simjax import run_records
+  from simjax import run_records, seeds
   from simjax.similarity import input_pipeline, train as training
 
   state, config, vocab = training.load_trained(workdir())
-  results = {}
+  run_seeds = seeds.seed_list(config["train"]["seed"], config["train"].get("num_seeds", 1))
+  per_seed = [{"seed": s} for s in run_seeds]
   eval_split = FLAGS.eval_split or DEFAULT_EVAL_SPLIT
   for name, split in (("dev", eval_split), ("test", FLAGS.test_split)):
     pairs = datasets.load_pairs(config["data"]["dataset"], split, FLAGS.data_dir, FLAGS.manual_dir)
     encoded = input_pipeline.encode_pairs(
       pairs.sentence1, pairs.sentence2, pairs.score, vocab, config["data"]["max_length"]
     )
-    results[name] = training.evaluate(state, encoded, FLAGS.batch_size, config["data"]["max_length"])
-  results.update(splits={"dev": eval_split, "test": FLAGS.test_split}, **run_records.provenance())
+    for r, metrics in enumerate(
+      training.evaluate(state, encoded, FLAGS.batch_size, config["data"]["max_length"])
+    ):
+      per_seed[r][name] = metrics
+  data_info = {
+    "dataset": config["data"]["dataset"],
+    "splits": {"dev": eval_split, "test": FLAGS.test_split},
+    "source_sha256": datasets.source_checksums(config["data"]["dataset"], FLAGS.data_dir, FLAGS.manual_dir),
+  }
+  results = {**seeds.combine(per_seed), "data": data_info, **run_records.provenance()}
+  common.warn_about_provenance_differences(workdir(), results)
   run_records.write_json(os.path.join(workdir(), "eval.json"), results)
   _print_final(results, f"best checkpoint of {workdir()}")
 
@@ -181,7 +192,9 @@ def predict(paths: list[str]) -> None:
   encoded = input_pipeline.encode_pairs(
     first, second, np.zeros(len(first)), vocab, config["data"]["max_length"]
   )
-  for score in training.predict(state, encoded, FLAGS.batch_size, config["data"]["max_length"]):
+  scores = training.predict(state, encoded, FLAGS.batch_size, config["data"]["max_length"])
+  # A multi-seed workdir predicts with the mean of its seeds (an ensemble).
+  for score in scores.mean(axis=0):
     print(f"{score:.4f}")
 
 
@@ -190,3 +203,11 @@ def _print_final(results, where: str) -> None:
   for name in ("dev", "test"):
     r = results[name]
     print(f"  {name:4s} Pearson {r['pearson']:.4f}  Spearman {r['spearman']:.4f}  MSE {r['mse']:.4f}")
+  if len(results["per_seed"]) > 1:
+    print(f"Mean ± std over {len(results['per_seed'])} seeds {results['seeds']} (sample std):")
+    keys = [
+      (f"{split} {m}", f"{split}.{m.lower()}")
+      for split in ("dev", "test")
+      for m in ("Pearson", "Spearman", "MSE")
+    ]
+    print("\n".join(common.seed_summary_lines(results, keys)))

@@ -76,14 +76,19 @@ class CheckpointStore:
       )
 
   # -- save / restore -----------------------------------------------------------------
-  def save(self, step: int, state: Any, meta: dict[str, Any], *, is_best: bool) -> None:
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+  def save(self, step: int, state: Any, meta: dict[str, Any], *, best_state: Any = None) -> None:
+    """Saves `state` as the latest checkpoint and, if given, `best_state` as the best."""
+
+    def args(tree):
+      return ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta))
+
     # `best` first, so a resumed run never lacks the best of its epochs. A run killed
     # between the two saves redoes that epoch and saves the same step again: replace it.
-    for manager in (self._best, self._latest) if is_best else (self._latest,):
+    saves = [(self._best, best_state)] if best_state is not None else []
+    for manager, tree in saves + [(self._latest, state)]:
       if step in manager.all_steps():
         manager.delete(step)
-      manager.save(step, args=args, force=True)
+      manager.save(step, args=args(tree), force=True)
 
   def latest_step(self) -> int | None:
     return self._latest.latest_step()

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from simjax import optim
+from simjax import seeds as seeds_lib
 from simjax.checkpoints import CheckpointStore
 from simjax.run_records import MetricsLog
 
@@ -29,16 +30,16 @@ class TrainingDiverged(RuntimeError):
 
 @dataclasses.dataclass
 class EpochResult:
-  state: Any
-  step_losses: np.ndarray  # one loss per train step, to find the first bad step
-  metrics: dict[str, float]  # logged as-is, e.g. {"train_mse": ...}
+  state: Any  # R stacked replicas (see simjax.seeds)
+  step_losses: np.ndarray  # [steps, R]: one loss per train step and replica, to find the first bad one
+  metrics: dict[str, np.ndarray]  # [R] per name, logged as-is, e.g. {"train_mse": ...}
 
 
 @dataclasses.dataclass(frozen=True)
 class Selection:
   """Which dev metric picks the best checkpoint, and which one drives the plateau."""
 
-  best_metric: str | None  # key in the evaluate() dict, e.g. "pearson"; None: keep no best checkpoint
+  best_metric: str | None  # key in the evaluate() dicts, e.g. "pearson"; None: keep no best checkpoint
   higher_is_better: bool = True
   plateau_metric: str | None = None  # e.g. "mse" (lower is better); None: no plateau
   eval_name: str = "dev"  # prefix of the evaluated split's metrics in the logged rows
@@ -50,64 +51,82 @@ def fit(
   store: CheckpointStore,
   epochs: int,
   train_epoch: Callable[[Any, int], EpochResult],
-  evaluate: Callable[[Any], dict[str, float]],
+  evaluate: Callable[[Any], list[dict[str, float]]],
   selection: Selection,
+  seeds: list[int],
   plateau: optim.optax.GradientTransformationExtraArgs | None = None,
   on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
 ) -> tuple[Any, dict[str, Any]]:
   """Trains until `epochs` are done (resuming if the workdir has a checkpoint).
 
-  Returns the final state and checkpoint meta: {"epoch", "history", "best", "train_seconds"}.
+  `state` stacks one replica per seed; `evaluate` returns one metrics dict per replica.
+  Each replica has its own best epoch and plateau: the "best" checkpoint stacks every
+  replica at its own best epoch. Logged rows hold the mean over replicas under each name
+  and every replica's value under "per_seed".
+  Returns the final state and checkpoint meta: {"epoch", "history", "best" (one per
+  replica), "train_seconds"}.
   """
   log = MetricsLog(store.workdir)
   try:
-    meta = {"epoch": 0, "history": [], "best": None, "train_seconds": 0.0}
+    meta = {"epoch": 0, "history": [], "best": [None] * len(seeds), "train_seconds": 0.0}
+    best_state = None
     restored = store.restore_latest(abstract_state(state))
     if restored is not None:
       state, meta = restored
+      if selection.best_metric is not None:
+        best_state = store.restore_best(abstract_state(state))[0]
     log.reset(meta["history"])
     # Compiled once: run eagerly, optax's plateau update would recompile every epoch.
     advance_plateau = jax.jit(
-      lambda plateau_state, value: optim.advance_plateau(plateau, plateau_state, value)
+      jax.vmap(lambda plateau_state, value: optim.advance_plateau(plateau, plateau_state, value))
     )
     for row in meta["history"]:
       on_epoch(row)
 
     for epoch in range(meta["epoch"] + 1, epochs + 1):
-      first_step = int(state.step)  # read now: train_epoch may donate `state`'s buffers
+      first_step = int(state.step[0])  # read now: train_epoch may donate `state`'s buffers
       start = time.perf_counter()
       result = train_epoch(state, epoch)
       jax.block_until_ready(result.state)
       epoch_seconds = time.perf_counter() - start  # the check below compiles on first use: not timed
-      _check_finite(result.step_losses, result.state, first_step=first_step, epoch=epoch, store=store)
+      _check_finite(
+        result.step_losses, result.state, first_step=first_step, epoch=epoch, store=store, seeds=seeds
+      )
       state = result.state
       dev = evaluate(state)
+      per_seed = {
+        **{k: [float(v) for v in values] for k, values in result.metrics.items()},
+        **{f"{selection.eval_name}_{k}": [d[k] for d in dev] for k in dev[0]},
+        "learning_rate_scale": [float(x) for x in np.asarray(state.plateau_state.scale)],
+      }
       row = {
         "epoch": epoch,
-        **result.metrics,
-        **{f"{selection.eval_name}_{k}": v for k, v in dev.items()},
-        "learning_rate_scale": float(state.plateau_state.scale),
+        **{k: float(np.mean(v)) for k, v in per_seed.items()},
         "epoch_seconds": epoch_seconds,
+        "per_seed": per_seed,
       }
       if plateau is not None and selection.plateau_metric is not None:
-        state = state.replace(
-          plateau_state=advance_plateau(state.plateau_state, dev[selection.plateau_metric])
-        )
-      value = dev.get(selection.best_metric, float("nan"))
-      is_best = selection.best_metric is not None and (
-        meta["best"] is None or _better(value, meta["best"]["value"], selection.higher_is_better)
-      )
-      if is_best:
-        meta["best"] = {
-          "epoch": epoch,
-          "step": int(state.step),
-          "metric": selection.best_metric,
-          "value": value,
-        }
+        values = jnp.asarray([d[selection.plateau_metric] for d in dev], jnp.float32)
+        state = state.replace(plateau_state=advance_plateau(state.plateau_state, values))
+      improved = np.zeros(len(seeds), bool)
+      if selection.best_metric is not None:
+        for r, d in enumerate(dev):
+          value, best = d[selection.best_metric], meta["best"][r]
+          if best is None or _better(value, best["value"], selection.higher_is_better):
+            improved[r] = True
+            meta["best"][r] = {
+              "epoch": epoch,
+              "step": int(state.step[r]),
+              "metric": selection.best_metric,
+              "value": value,
+            }
+        if improved.any():
+          best_state = state if best_state is None else seeds_lib.select(improved, state, best_state)
       meta["epoch"] = epoch
       meta["history"].append(row)
       meta["train_seconds"] += epoch_seconds
-      store.save(int(state.step), state, meta, is_best=is_best)  # before the log: see MetricsLog.reset
+      # before the log: see MetricsLog.reset
+      store.save(int(state.step[0]), state, meta, best_state=best_state if improved.any() else None)
       log.write(row)
       on_epoch(row)
     return state, meta
@@ -124,16 +143,31 @@ def _better(value: float, best: float, higher_is_better: bool) -> bool:
 
 
 def _check_finite(
-  step_losses: np.ndarray, state: Any, *, first_step: int, epoch: int, store: CheckpointStore
+  step_losses: np.ndarray,
+  state: Any,
+  *,
+  first_step: int,
+  epoch: int,
+  store: CheckpointStore,
+  seeds: list[int],
 ) -> None:
   """Raises before a non-finite loss or parameter could reach a checkpoint."""
-  bad = np.flatnonzero(~np.isfinite(step_losses))
+  step_losses = np.asarray(step_losses).reshape(len(step_losses), -1)
+  bad = np.argwhere(~np.isfinite(step_losses))
+  seed_text = lambda r: f" (seed {seeds[r]})" if len(seeds) > 1 else ""
   if bad.size:
-    what = f"loss became {step_losses[bad[0]]} at step {first_step + int(bad[0]) + 1} (epoch {epoch})"
-  elif not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(state.params)):
-    what = f"parameters became non-finite in epoch {epoch} (steps {first_step + 1}-{int(state.step)})"
+    step, r = bad[0]
+    what = (
+      f"loss became {step_losses[step, r]} at step {first_step + int(step) + 1} (epoch {epoch}){seed_text(r)}"
+    )
   else:
-    return
+    finite = np.ones(len(seeds), bool)
+    for x in jax.tree_util.tree_leaves(state.params):
+      finite &= np.asarray(jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1))
+    if finite.all():
+      return
+    r = int(np.flatnonzero(~finite)[0])
+    what = f"parameters became non-finite in epoch {epoch}{seed_text(r)}"
   kept = store.latest_step()
   kept_text = (
     f"the last good checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint was written yet"

@@ -90,6 +90,38 @@ def provenance() -> dict[str, Any]:
   return {"versions": versions(), "device": device_info(), "git": git_state(), "command": " ".join(sys.argv)}
 
 
+def provenance_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  """What differs between a training run's records (run_info.json) and now: package
+  versions, device, code commit, and the data's source checksums. Empty if nothing."""
+  differences = []
+  for section, keys in (
+    ("versions", None),
+    ("device", ("platform", "kind", "count")),
+    ("git", ("commit", "dirty")),
+  ):
+    before, now = recorded.get(section) or {}, current.get(section) or {}
+    for key in keys or sorted(set(before) | set(now)):
+      if before.get(key) != now.get(key):
+        differences.append(f"{section}.{key}: {before.get(key)!r} at training, {now.get(key)!r} now")
+  before = _checksums(recorded.get("data", {}))
+  now = _checksums(current.get("data", {}))
+  for name in sorted(set(before) & set(now)):
+    if before[name] != now[name]:
+      differences.append(
+        f"data file {name}: sha256 {before[name][:12]}... at training, {now[name][:12]}... now"
+      )
+  return differences
+
+
+def _checksums(data_info: dict[str, Any]) -> dict[str, str]:
+  """{file: sha256} from a run's data info (sentence datasets: "source_sha256"; images: per split)."""
+  found = dict(data_info.get("source_sha256") or {})
+  for value in data_info.values():
+    if isinstance(value, dict) and "source_sha256" in value:
+      found.update(value["source_sha256"])
+  return found
+
+
 class MetricsLog:
   """One JSON line per epoch in metrics.jsonl, mirrored to TensorBoard event files."""
 

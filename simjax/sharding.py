@@ -24,8 +24,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharded(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+def batch_sharded(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
+  """Split along `batch_axis` (1 for [replicas, batch, ...] arrays of stacked seeds)."""
+  return NamedSharding(mesh, PartitionSpec(*([None] * batch_axis), DATA_AXIS))
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
@@ -41,5 +42,5 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, replicated(mesh))
 
 
-def shard_batch(batch: Any, mesh: Mesh) -> Any:
-  return jax.device_put(batch, batch_sharded(mesh))
+def shard_batch(batch: Any, mesh: Mesh, batch_axis: int = 0) -> Any:
+  return jax.device_put(batch, batch_sharded(mesh, batch_axis))

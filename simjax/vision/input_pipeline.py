@@ -8,6 +8,7 @@ lives on the device, and batches are gathered, augmented and normalized there in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -97,7 +98,24 @@ def load_split(split: str, data_dir: str | None, cache_dir: str | None) -> Image
       np.savez(tmp, images=images, labels=labels)
       os.replace(tmp, cache)
   info["rows"] = len(labels)
+  info["source_sha256"] = _prepared_checksums(builder.data_dir)
   return ImageSplit(images, labels, names, info)
+
+
+@functools.lru_cache(maxsize=8)
+def _prepared_checksums(prepared_dir: str) -> dict[str, str]:
+  """sha256 of every file of the prepared dataset (array_record shards, metadata): which
+  bytes a result came from, so a run elsewhere can tell if its copy differs."""
+  digests = {}
+  for name in sorted(os.listdir(prepared_dir)):
+    path = os.path.join(prepared_dir, name)
+    if os.path.isfile(path):
+      digest = hashlib.sha256()
+      with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+          digest.update(chunk)
+      digests[name] = digest.hexdigest()
+  return digests
 
 
 def _image_encoding(prepared_dir: str) -> str:

@@ -9,6 +9,7 @@ sharded on their first axis, the state is replicated, so BatchNorm sees the glob
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Any, Callable
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from simjax import loop, optim, run_records, sharding
+from simjax import loop, optim, run_records, seeds, sharding
 from simjax import checkpoints
 from simjax.checkpoints import CheckpointStore
 from simjax.train_state import TrainState
@@ -39,13 +40,17 @@ class DataConfig:
 class TrainConfig:
   epochs: int = 30
   batch_size: int = 256
-  seed: int = 0
+  seed: int = 0  # the first seed; replica r uses seed + r
+  num_seeds: int = 1  # replicas trained together (jax.vmap), each with its own BatchNorm statistics
+  sequential_seeds: bool = False  # train the seeds one after another instead (less memory)
   label_smoothing: float = 0.0
   keep_checkpoints: int = 3
 
   def __post_init__(self):
     if self.epochs < 1 or self.batch_size < 1:
       raise ValueError(f"need epochs >= 1 and batch_size >= 1; got {self.epochs}, {self.batch_size}")
+    if self.num_seeds < 1:
+      raise ValueError(f"num_seeds must be >= 1, got {self.num_seeds}")
     if not 0.0 <= self.label_smoothing < 1.0:
       raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -54,24 +59,31 @@ class TrainConfig:
 # State and steps
 # --------------------------------------------------------------------------------------
 def create_train_state(
-  rng: jax.Array,
+  seed_list: list[int],
   model_config: ModelConfig,
   optim_config: optim.OptimConfig,
   *,
   steps_per_epoch: int,
   total_steps: int,
 ) -> TrainState:
+  """One replica per seed, stacked (see simjax.seeds)."""
   model = make_model(model_config)
-  init_rng, state_rng = jax.random.split(rng)
-  variables = jax.jit(lambda key: init_variables(model, key))(init_rng)  # one compile, not one per op
-  return TrainState.create(
-    apply_fn=model.apply,
-    params=variables["params"],
-    batch_stats=variables.get("batch_stats", {}),
-    tx=optim.make_optimizer(optim_config, steps_per_epoch, total_steps),
-    plateau=optim.plateau_transform(optim_config),
-    rng=state_rng,
-  )
+  tx = optim.make_optimizer(optim_config, steps_per_epoch, total_steps)
+  plateau = optim.plateau_transform(optim_config)
+
+  def create(key):
+    init_rng, state_rng = jax.random.split(key)
+    variables = init_variables(model, init_rng)
+    return TrainState.create(
+      apply_fn=model.apply,
+      params=variables["params"],
+      batch_stats=variables.get("batch_stats", {}),
+      tx=tx,
+      plateau=plateau,
+      rng=state_rng,
+    )
+
+  return jax.jit(jax.vmap(create))(seeds.stacked_keys(seed_list))  # one compile, not one per op
 
 
 def _loss_and_updates(state: TrainState, params, images, labels, dropout_key, label_smoothing: float):
@@ -118,10 +130,14 @@ def compile_train_epoch(
   compute_dtype,
   fused: bool | None = None,
 ) -> Callable:
-  """Compiles one epoch: (state, images, labels, epoch_key) -> (state, {"loss", "accuracy"} per step).
+  """Compiles one epoch: (state, images, labels, epoch_keys) -> (state, {"loss", "accuracy"}
+  [steps, replicas]).
 
-  `images`/`labels` are the whole (replicated) train split on the device(s); each step
-  gathers its batch from a fresh permutation there and shards it over the data axis.
+  `state` stacks the replicas (seeds) and `epoch_keys` [replicas, 2] gives each its data
+  order. `images`/`labels` are the whole (replicated) train split on the device(s), shared
+  by the replicas; each step gathers every replica's batch from its own fresh permutation
+  there and shards it over the data axis. The step is `jax.vmap`ped over replicas, so
+  each has its own BatchNorm statistics (over its global batch).
   fused=True compiles the epoch as one program (`lax.scan` over steps): no host round
   trip between steps. XLA's CPU backend runs loop bodies without its fast convolution
   path (about 14x slower, measured here), so on CPU (fused=None picks) the epoch is a
@@ -129,43 +145,45 @@ def compile_train_epoch(
   Everything is compiled here, ahead of time, so epoch timings exclude compilation.
   """
   fused = jax.default_backend() != "cpu" if fused is None else fused
-  batch_sharding = sharding.batch_sharded(mesh)
+  batch_sharding = sharding.batch_sharded(mesh, batch_axis=1)  # [replicas, batch, ...]
   replicated = sharding.replicated(mesh)
-  example_key = jax.random.PRNGKey(0)
+  replicas = seeds.num_replicas(state)
+  example_keys = jnp.zeros((replicas, 2), jnp.uint32)
+  replica_step = jax.vmap(
+    functools.partial(
+      train_step, augmentation=augmentation, label_smoothing=label_smoothing, compute_dtype=compute_dtype
+    )
+  )
 
-  def step(state, images, labels, indices):
+  def step(state, images, labels, indices):  # indices: [replicas, batch]
     batch_images = jax.lax.with_sharding_constraint(images[indices], batch_sharding)
     batch_labels = jax.lax.with_sharding_constraint(labels[indices], batch_sharding)
-    return train_step(
-      state,
-      batch_images,
-      batch_labels,
-      augmentation=augmentation,
-      label_smoothing=label_smoothing,
-      compute_dtype=compute_dtype,
-    )
+    return replica_step(state, batch_images, batch_labels)
 
-  def epoch_order(epoch_key):
-    return jax.random.permutation(epoch_key, labels.shape[0])[: steps * batch_size].reshape(steps, batch_size)
+  def epoch_order(epoch_keys):  # -> [steps, replicas, batch]
+    def order(key):
+      return jax.random.permutation(key, labels.shape[0])[: steps * batch_size].reshape(steps, batch_size)
+
+    return jnp.swapaxes(jax.vmap(order)(epoch_keys), 0, 1)
 
   if fused:
 
-    def epoch(state, images, labels, epoch_key):
-      return jax.lax.scan(lambda s, indices: step(s, images, labels, indices), state, epoch_order(epoch_key))
+    def epoch(state, images, labels, epoch_keys):
+      return jax.lax.scan(lambda s, indices: step(s, images, labels, indices), state, epoch_order(epoch_keys))
 
     jitted = jax.jit(epoch, out_shardings=(replicated, replicated), donate_argnums=(0,))
-    return jitted.lower(state, images, labels, example_key).compile()
+    return jitted.lower(state, images, labels, example_keys).compile()
 
-  order_fn = jax.jit(epoch_order).lower(example_key).compile()
-  example_indices = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+  order_fn = jax.jit(epoch_order).lower(example_keys).compile()
+  example_indices = jax.ShapeDtypeStruct((replicas, batch_size), jnp.int32)
   step_fn = (
     jax.jit(step, out_shardings=(replicated, replicated), donate_argnums=(0,))
     .lower(state, images, labels, example_indices)
     .compile()
   )
 
-  def host_loop_epoch(state, images, labels, epoch_key):
-    order = order_fn(epoch_key)
+  def host_loop_epoch(state, images, labels, epoch_keys):
+    order = order_fn(epoch_keys)
     metrics = []
     for i in range(steps):
       state, step_metrics = step_fn(state, images, labels, order[i])
@@ -176,25 +194,30 @@ def compile_train_epoch(
 
 
 def make_predict(mesh, *, batch_size: int, compute_dtype) -> Callable:
-  """(state, images uint8 [N...]) -> predicted classes [N], jitted; N a multiple of batch_size."""
+  """(state, images uint8 [N...]) -> every replica's predicted classes [replicas, N], jitted;
+  N a multiple of batch_size."""
   batch_sharding = sharding.batch_sharded(mesh)
+
+  def replica_logits(state, batch):
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return state.apply_fn(variables, input_pipeline.normalize(batch, compute_dtype), train=False)
 
   def predict(state, images):
     batches = images.reshape(-1, batch_size, *images.shape[1:])
 
     def step(_, batch):
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-      variables = {"params": state.params, "batch_stats": state.batch_stats}
-      logits = state.apply_fn(variables, input_pipeline.normalize(batch, compute_dtype), train=False)
+      logits = jax.vmap(replica_logits, in_axes=(0, None))(state, batch)  # [replicas, batch, classes]
       return None, jnp.argmax(logits, -1)
 
-    return jax.lax.scan(step, None, batches)[1].reshape(-1)
+    classes = jax.lax.scan(step, None, batches)[1]  # [batches, replicas, batch]
+    return jnp.swapaxes(classes, 0, 1).reshape(classes.shape[1], -1)
 
   return jax.jit(predict, out_shardings=sharding.replicated(mesh))
 
 
 def predict_classes(state: TrainState, images: np.ndarray, batch_size: int, dtype: str) -> np.ndarray:
-  """Predicted class of every uint8 image, on all local devices."""
+  """Every replica's predicted class of every uint8 image [replicas, N], on all local devices."""
   mesh = sharding.data_mesh()
   devices = mesh.devices.size
   batch_size = min(batch_size, -(-len(images) // devices) * devices)
@@ -202,7 +225,7 @@ def predict_classes(state: TrainState, images: np.ndarray, batch_size: int, dtyp
   predict = make_predict(mesh, batch_size=batch_size, compute_dtype=jnp.dtype(dtype))
   replicated = sharding.replicated(mesh)
   padded = jax.device_put(_padded(images, batch_size), replicated)
-  return np.asarray(predict(jax.device_put(state, replicated), padded))[: len(images)]
+  return np.asarray(predict(jax.device_put(state, replicated), padded))[:, : len(images)]
 
 
 def classification_metrics(predictions: np.ndarray, labels: np.ndarray, class_names) -> dict[str, Any]:
@@ -228,6 +251,16 @@ def seconds_to_accuracy(history: list[dict[str, Any]], targets) -> dict[str, flo
         reached[str(target)] = elapsed
         break
   return reached
+
+
+def epoch_keys(seed_list: list[int], epoch: int) -> jax.Array:
+  """Each replica's key for `epoch` (data order, augmentation): [replicas, 2]."""
+  return jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s), epoch) for s in seed_list])
+
+
+def _replica_history(history: list[dict[str, Any]], r: int) -> list[dict[str, Any]]:
+  """One replica's rows (its own accuracy; epoch seconds are those of all replicas together)."""
+  return [{**row, **{k: v[r] for k, v in row["per_seed"].items()}} for row in history]
 
 
 def _accuracy_and_error(metrics: dict[str, Any]) -> dict[str, float]:
@@ -256,8 +289,20 @@ def train_and_evaluate(
   """Trains (or resumes) in `workdir`; evaluates the last epoch on the eval split.
 
   Writes metrics.jsonl, results.json (overall / per-class accuracy, confusion matrix,
-  train and compile seconds, images per second), run_info.json and checkpoints.
+  train and compile seconds, images per second), run_info.json and checkpoints. With
+  several seeds, results.json holds each seed's results and their summary.
   """
+  seed_list = seeds.seed_list(train_config.seed, train_config.num_seeds)
+  if train_config.sequential_seeds and len(seed_list) > 1:
+
+    def run_one(seed: int, seed_workdir: str) -> dict[str, Any]:
+      one = dataclasses.replace(train_config, seed=seed, num_seeds=1, sequential_seeds=False)
+      return train_and_evaluate(
+        model_config, data_config, optim_config, one, seed_workdir, flags=flags, on_epoch=on_epoch
+      )
+
+    return seeds.run_sequentially(run_one, seed_list, workdir)
+
   mesh = sharding.data_mesh()
   sharding.check_batch_size(train_config.batch_size, mesh)
   train = input_pipeline.load_split(data_config.train_split, data_config.data_dir, data_config.cache_dir)
@@ -280,11 +325,7 @@ def train_and_evaluate(
 
   compute_dtype = jnp.dtype(model_config.dtype)
   state = create_train_state(
-    jax.random.PRNGKey(train_config.seed),
-    model_config,
-    optim_config,
-    steps_per_epoch=steps,
-    total_steps=steps * train_config.epochs,
+    seed_list, model_config, optim_config, steps_per_epoch=steps, total_steps=steps * train_config.epochs
   )
   replicated = sharding.replicated(mesh)
   state = jax.device_put(state, replicated)
@@ -293,62 +334,86 @@ def train_and_evaluate(
   test_images = jax.device_put(_padded(test.images, eval_batch), replicated)
   # Compile before training, so epoch timings measure training only.
   start = time.perf_counter()
-  compiled_epoch = compile_train_epoch(
-    mesh,
-    state,
-    train_images,
-    train_labels,
-    batch_size=train_config.batch_size,
-    steps=steps,
-    augmentation=data_config.augmentation,
-    label_smoothing=train_config.label_smoothing,
-    compute_dtype=compute_dtype,
-  )
-  predict_fn = make_predict(mesh, batch_size=eval_batch, compute_dtype=compute_dtype)
-  compiled_predict = predict_fn.lower(state, test_images).compile()
-  jax.random.fold_in(jax.random.PRNGKey(train_config.seed), 0).block_until_ready()  # eager ops of train_epoch
+  try:
+    compiled_epoch = compile_train_epoch(
+      mesh,
+      state,
+      train_images,
+      train_labels,
+      batch_size=train_config.batch_size,
+      steps=steps,
+      augmentation=data_config.augmentation,
+      label_smoothing=train_config.label_smoothing,
+      compute_dtype=compute_dtype,
+    )
+    predict_fn = make_predict(mesh, batch_size=eval_batch, compute_dtype=compute_dtype)
+    compiled_predict = predict_fn.lower(state, test_images).compile()
+    epoch_keys(seed_list, 0).block_until_ready()  # eager ops of train_epoch
+  except jax.errors.JaxRuntimeError as e:
+    if len(seed_list) > 1 and seeds.is_resource_exhausted(e):
+      raise seeds.out_of_memory_error(len(seed_list), e) from None
+    raise
   compile_seconds = time.perf_counter() - start
 
-  def evaluate(state) -> dict[str, Any]:
-    predictions = np.asarray(compiled_predict(jax.device_put(state, replicated), test_images))[: len(test)]
-    return classification_metrics(predictions, test.labels, test.class_names)
+  def evaluate(state) -> list[dict[str, Any]]:
+    predictions = np.asarray(compiled_predict(jax.device_put(state, replicated), test_images))[:, : len(test)]
+    return [classification_metrics(p, test.labels, test.class_names) for p in predictions]
 
   def train_epoch(state, epoch: int) -> loop.EpochResult:
     # Data order and augmentation depend only on (seed, epoch, step): resuming replays them.
-    key = jax.random.fold_in(jax.random.PRNGKey(train_config.seed), epoch)
-    state, metrics = compiled_epoch(jax.device_put(state, replicated), train_images, train_labels, key)
-    metrics = jax.device_get(metrics)
+    state, metrics = compiled_epoch(
+      jax.device_put(state, replicated), train_images, train_labels, epoch_keys(seed_list, epoch)
+    )
+    metrics = jax.device_get(metrics)  # [steps, replicas]
     return loop.EpochResult(
       state,
       np.asarray(metrics["loss"]),
-      {"train_loss": float(np.mean(metrics["loss"])), "train_accuracy": float(np.mean(metrics["accuracy"]))},
+      {
+        "train_loss": np.mean(metrics["loss"], axis=0),
+        "train_accuracy": np.mean(metrics["accuracy"], axis=0),
+      },
     )
 
-  state, meta = loop.fit(
-    state,
-    store=store,
-    epochs=train_config.epochs,
-    train_epoch=train_epoch,
-    evaluate=lambda s: _accuracy_and_error(evaluate(s)),
-    selection=loop.Selection(
-      best_metric=None,  # the evaluated split is the test set: select nothing on it, keep no "best"
-      plateau_metric="error" if optim_config.lr_schedule == "plateau" else None,
-      eval_name="test" if data_config.eval_split.startswith("test") else "eval",
-    ),
-    plateau=optim.plateau_transform(optim_config),
-    on_epoch=on_epoch,
-  )
+  try:
+    state, meta = loop.fit(
+      state,
+      store=store,
+      epochs=train_config.epochs,
+      train_epoch=train_epoch,
+      evaluate=lambda s: [_accuracy_and_error(m) for m in evaluate(s)],
+      selection=loop.Selection(
+        best_metric=None,  # the evaluated split is the test set: select nothing on it, keep no "best"
+        plateau_metric="error" if optim_config.lr_schedule == "plateau" else None,
+        eval_name="test" if data_config.eval_split.startswith("test") else "eval",
+      ),
+      seeds=seed_list,
+      plateau=optim.plateau_transform(optim_config),
+      on_epoch=on_epoch,
+    )
+  except jax.errors.JaxRuntimeError as e:
+    if len(seed_list) > 1 and seeds.is_resource_exhausted(e):
+      raise seeds.out_of_memory_error(len(seed_list), e) from None
+    raise
   store.close()
   final = evaluate(state)  # the last epoch, as the study reports it (no selection on test)
-  images_trained = steps * train_config.batch_size * meta["epoch"]
+  images_trained = steps * train_config.batch_size * meta["epoch"] * len(seed_list)
+  per_seed = [
+    {
+      "seed": s,
+      "test": final[r],
+      "seconds_to_accuracy": seconds_to_accuracy(
+        _replica_history(meta["history"], r), (0.8, 0.85, 0.9, 0.94)
+      ),
+    }
+    for r, s in enumerate(seed_list)
+  ]
   results = {
-    "test": final,
+    **seeds.combine(per_seed),
     "epochs": meta["epoch"],
     "train_seconds": meta["train_seconds"],
     "compile_seconds": compile_seconds,
     "images_per_second": images_trained / meta["train_seconds"] if meta["train_seconds"] else None,
     "seconds_per_epoch": float(np.median([r["epoch_seconds"] for r in meta["history"]])),
-    "seconds_to_accuracy": seconds_to_accuracy(meta["history"], (0.8, 0.85, 0.9, 0.94)),
     "devices": mesh.devices.size,
     "data": data_info,
     "flags": flags or {},
@@ -370,6 +435,7 @@ def run_config(
     data.pop(free)
   train = dataclasses.asdict(train_config)
   train.pop("keep_checkpoints")
+  train.pop("sequential_seeds")  # how the seeds run, not what they compute
   if optim_config.lr_schedule not in optim.SCHEDULES_OVER_ALL_EPOCHS:
     train.pop("epochs")
   return {
@@ -381,10 +447,12 @@ def run_config(
 
 
 def load_trained(workdir: str) -> tuple[TrainState, dict[str, Any]]:
-  """The last-epoch state of a trained workdir (what results.json reports) and its run config."""
+  """The last-epoch state of every seed of a trained workdir (what results.json reports)
+  and its run config."""
   config = checkpoints.read_config(workdir)
+  train = config["train"]
   state = create_train_state(
-    jax.random.PRNGKey(0),
+    seeds.seed_list(train["seed"], train.get("num_seeds", 1)),
     ModelConfig(**config["model"]),
     optim.OptimConfig(**config["optim"]),  # the checkpoint's optimizer-state structure
     steps_per_epoch=1,

@@ -80,14 +80,16 @@ def test_unknown_flag_and_missing_flagfile_are_one_clear_line():
   assert bad_value.returncode != 0 and "--cell" in bad_value.stderr and "Traceback" not in bad_value.stderr
 
 
-def test_killed_run_resumed_equals_uninterrupted(tiny, tmp_path):
+def test_killed_multi_seed_run_resumed_equals_uninterrupted(tiny, tmp_path):
   epochs = 12
-  reference = _run(*tiny(tmp_path / "reference", epochs))
+  seeds = ["--num_seeds=2", "--seed=4"]
+  reference = _run(*tiny(tmp_path / "reference", epochs), *seeds)
   assert reference.returncode == 0, reference.stderr
+  assert "Mean ± std over 2 seeds [4, 5]" in reference.stdout
 
   workdir = tmp_path / "killed"
   process = subprocess.Popen(
-    _command(*tiny(workdir, epochs)), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    _command(*tiny(workdir, epochs), *seeds), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
   )
   deadline = time.time() + 240
   # Kill once a few epochs are saved, so the resumed run also inherits an earlier best.
@@ -96,31 +98,45 @@ def test_killed_run_resumed_equals_uninterrupted(tiny, tmp_path):
   process.send_signal(signal.SIGKILL)
   assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
 
-  resumed = _run(*tiny(workdir, epochs))
+  resumed = _run(*tiny(workdir, epochs), *seeds)
   assert resumed.returncode == 0, resumed.stderr
   want = json.load(open(tmp_path / "reference" / "results.json"))
   got = json.load(open(workdir / "results.json"))
-  assert got["test"] == want["test"] and got["dev"] == want["dev"]
+  assert got["per_seed"] == want["per_seed"] and got["summary"] == want["summary"]  # bit-identical
+  assert want["seeds"] == [4, 5] and want["per_seed"][0]["test"] != want["per_seed"][1]["test"]
   assert [json.loads(line)["epoch"] for line in open(workdir / "metrics.jsonl")] == list(range(1, epochs + 1))
 
 
 def test_eval_and_predict_use_the_trained_workdir(tiny, tmp_path, prepared, manual_dir):
   workdir = tmp_path / "run"
-  trained = _run(*tiny(workdir))
+  trained = _run(*tiny(workdir), "--num_seeds=2")
   assert trained.returncode == 0, trained.stderr
   assert "dev Pearson" in trained.stdout and "test Pearson" in trained.stdout
   results = json.load(open(workdir / "results.json"))
 
-  evaluated = _run(
+  eval_flags = [
     "--mode=eval",
     f"--workdir={workdir}",
     f"--data_dir={prepared('stsb')}",
     f"--manual_dir={manual_dir}",
     "--eval_split=validation[:32]",
     "--test_split=test[:32]",
-  )
+  ]
+  evaluated = _run(*eval_flags)
   assert evaluated.returncode == 0, evaluated.stderr
-  assert json.load(open(workdir / "eval.json"))["test"] == pytest.approx(results["test"], abs=1e-6)
+  assert "warning" not in evaluated.stderr  # same machine, code and data as the training run
+  evaluation = json.load(open(workdir / "eval.json"))
+  for got, want in zip(evaluation["per_seed"], results["per_seed"]):
+    assert got["test"] == pytest.approx(want["test"], abs=1e-6)
+  # Elsewhere (here: other recorded versions and data), eval says what differs.
+  run_info = json.load(open(workdir / "run_info.json"))
+  run_info["versions"]["jax"] = "0.0.1"
+  run_info["data"]["source_sha256"]["sts-test.csv"] = "0" * 64
+  json.dump(run_info, open(workdir / "run_info.json", "w"))
+  elsewhere = _run(*eval_flags)
+  assert elsewhere.returncode == 0, elsewhere.stderr
+  assert "versions.jax: '0.0.1' at training" in elsewhere.stderr
+  assert "data file sts-test.csv: sha256 000000000000... at training" in elsewhere.stderr
 
   pairs = "A man is playing a guitar.\tA man plays the guitar.\n\nzzqx qqzx\t\n"
   predicted = _run("--mode=predict", f"--workdir={workdir}", stdin=pairs)

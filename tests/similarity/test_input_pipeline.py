@@ -25,8 +25,8 @@ def test_bucket_lengths():
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_every_example_once_with_fixed_batch_shape_and_no_truncation(shuffle):
   data = _pairs()
-  rng = np.random.default_rng(1) if shuffle else None
-  batches = list(input_pipeline.batches(data, 8, 40, shuffle_rng=rng))
+  rngs = (np.random.default_rng(1), np.random.default_rng(2)) if shuffle else (None, None)
+  batches = list(input_pipeline.batches(data, 8, 40, shuffle_rng=rngs[0], bucket_order_rng=rngs[1]))
   assert len(batches) == input_pipeline.num_batches(data, 8, 40)
   seen = []
   for batch in batches:
@@ -51,3 +51,21 @@ def test_shuffle_is_deterministic_given_the_generator():
   other = [b["score"].tolist() for b in input_pipeline.batches(data, 8, 40, np.random.default_rng(4))]
   assert first == again
   assert first != other
+
+
+def test_seeds_sharing_a_bucket_order_get_stackable_batches_of_their_own_examples():
+  data = _pairs()
+
+  def epoch(seed):
+    return list(
+      input_pipeline.batches(
+        data, 8, 40, shuffle_rng=np.random.default_rng(seed), bucket_order_rng=np.random.default_rng(7)
+      )
+    )
+
+  first, second = epoch(0), epoch(1)
+  assert [b["ids_a"].shape for b in first] == [b["ids_a"].shape for b in second]
+  assert any(not np.array_equal(a["row"], b["row"]) for a, b in zip(first, second))
+  stacked = input_pipeline.stack_replica_batches([first[0], second[0]])
+  assert stacked["ids_a"].shape == (2, *first[0]["ids_a"].shape)
+  np.testing.assert_array_equal(stacked["row"][1], second[0]["row"])

@@ -31,14 +31,21 @@ def data_config(prepared, manual_dir):
   )
 
 
-def _run(workdir, data_config, *, epochs=3, optim_config=None, model=_tiny_model, seed=0):
+def _run(workdir, data_config, *, epochs=3, optim_config=None, model=_tiny_model, seed=0, **train_settings):
   return train.train_and_evaluate(
     model,
     data_config,
     optim_config or optim.OptimConfig(optimizer="adam", learning_rate=3e-3),
-    train.TrainConfig(epochs=epochs, batch_size=32, seed=seed),
+    train.TrainConfig(epochs=epochs, batch_size=32, seed=seed, **train_settings),
     str(workdir),
   )
+
+
+def _params(workdir):
+  import jax
+
+  state, _, _ = train.load_trained(str(workdir))
+  return jax.tree_util.tree_leaves(jax.device_get(state.params))
 
 
 def test_loss_goes_down_and_outputs_are_written(tmp_path, data_config):
@@ -61,6 +68,58 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, data_config):
   other = _run(tmp_path / "c", data_config, epochs=1, seed=1)
   assert first["test"] == again["test"]  # bit-identical on CPU
   assert first["test"] != other["test"]
+  for a, b in zip(_params(tmp_path / "a"), _params(tmp_path / "b")):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_stacked_seeds_train_like_single_runs_and_are_summarized(tmp_path, data_config):
+  dropout = lambda d: _tiny_model(d, num_layers=2, dropout=0.3)  # per-seed dropout keys matter too
+  stacked = _run(tmp_path / "stacked", data_config, epochs=2, model=dropout, seed=3, num_seeds=3)
+  singles = [_run(tmp_path / f"seed{s}", data_config, epochs=2, model=dropout, seed=s) for s in (3, 4, 5)]
+  assert stacked["seeds"] == [3, 4, 5]
+  # Replica r is seed 3 + r: the same numbers as its own run, up to float summation order.
+  for replica, single in zip(stacked["per_seed"], singles):
+    for split in ("dev", "test"):
+      assert replica[split] == pytest.approx(single[split], rel=1e-4, abs=1e-5)
+    assert replica["best_epoch"] == single["best_epoch"]
+  rows = run_records.read_metrics(str(tmp_path / "stacked"))
+  for r, s in enumerate((3, 4, 5)):
+    single_rows = run_records.read_metrics(str(tmp_path / f"seed{s}"))
+    got = [row["per_seed"]["train_mse"][r] for row in rows]
+    assert got == pytest.approx([row["train_mse"] for row in single_rows], rel=1e-4)
+  # Seeds differ from each other, and the summary is their statistics.
+  pearsons = [r["test"]["pearson"] for r in stacked["per_seed"]]
+  assert len(set(pearsons)) == 3
+  summary = stacked["summary"]["test.pearson"]
+  assert summary["n"] == 3
+  assert summary["mean"] == pytest.approx(np.mean(pearsons))
+  assert summary["std"] == pytest.approx(np.std(pearsons, ddof=1))
+  assert (summary["min"], summary["max"]) == (min(pearsons), max(pearsons))
+  assert stacked["test"]["pearson"] == pytest.approx(np.mean(pearsons))
+  assert json.load(open(tmp_path / "stacked" / "results.json"))["summary"] == stacked["summary"]
+  # The fallback for short memory: the same seeds one after another, the same layout.
+  sequential = _run(
+    tmp_path / "sequential", data_config, epochs=2, model=dropout, seed=3, num_seeds=3, sequential_seeds=True
+  )
+  assert sequential["seeds"] == [3, 4, 5]
+  for a, b in zip(sequential["per_seed"], singles):
+    assert a["test"] == b["test"]  # each seed's own run, in <workdir>/seed_<s>
+  assert sorted(os.listdir(tmp_path / "sequential")) >= ["metrics.jsonl", "results.json", "seed_3", "seed_4"]
+  merged = run_records.read_metrics(str(tmp_path / "sequential"))
+  assert [len(row["per_seed"]["train_mse"]) for row in merged] == [3, 3]
+
+
+def test_stacked_seeds_resume_bit_identically(tmp_path, data_config):
+  uninterrupted = _run(tmp_path / "a", data_config, epochs=3, num_seeds=2)
+  _run(tmp_path / "b", data_config, epochs=1, num_seeds=2)
+  resumed = _run(tmp_path / "b", data_config, epochs=3, num_seeds=2)
+  assert resumed["per_seed"] == uninterrupted["per_seed"]
+  assert (
+    run_records.read_metrics(str(tmp_path / "b"))[-1]["per_seed"]
+    == (run_records.read_metrics(str(tmp_path / "a"))[-1]["per_seed"])
+  )
+  for a, b in zip(_params(tmp_path / "a"), _params(tmp_path / "b")):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_resume_continues_to_the_same_result(tmp_path, data_config):
@@ -132,8 +191,10 @@ def test_frozen_embeddings_do_not_move(tmp_path, data_config):
   )
   assert results["data"]["glove_coverage_of_train_vocab"] > 0.9
   state, _, vocab = train.load_trained(str(tmp_path))
-  prepared = train.prepare_data(glove_config, seed=0, vocab=vocab)
-  np.testing.assert_array_equal(state.params["encoder"]["embedding"]["embedding"], prepared.embedding_matrix)
+  prepared = train.prepare_data(glove_config, seeds=[0], vocab=vocab)
+  np.testing.assert_array_equal(
+    state.params["encoder"]["embedding"]["embedding"], prepared.embedding_matrices
+  )
   # Not frozen: the same run moves them.
   results = train.train_and_evaluate(
     lambda d: _tiny_model(d, embedding_dim=50),
@@ -143,7 +204,7 @@ def test_frozen_embeddings_do_not_move(tmp_path, data_config):
     str(tmp_path / "tuned"),
   )
   state, _, _ = train.load_trained(str(tmp_path / "tuned"))
-  assert not np.allclose(state.params["encoder"]["embedding"]["embedding"], prepared.embedding_matrix)
+  assert not np.allclose(state.params["encoder"]["embedding"]["embedding"], prepared.embedding_matrices)
 
 
 MULTI_DEVICE_SCRIPT = r"""

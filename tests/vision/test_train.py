@@ -61,7 +61,6 @@ def test_resume_equals_no_resume(tmp_path, data_config):
 
 
 def test_fused_epoch_program_equals_the_host_loop(cifar_data_dir):
-  import jax
   import jax.numpy as jnp
 
   from simjax import sharding
@@ -71,7 +70,7 @@ def test_fused_epoch_program_equals_the_host_loop(cifar_data_dir):
   results = []
   for fused in (True, False):
     state = train.create_train_state(
-      jax.random.PRNGKey(0),
+      [0, 1],
       ModelConfig(architecture="resnet", width=4),
       TINY_OPTIM,
       steps_per_epoch=4,
@@ -90,9 +89,49 @@ def test_fused_epoch_program_equals_the_host_loop(cifar_data_dir):
       compute_dtype=jnp.float32,
       fused=fused,
     )
-    state, metrics = epoch(state, images, labels, jax.random.PRNGKey(5))
+    state, metrics = epoch(state, images, labels, train.epoch_keys([0, 1], 5))
     results.append(np.asarray(metrics["loss"]))
+  assert results[0].shape == (4, 2)  # [steps, replicas]
   np.testing.assert_allclose(results[0], results[1], rtol=1e-5)
+
+
+def test_stacked_seeds_train_like_single_runs_with_their_own_batchnorm(cifar_data_dir):
+  import jax
+  import jax.numpy as jnp
+
+  from simjax import seeds, sharding
+
+  split = input_pipeline.load_split("train[:256]", cifar_data_dir, None)
+  images, labels = jnp.asarray(split.images), jnp.asarray(split.labels)
+  model = ModelConfig(architecture="resnet", width=4)
+
+  def one_epoch(seed_list):
+    state = train.create_train_state(seed_list, model, TINY_OPTIM, steps_per_epoch=4, total_steps=4)
+    epoch = train.compile_train_epoch(
+      sharding.data_mesh(),
+      state,
+      images,
+      labels,
+      batch_size=64,
+      steps=4,
+      augmentation=input_pipeline.Augmentation(),
+      label_smoothing=0.0,
+      compute_dtype=jnp.float32,
+    )
+    return epoch(state, images, labels, train.epoch_keys(seed_list, 1))
+
+  stacked, stacked_metrics = one_epoch([7, 8])
+  for r, seed in enumerate((7, 8)):
+    single, single_metrics = one_epoch([seed])
+    np.testing.assert_allclose(stacked_metrics["loss"][:, r], single_metrics["loss"][:, 0], rtol=1e-4)
+    for a, b in zip(
+      jax.tree_util.tree_leaves(seeds.replica(stacked.batch_stats, r)),
+      jax.tree_util.tree_leaves(seeds.replica(single.batch_stats, 0)),
+    ):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  # Each replica keeps its own running statistics.
+  mean = jax.tree_util.tree_leaves(stacked.batch_stats)[0]
+  assert not np.allclose(mean[0], mean[1])
 
 
 def test_bad_batch_sizes_are_explained(tmp_path, data_config):
@@ -159,7 +198,7 @@ def test_four_devices_give_the_losses_of_one(cifar_data_dir, tmp_path):
   state, config = train.load_trained(str(tmp_path / "4"))
   images = input_pipeline.load_split("test[:64]", cifar_data_dir, None).images
   predictions = train.predict_classes(state, images, 32, config["model"]["dtype"])
-  assert predictions.shape == (64,) and set(predictions) <= set(range(10))
+  assert predictions.shape == (1, 64) and set(predictions[0]) <= set(range(10))
 
 
 def test_seconds_to_accuracy_counts_training_time_until_first_reached():

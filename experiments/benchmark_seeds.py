@@ -1,0 +1,171 @@
+r"""Benchmark: N seeds stacked with jax.vmap vs the same N seeds one after another.
+
+  python -m experiments.benchmark_seeds                         # Siamese LSTM (lstm.flags recipe), N=8
+  python -m experiments.benchmark_seeds --task=cifar10 --num_seeds=4
+
+Trains the same configuration three ways in fresh workdirs under --out: one seed; N seeds
+stacked (one compiled program); N seeds sequentially (--sequential_seeds). Reports wall
+seconds of each whole run (data loading and compilation included) and the median
+steady-state epoch (epochs after the first, which compiles), writes <out>/seeds_<task>_<device>.json
+and prints a Markdown table. Epochs are few and data is sliced: this measures speed, not quality.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Flags of this command (defined only when it runs, so importing it defines none)."""
+  flags.DEFINE_enum("task", "similarity", ["similarity", "cifar10"], "What to benchmark.")
+  flags.DEFINE_integer("num_seeds", 8, "Seeds N.", lower_bound=2)
+  flags.DEFINE_integer("epochs", 3, "Epochs per run (the first includes compilation).", lower_bound=2)
+  flags.DEFINE_string(
+    "train_split", None, "Train split (default: train for sentences, train[:2048] for CIFAR)."
+  )
+  flags.DEFINE_string("out", "benchmarks", "Folder for the JSON result and the workdirs (removed after).")
+  flags.DEFINE_string("data_dir", os.environ.get("TFDS_DATA_DIR"), "TFDS data_dir.")
+  flags.DEFINE_string("manual_dir", os.environ.get("SIMJAX_MANUAL_DIR"), "Raw STS files (offline).")
+  flags.DEFINE_string("dtype", "float32", "CIFAR compute dtype (bfloat16 on a GPU).")
+
+
+def _similarity_runner(train_split: str):
+  from simjax import optim
+  from simjax.similarity import datasets, train
+  from simjax.similarity.models import ModelConfig
+
+  low, high = datasets.SCORE_RANGE["stsb"]
+  data = train.DataConfig(
+    dataset="stsb", data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir, train_split=train_split
+  )
+  optim_config = optim.OptimConfig(optimizer="adam", learning_rate=1e-3, grad_clip_norm=5.0)
+
+  def model(prepared):  # the lstm.flags recipe
+    return ModelConfig(
+      vocab_size=len(prepared.vocab),
+      embedding_dim=50,
+      cell="lstm",
+      hidden_size=128,
+      bidirectional=True,
+      pooling="max",
+      head="mlp",
+      score_min=low,
+      score_max=high,
+    )
+
+  def run(workdir: str, num_seeds: int, sequential: bool):
+    config = train.TrainConfig(
+      epochs=FLAGS.epochs, batch_size=64, num_seeds=num_seeds, sequential_seeds=sequential
+    )
+    return train.train_and_evaluate(model, data, optim_config, config, workdir)
+
+  return "Siamese BiLSTM (lstm.flags recipe), STS-B " + train_split + ", batch 64", run
+
+
+def _cifar_runner(train_split: str):
+  from simjax import optim
+  from simjax.vision import train
+  from simjax.vision.models import ModelConfig
+
+  data = train.DataConfig(
+    data_dir=FLAGS.data_dir,
+    cache_dir=os.path.join(FLAGS.out, "cache"),
+    train_split=train_split,
+    eval_split="test[:1000]",
+  )
+  optim_config = optim.OptimConfig(optimizer="nesterov", learning_rate=0.05, weight_decay=5e-4)
+  model = ModelConfig(architecture="resnet", width=64, dtype=FLAGS.dtype)
+
+  def run(workdir: str, num_seeds: int, sequential: bool):
+    config = train.TrainConfig(
+      epochs=FLAGS.epochs, batch_size=256, num_seeds=num_seeds, sequential_seeds=sequential
+    )
+    return train.train_and_evaluate(model, data, optim_config, config, workdir)
+
+  return f"ResNet-style CNN (width 64), CIFAR-10 (JPEG stand-in) {train_split}, batch 256", run
+
+
+def _steady_epoch_seconds(workdir: str) -> float:
+  import numpy as np
+
+  from simjax import run_records
+
+  rows = run_records.read_metrics(workdir)
+  return float(np.median([r["epoch_seconds"] for r in rows[1:]]))
+
+
+def benchmark() -> dict:
+
+  from simjax import run_records
+
+  split = FLAGS.train_split or ("train" if FLAGS.task == "similarity" else "train[:2048]")
+  what, run = (_similarity_runner if FLAGS.task == "similarity" else _cifar_runner)(split)
+  n = FLAGS.num_seeds
+  work = os.path.join(FLAGS.out, f"seeds_{FLAGS.task}_work")
+  shutil.rmtree(work, ignore_errors=True)
+  measured = {}
+  for label, num_seeds, sequential in (
+    ("one seed", 1, False),
+    (f"{n} stacked", n, False),
+    (f"{n} sequential", n, True),
+  ):
+    workdir = os.path.join(work, label.replace(" ", "_"))
+    print(f"{label}...", flush=True)
+    start = time.perf_counter()
+    run(workdir, num_seeds, sequential)
+    wall = time.perf_counter() - start
+    steady = _steady_epoch_seconds(workdir)
+    measured[label] = {"wall_seconds": wall, "steady_epoch_seconds": steady}
+  one, stacked, sequential = (measured[k] for k in ("one seed", f"{n} stacked", f"{n} sequential"))
+  device = run_records.device_info()
+  result = {
+    "what": what,
+    "num_seeds": n,
+    "epochs": FLAGS.epochs,
+    "measured": measured,
+    "stacked_over_one_seed": {k: stacked[k] / one[k] for k in one},
+    "sequential_over_stacked": {k: sequential[k] / stacked[k] for k in one},
+    "device": device,
+    "versions": run_records.versions(),
+    "git": run_records.git_state(),
+    "command": "python -m experiments.benchmark_seeds "
+    + " ".join(f"--{k}={FLAGS[k].value}" for k in ("task", "num_seeds", "epochs") if FLAGS[k].present),
+  }
+  shutil.rmtree(work, ignore_errors=True)
+  kind = device["kind"].replace(" ", "_")
+  path = os.path.join(FLAGS.out, f"seeds_{FLAGS.task}_{device['platform']}_{kind}.json")
+  run_records.write_json(path, result)
+  print(f"\n{what}; {device['count']} × {device['kind']}, {FLAGS.epochs} epochs")
+  print("| run | wall s | steady epoch s | vs one seed (epoch) |")
+  print("|---|---|---|---|")
+  for label, m in measured.items():
+    print(
+      f"| {label} | {m['wall_seconds']:.1f} | {m['steady_epoch_seconds']:.2f} "
+      f"| {m['steady_epoch_seconds'] / one['steady_epoch_seconds']:.2f}× |"
+    )
+  print(
+    f"{n} stacked seeds are {result['sequential_over_stacked']['wall_seconds']:.2f}× faster than {n} "
+    f"sequential runs (wall), {result['sequential_over_stacked']['steady_epoch_seconds']:.2f}× per epoch."
+  )
+  print(f"written: {path}")
+  return result
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from experiments import common
+
+  common.quiet_library_logs()
+  common.run_mode(benchmark)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,425 @@
+r"""One command reproduces the whole study, with N seeds per experiment, and writes a report.
+
+  python -m experiments.reproduce                       # everything, 5 seeds (states its duration)
+  python -m experiments.reproduce --only=similarity     # the sentence half (STS-B and SICK)
+  python -m experiments.reproduce --quick               # same pipeline on data slices, < 10 min on CPU
+  ./run.sh reproduce --quick                            # the same, inside the project's venv
+
+Each experiment is `python -m experiments.main --flagfile=... --num_seeds=N` in
+reports/<name>/runs/<experiment>; its console output is also kept in reports/<name>/logs/.
+Rerunning the same command skips finished experiments (and resumes an interrupted one
+from its checkpoints). reports/<name>/report.md puts, for every number the study
+reported, the study's value beside ours (mean ± sample std over seeds), n and the command;
+figures are written next to it. A report folder holding a different plan is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Flags of this command (defined only when it runs, so importing it defines none)."""
+  flags.DEFINE_string("name", None, "Report folder name (default: today's date, with -quick for --quick).")
+  flags.DEFINE_string("reports_dir", "reports", "Where report folders are written.")
+  flags.DEFINE_bool("quick", False, "Data slices and few epochs: checks the whole pipeline in minutes.")
+  flags.DEFINE_integer("num_seeds", None, "Seeds per experiment (default: 5; 2 with --quick).", lower_bound=1)
+  flags.DEFINE_list(
+    "only",
+    [],
+    "Run only these experiments or groups (similarity, cifar10, stsb, sick, or names like lstm_stsb).",
+  )
+  flags.DEFINE_list(
+    "extra_flags", [], "Flags added to every experiment's command (e.g. --dtype=bfloat16 on a GPU)."
+  )
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STUDY_SOURCE = "the study's slides (official data; single runs)"
+MSE_TABLE_EPOCHS = (1, 5, 10, 20, 30, 40, 50)
+
+
+class ExperimentFailed(RuntimeError):
+  """An experiment's command exited with an error (its log says why)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  name: str  # also the run's folder
+  flagfile: str
+  task: str  # similarity | cifar10
+  dataset: str  # stsb | sick | cifar10
+  study: (
+    dict  # what the study reported: {"test.pearson": 0.237} / {"test.accuracy": 0.82, "train_seconds": 2511}
+  )
+  cpu_seconds_per_seed: float  # measured on the 2-core CPU (full run), to state the expected duration
+
+
+def _sentence(variant: str, dataset: str, pearson: float | None, seconds: float) -> Experiment:
+  study = {"test.pearson": pearson} if dataset == "stsb" and pearson is not None else {}
+  return Experiment(f"{variant}_{dataset}", f"{variant}.flags", "similarity", dataset, study, seconds)
+
+
+def _cnn(structure: str, accuracy: float | None, seconds: float | None) -> Experiment:
+  study = {} if accuracy is None else {"test.accuracy": accuracy, "train_seconds": seconds}
+  # 30 epochs of 50,000 images at about 125 images/s per seed on 2 CPU cores.
+  return Experiment(structure, f"{structure}.flags", "cifar10", "cifar10", study, 12_000.0)
+
+
+EXPERIMENTS = [
+  *(
+    _sentence(variant, dataset, pearson, seconds)
+    for dataset in ("stsb", "sick")
+    for variant, pearson, seconds in (
+      ("rnn", 0.237, 25.0),
+      ("lstm", 0.481, 40.0),
+      ("lstm_stacked_dropout", None, 90.0),
+      ("lstm_glove", 0.502, 40.0),
+    )
+  ),
+  _cnn("cnn_fc", 0.82, 2511.0),
+  _cnn("cnn_dropout", 0.84, 2747.0),
+  _cnn("cnn_gap", 0.87, 2495.0),
+  _cnn("cnn_gap_dropout", 0.86, 2606.0),
+  _cnn("cnn_resnet", None, None),
+]
+CNN_STRUCTURES = ("cnn_fc", "cnn_dropout", "cnn_gap", "cnn_gap_dropout")
+QUICK_FLAGS = {
+  "similarity": [
+    "--train_split=train[:512]",
+    "--eval_split=validation[:256]",
+    "--test_split=test[:256]",
+    "--epochs=3",
+  ],
+  "cifar10": ["--train_split=train[:512]", "--eval_split=test[:500]", "--epochs=2", "--batch_size=128"],
+}
+
+
+# --------------------------------------------------------------------------------------
+# Plan and runs
+# --------------------------------------------------------------------------------------
+def selected(only: list[str]) -> list[Experiment]:
+  if not only:
+    return list(EXPERIMENTS)
+  chosen = [e for e in EXPERIMENTS if {e.name, e.task, e.dataset} & set(only)]
+  known = {e.name for e in EXPERIMENTS} | {e.task for e in EXPERIMENTS} | {e.dataset for e in EXPERIMENTS}
+  unknown = sorted(set(only) - known)
+  if unknown:
+    raise ValueError(f"--only: unknown {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
+  return chosen
+
+
+def command(
+  experiment: Experiment, report_dir: str, num_seeds: int, quick: bool, extra: list[str]
+) -> list[str]:
+  args = [f"--flagfile={experiment.flagfile}"]
+  if experiment.task == "similarity":
+    args.append(f"--dataset={experiment.dataset}")
+  args += [f"--num_seeds={num_seeds}", f"--workdir={os.path.join(report_dir, 'runs', experiment.name)}"]
+  if quick:
+    args += QUICK_FLAGS[experiment.task]
+  return ["python", "-m", "experiments.main", *args, *extra]
+
+
+def check_plan(report_dir: str, plan: dict) -> None:
+  """A report folder belongs to one plan: refuse to mix another study's results into it."""
+  path = os.path.join(report_dir, "plan.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    saved_commands = {name: c for name, c in saved["commands"].items()}
+    clashes = [
+      name for name, c in plan["commands"].items() if name in saved_commands and saved_commands[name] != c
+    ]
+    if clashes or saved.get("num_seeds") != plan["num_seeds"] or saved.get("quick") != plan["quick"]:
+      raise ValueError(
+        f"{report_dir} holds a different study (quick={saved.get('quick')}, num_seeds={saved.get('num_seeds')}"
+        f"{', other commands for ' + ', '.join(clashes) if clashes else ''}): pass another --name, "
+        "or delete that folder to replace it"
+      )
+    plan = {**plan, "commands": {**saved_commands, **plan["commands"]}}
+  from simjax.run_records import write_json
+
+  write_json(path, plan)
+
+
+def run_experiment(experiment: Experiment, argv: list[str], report_dir: str) -> float:
+  """Runs one experiment (its output shown and kept in logs/); returns its wall seconds."""
+  os.makedirs(os.path.join(report_dir, "logs"), exist_ok=True)
+  log_path = os.path.join(report_dir, "logs", f"{experiment.name}.log")
+  start = time.perf_counter()
+  with open(log_path, "a") as log:
+    log.write(f"$ {' '.join(argv)}\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen(
+      [sys.executable, *argv[1:]],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      bufsize=1,
+      env=env,
+    )
+    for line in process.stdout:
+      sys.stdout.write(f"  {line}")
+      log.write(line)
+    code = process.wait()
+  if code != 0:
+    raise ExperimentFailed(f"{experiment.name} failed (exit {code}); see {log_path}. Rerun to resume.")
+  return time.perf_counter() - start
+
+
+def finished(experiment: Experiment, report_dir: str) -> bool:
+  return os.path.exists(os.path.join(report_dir, "runs", experiment.name, "results.json"))
+
+
+# --------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------
+def _load_run(report_dir: str, experiment: Experiment):
+  workdir = os.path.join(report_dir, "runs", experiment.name)
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    results = json.load(f)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    history = [json.loads(line) for line in f if line.strip()]
+  return results, history
+
+
+def _mean_std(summary: dict | None, scale: float = 1.0, digits: int = 3) -> str:
+  if not summary:
+    return "–"
+  mean, std = scale * summary["mean"], scale * summary["std"]
+  return f"{mean:.{digits}f} ± {std:.{digits}f}" if summary["n"] > 1 else f"{mean:.{digits}f}"
+
+
+def _values_text(values: list[float], digits: int = 3) -> str:
+  from simjax import seeds
+
+  return seeds.mean_std_text(values, f".{digits}f")
+
+
+def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> str:
+  loaded = {e.name: _load_run(report_dir, e) for e in experiments}
+  commands = plan["commands"]
+  any_results = next((r for r, _ in filter(None, loaded.values())), None)
+  lines = [f"# Reproduction report: {os.path.basename(os.path.normpath(report_dir))}", ""]
+  lines.append(
+    f"Generated {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by `{plan['command']}`"
+    f"{' (quick: data slices and few epochs; not comparable with the study)' if plan['quick'] else ''}."
+  )
+  if any_results is not None:
+    device, git = any_results["device"], any_results["git"]
+    lines.append(
+      f"Hardware: {device['count']} × {device['kind']} ({device['platform']}; host {device['processor']}, "
+      f"{device['cpu_count']} CPUs). Code: commit {str(git['commit'])[:10]}{' (dirty tree)' if git['dirty'] else ''}; "
+      f"jax {any_results['versions']['jax']}, flax {any_results['versions']['flax']}."
+    )
+  lines += [
+    f"Seeds per experiment: {plan['num_seeds']} (ours: mean ± sample std over seeds; the study reported "
+    "single runs). Study values are from " + STUDY_SOURCE + ". **CIFAR-10 here is the JPEG stand-in** "
+    "(see ../shared/README.md): our CIFAR accuracies are on it, the study's on the official data.",
+    "",
+    "## Sentence similarity: test Pearson (best dev epoch of each seed)",
+    "",
+    "| experiment | dataset | study | ours (mean ± std) | n | min – max | command |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for e in (e for e in experiments if e.task == "similarity"):
+    run = loaded[e.name]
+    study = e.study.get("test.pearson")
+    study_text = f"{study:.3f}" if study is not None else "–"
+    if run is None:
+      lines.append(
+        f"| {e.name} | {e.dataset} | {study_text} | not run | | | `{' '.join(commands[e.name])}` |"
+      )
+      continue
+    s = run[0]["summary"]["test.pearson"]
+    lines.append(
+      f"| {e.name} | {e.dataset} | {study_text} | {_mean_std(s)} | {s['n']} | {s['min']:.3f} – {s['max']:.3f} "
+      f"| `{' '.join(commands[e.name])}` |"
+    )
+  lines += [
+    "",
+    "## Sentence similarity: train / dev MSE per epoch (mean ± std over seeds)",
+    "",
+    "The study printed these tables per epoch; our copy of it keeps only the final test "
+    "Pearson, so the study column is empty.",
+    "",
+    "| experiment | epoch | study train MSE | train MSE | study dev MSE | dev MSE | dev Pearson |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for e in (e for e in experiments if e.task == "similarity"):
+    run = loaded[e.name]
+    if run is None:
+      continue
+    history = run[1]
+    wanted = [row for row in history if row["epoch"] in MSE_TABLE_EPOCHS or row is history[-1]]
+    for row in wanted:
+      per_seed = row.get("per_seed", {})
+      lines.append(
+        f"| {e.name} | {row['epoch']} | – | {_values_text(per_seed.get('train_mse', [row['train_mse']]))} | – "
+        f"| {_values_text(per_seed.get('dev_mse', [row['dev_mse']]))} "
+        f"| {_values_text(per_seed.get('dev_pearson', [row['dev_pearson']]))} |"
+      )
+  cnn = [e for e in experiments if e.task == "cifar10"]
+  if cnn:
+    lines += [
+      "",
+      "## CIFAR-10 CNNs: test accuracy (last epoch) and training time",
+      "",
+      "Ours: CIFAR-10 (JPEG stand-in). Training seconds exclude compilation and cover all seeds "
+      "trained together; per seed is that divided by n.",
+      "",
+      "| structure | study accuracy | ours (mean ± std) | n | study train s | ours train s (all seeds) "
+      "| s per seed | command |",
+      "|---|---|---|---|---|---|---|---|",
+    ]
+    for e in cnn:
+      run = loaded[e.name]
+      study_acc = e.study.get("test.accuracy")
+      study_s = e.study.get("train_seconds")
+      study_acc_text = f"{100 * study_acc:.0f}%" if study_acc is not None else "–"
+      study_s_text = f"{study_s:,.0f}" if study_s is not None else "–"
+      if run is None:
+        lines.append(
+          f"| {e.name} | {study_acc_text} | not run | | {study_s_text} | | | `{' '.join(commands[e.name])}` |"
+        )
+        continue
+      results = run[0]
+      s = results["summary"]["test.accuracy"]
+      n = s["n"]
+      lines.append(
+        f"| {e.name} | {study_acc_text} | {_mean_std(s, 100, 1)}% | {n} | {study_s_text} "
+        f"| {results['train_seconds']:,.0f} | {results['train_seconds'] / n:,.0f} | `{' '.join(commands[e.name])}` |"
+      )
+    done = [(e, loaded[e.name][0]) for e in cnn if loaded[e.name] is not None]
+    if done:
+      classes = list(done[0][1]["test"]["per_class_accuracy"])
+      lines += [
+        "",
+        "### Per-class test accuracy, % (mean ± std over seeds; CIFAR-10 JPEG stand-in)",
+        "",
+        "| structure | " + " | ".join(classes) + " |",
+        "|---|" + "---|" * len(classes),
+      ]
+      for e, results in done:
+        cells = [_mean_std(results["summary"].get(f"test.per_class_accuracy.{c}"), 100, 1) for c in classes]
+        lines.append(f"| {e.name} | " + " | ".join(cells) + " |")
+  figures = _figures(report_dir, experiments, loaded)
+  if figures:
+    lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
+  lines += [
+    "",
+    "## Reproduce",
+    "",
+    f"`{plan['command']}` (rerunning skips finished experiments). Each run's workdir under "
+    "`runs/` holds results.json (per-seed results and summary), metrics.jsonl, run_info.json "
+    "(flags, versions, device, git commit, data checksums) and checkpoints; `logs/` holds "
+    "each run's console output.",
+    "",
+  ]
+  path = os.path.join(report_dir, "report.md")
+  with open(path + ".tmp", "w") as f:
+    f.write("\n".join(lines))
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def _figures(report_dir: str, experiments: list[Experiment], loaded: dict) -> list[str]:
+  from experiments import plot
+
+  written = []
+  try:
+    for dataset in ("stsb", "sick"):
+      names = [e.name for e in experiments if e.dataset == dataset and loaded[e.name] is not None]
+      if names:
+        path = plot.learning_curves(
+          [os.path.join(report_dir, "runs", n) for n in names], report_dir, f"Sentence similarity, {dataset}"
+        )
+        final = f"learning_curves_{dataset}.png"
+        os.replace(path, os.path.join(report_dir, final))
+        written.append(final)
+    cnn = [e.name for e in experiments if e.name in CNN_STRUCTURES and loaded[e.name] is not None]
+    cnn += [e.name for e in experiments if e.name == "cnn_resnet" and loaded[e.name] is not None]
+    if cnn:
+      paths = plot.plot([os.path.join(report_dir, "runs", n) for n in cnn], report_dir)
+      written += [os.path.basename(p) for p in paths]
+  except plot.MissingPlotDependency as e:
+    print(f"warning: figures skipped: {e}", file=sys.stderr)
+  return written
+
+
+# --------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------
+def reproduce(argv_command: str) -> str:
+  experiments = selected(FLAGS.only)
+  num_seeds = FLAGS.num_seeds or (2 if FLAGS.quick else 5)
+  name = FLAGS.name or datetime.date.today().isoformat() + ("-quick" if FLAGS.quick else "")
+  report_dir = os.path.join(FLAGS.reports_dir, name)
+  commands = {e.name: command(e, report_dir, num_seeds, FLAGS.quick, FLAGS.extra_flags) for e in experiments}
+  plan = {"command": argv_command, "quick": FLAGS.quick, "num_seeds": num_seeds, "commands": commands}
+  os.makedirs(report_dir, exist_ok=True)
+  check_plan(report_dir, plan)
+  with open(os.path.join(report_dir, "plan.json")) as f:
+    plan = json.load(f)
+  plan["command"] = argv_command
+
+  todo = [e for e in experiments if not finished(e, report_dir)]
+  print(f"report: {report_dir}  ({len(experiments)} experiments, {num_seeds} seeds each, {len(todo)} to run)")
+  if todo and not FLAGS.quick:
+    estimate = sum(e.cpu_seconds_per_seed * num_seeds for e in todo)
+    print(
+      f"expected duration on a 2-core CPU: about {_duration(estimate)} (measured per seed; a GPU is far "
+      "faster for the CNNs). Interrupt at any time: rerunning resumes."
+    )
+  elif todo:
+    print("expected duration: under 10 minutes on a 2-core CPU")
+  for i, e in enumerate(experiments, 1):
+    if e not in todo:
+      print(f"[{i}/{len(experiments)}] {e.name}: done, skipped")
+      continue
+    print(f"[{i}/{len(experiments)}] {e.name}: {' '.join(commands[e.name])}", flush=True)
+    seconds = run_experiment(e, commands[e.name], report_dir)
+    print(f"[{i}/{len(experiments)}] {e.name}: finished in {seconds:.0f} s", flush=True)
+    write_report(report_dir, plan, experiments)  # a partial report after each experiment
+  path = write_report(report_dir, plan, experiments)
+  print(f"report written: {path}")
+  return path
+
+
+def _duration(seconds: float) -> str:
+  return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from experiments import common
+
+  shown = "python -m experiments.reproduce " + " ".join(a for a in sys.argv[1:])
+
+  def run():
+    try:
+      reproduce(shown.strip())
+    except ExperimentFailed as e:
+      raise ValueError(str(e)) from None  # one line, like every other failure
+
+  common.run_mode(run)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,92 @@
+"""experiments.reproduce: the quick pipeline end to end on two experiments (tiny models)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from experiments import reproduce
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_every_study_experiment_has_a_flagfile_and_a_quick_command():
+  for experiment in reproduce.EXPERIMENTS:
+    assert (REPO / "experiments" / experiment.flagfile).is_file()
+    argv = reproduce.command(experiment, "reports/x", 5, True, [])
+    assert "--num_seeds=5" in argv and "--workdir=reports/x/runs/" + experiment.name in argv
+  assert {e.name for e in reproduce.selected(["sick"])} == {
+    "rnn_sick",
+    "lstm_sick",
+    "lstm_stacked_dropout_sick",
+    "lstm_glove_sick",
+  }
+  with pytest.raises(ValueError, match="unknown nope"):
+    reproduce.selected(["nope"])
+
+
+def test_quick_report_is_complete_resumable_and_never_mixed_with_another_study(
+  prepared, manual_dir, cifar_data_dir, tmp_path
+):
+  data_dir = pathlib.Path(prepared("stsb"))
+  if not (data_dir / "cifar10").exists():
+    (data_dir / "cifar10").symlink_to(pathlib.Path(cifar_data_dir) / "cifar10")
+  env = {
+    **os.environ,
+    "TFDS_DATA_DIR": str(data_dir),
+    "SIMJAX_MANUAL_DIR": str(manual_dir),
+    "SIMJAX_CACHE_DIR": str(tmp_path / "cache"),
+    "PYTHONPATH": str(REPO),
+  }
+  command = [
+    sys.executable,
+    "-m",
+    "experiments.reproduce",
+    "--quick",
+    "--only=rnn_stsb,cnn_gap",
+    f"--reports_dir={tmp_path / 'reports'}",
+    "--name=check",
+    "--extra_flags=--hidden_size=16,--mlp_hidden=16,--width=8,--fc_units=16",  # tiny models, same pipeline
+  ]
+
+  def run(*extra):
+    return subprocess.run([*command, *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+  first = run()
+  assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+  report_dir = tmp_path / "reports" / "check"
+  report = (report_dir / "report.md").read_text()
+  for heading in (
+    "## Sentence similarity: test Pearson",
+    "## Sentence similarity: train / dev MSE per epoch",
+    "## CIFAR-10 CNNs: test accuracy",
+    "### Per-class test accuracy",
+    "## Figures",
+  ):
+    assert heading in report
+  assert "CIFAR-10 here is the JPEG stand-in" in report
+  rnn_row = next(line for line in report.splitlines() if line.startswith("| rnn_stsb | stsb |"))
+  cells = [c.strip() for c in rnn_row.split("|")[1:-1]]
+  assert cells[2] == "0.237" and "±" in cells[3] and cells[4] == "2" and "--num_seeds=2" in cells[6]
+  results = json.load(open(report_dir / "runs" / "rnn_stsb" / "results.json"))
+  assert f"{results['summary']['test.pearson']['mean']:.3f} ±" in cells[3]
+  assert [line for line in report.splitlines() if line.startswith("| rnn_stsb | 3 |")]  # last epoch's MSE row
+  cnn_row = next(line for line in report.splitlines() if line.startswith("| cnn_gap | 87% |"))
+  assert "%" in cnn_row.split("|")[3] and "2,495" in cnn_row
+  for figure in ("learning_curves_stsb.png", "comparison.png", "per_class_accuracy.png"):
+    assert (report_dir / figure).stat().st_size > 10_000
+    assert f"![{figure}]({figure})" in report
+  assert (report_dir / "logs" / "cnn_gap.log").read_text().startswith("$ python -m experiments.main")
+
+  again = run()
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout.count("done, skipped") == 2  # resumable: finished experiments are not rerun
+  report = (report_dir / "report.md").read_text()
+
+  other = run("--num_seeds=3")
+  assert other.returncode == 1
+  assert "holds a different study" in other.stderr and "Traceback" not in other.stderr
+  assert (report_dir / "report.md").read_text() == report  # untouched
