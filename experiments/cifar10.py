@@ -98,10 +98,14 @@ def train() -> None:
     flags=common.flag_values(),
     on_epoch=table.print_row,
   )
-  if "compile_seconds" in results:  # a stacked run (sequential seeds report per seed)
+  if "sequential_seeds" in results:  # the seeds ran one after another, each compiled its own program
+    print(
+      f"\ntrain {results['train_seconds']:.1f} s for {len(results['per_seed'])} seeds run one after another"
+    )
+  else:
     print(
       f"\ncompile {results['compile_seconds']:.1f} s, train {results['train_seconds']:.1f} s "
-      f"({results['images_per_second']:.0f} images/s on {results['devices']} device(s))"
+      f"({results['images_per_second']:.0f} images/s on {results['devices']} device(s), all seeds)"
     )
   _print_accuracy(results, results["data"]["eval"]["label"], f"{config.eval_split}, last epoch")
 

@@ -112,9 +112,10 @@ def warn_about_provenance_differences(workdir: str, current: dict[str, Any]) -> 
   """eval on another machine, code or data: say what differs from the training run."""
   import json
 
-  from simjax import run_records
+  from simjax import run_records, seeds
 
-  path = os.path.join(workdir, run_records.RUN_INFO_FILE)
+  seed_dirs = seeds.sequential_seed_dirs(workdir)  # --sequential_seeds: the first seed's records
+  path = os.path.join(seed_dirs[0] if seed_dirs else workdir, run_records.RUN_INFO_FILE)
   if not os.path.exists(path):
     print(f"warning: {path} not found: cannot compare with the training run's provenance", file=sys.stderr)
     return

@@ -30,7 +30,9 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """Flags of this command (defined only when it runs, so importing it defines none)."""
-  flags.DEFINE_string("name", None, "Report folder name (default: today's date, with -quick for --quick).")
+  flags.DEFINE_string(
+    "name", None, "Report folder name (default: study, or study-quick with --quick); rerun with it to resume."
+  )
   flags.DEFINE_string("reports_dir", "reports", "Where report folders are written.")
   flags.DEFINE_bool("quick", False, "Data slices and few epochs: checks the whole pipeline in minutes.")
   flags.DEFINE_integer("num_seeds", None, "Seeds per experiment (default: 5; 2 with --quick).", lower_bound=1)
@@ -134,12 +136,16 @@ def command(
 def check_plan(report_dir: str, plan: dict) -> None:
   """A report folder belongs to one plan: refuse to mix another study's results into it."""
   path = os.path.join(report_dir, "plan.json")
+  if not os.path.exists(path) and os.path.isdir(report_dir) and os.listdir(report_dir):
+    raise ValueError(f"{report_dir} is not empty and holds no plan.json: pass another --name")
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
-    saved_commands = {name: c for name, c in saved["commands"].items()}
+    saved_commands = saved["commands"]
     clashes = [
-      name for name, c in plan["commands"].items() if name in saved_commands and saved_commands[name] != c
+      name
+      for name, c in plan["commands"].items()
+      if name in saved_commands and _without_workdir(saved_commands[name]) != _without_workdir(c)
     ]
     if clashes or saved.get("num_seeds") != plan["num_seeds"] or saved.get("quick") != plan["quick"]:
       raise ValueError(
@@ -151,6 +157,11 @@ def check_plan(report_dir: str, plan: dict) -> None:
   from simjax.run_records import write_json
 
   write_json(path, plan)
+
+
+def _without_workdir(argv: list[str]) -> list[str]:
+  # The workdir is always runs/<name> of the report folder, however --reports_dir was spelled.
+  return [a for a in argv if not a.startswith("--workdir=")]
 
 
 def run_experiment(experiment: Experiment, argv: list[str], report_dir: str) -> float:
@@ -358,6 +369,8 @@ def _figures(report_dir: str, experiments: list[Experiment], loaded: dict) -> li
       written += [os.path.basename(p) for p in paths]
   except plot.MissingPlotDependency as e:
     print(f"warning: figures skipped: {e}", file=sys.stderr)
+  except (OSError, ValueError, KeyError) as e:  # a figure must never cost the tables
+    print(f"warning: a figure could not be drawn ({e}); the tables are complete", file=sys.stderr)
   return written
 
 
@@ -367,7 +380,7 @@ def _figures(report_dir: str, experiments: list[Experiment], loaded: dict) -> li
 def reproduce(argv_command: str) -> str:
   experiments = selected(FLAGS.only)
   num_seeds = FLAGS.num_seeds or (2 if FLAGS.quick else 5)
-  name = FLAGS.name or datetime.date.today().isoformat() + ("-quick" if FLAGS.quick else "")
+  name = FLAGS.name or ("study-quick" if FLAGS.quick else "study")
   report_dir = os.path.join(FLAGS.reports_dir, name)
   commands = {e.name: command(e, report_dir, num_seeds, FLAGS.quick, FLAGS.extra_flags) for e in experiments}
   plan = {"command": argv_command, "quick": FLAGS.quick, "num_seeds": num_seeds, "commands": commands}
@@ -378,7 +391,10 @@ def reproduce(argv_command: str) -> str:
   plan["command"] = argv_command
 
   todo = [e for e in experiments if not finished(e, report_dir)]
-  print(f"report: {report_dir}  ({len(experiments)} experiments, {num_seeds} seeds each, {len(todo)} to run)")
+  print(
+    f"report: {report_dir}  ({len(experiments)} experiments, {num_seeds} seeds each, {len(todo)} to run; "
+    "rerun the same command to resume)"
+  )
   if todo and not FLAGS.quick:
     estimate = sum(e.cpu_seconds_per_seed * num_seeds for e in todo)
     print(

@@ -3,6 +3,7 @@ r"""Prints a Markdown table of finished runs, read from their results.json files
   python -m experiments.results_table workdirs/*_stsb workdirs/*_sick
 
 The study's published test Pearson (STS Benchmark) is shown beside ours where it exists.
+Multi-seed runs (--num_seeds) show mean ± sample std over their seeds.
 """
 
 from __future__ import annotations
@@ -21,13 +22,21 @@ def row(workdir: str) -> str:
   flags = results["flags"]
   experiment, dataset = flags.get("experiment", "?"), results["data"]["dataset"]
   study = STUDY_STSB_PEARSON.get(experiment) if dataset == "stsb" else None
-  test = results["test"]
   step_ms = 1000 * results["seconds_per_step"] if results.get("seconds_per_step") else float("nan")
+  per_seed = results.get("per_seed") or [results]
+  cells = [_mean_std([r["test"][m] for r in per_seed]) for m in ("pearson", "spearman", "mse")]
+  best = ", ".join(str(r["best_epoch"]) for r in per_seed)
   return (
-    f"| {experiment} | {dataset} | {'-' if study is None else f'{study:.3f}'} | {test['pearson']:.3f} | "
-    f"{test['spearman']:.3f} | {test['mse']:.3f} | {results['best_epoch']}/{results['epochs']} | "
+    f"| {experiment} | {dataset} | {'-' if study is None else f'{study:.3f}'} | {' | '.join(cells)} | "
+    f"{len(per_seed)} | {best} / {results['epochs']} | "
     f"{results['train_seconds']:.0f} | {step_ms:.1f} | `{os.path.basename(os.path.normpath(workdir))}` |"
   )
+
+
+def _mean_std(values) -> str:
+  from simjax import seeds
+
+  return seeds.mean_std_text(values, ".3f")
 
 
 def main(workdirs: list[str]) -> int:
@@ -36,9 +45,9 @@ def main(workdirs: list[str]) -> int:
     return 2
   print(
     "| experiment | dataset | study test Pearson | test Pearson | test Spearman | test MSE "
-    "| best epoch | train s | ms/step | workdir |"
+    "| seeds | best epoch(s) | train s | ms/step | workdir |"
   )
-  print("|---|---|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
   missing = []
   for workdir in workdirs:
     if os.path.exists(os.path.join(workdir, "results.json")):

@@ -121,7 +121,12 @@ def fit(
               "value": value,
             }
         if improved.any():
-          best_state = state if best_state is None else seeds_lib.select(improved, state, best_state)
+          # A copy, never `state` itself: a task may donate the state's buffers to the next epoch.
+          best_state = (
+            jax.tree_util.tree_map(jnp.copy, state)
+            if best_state is None
+            else seeds_lib.select(improved, state, best_state)
+          )
       meta["epoch"] = epoch
       meta["history"].append(row)
       meta["train_seconds"] += epoch_seconds

@@ -87,7 +87,13 @@ def git_state(path: str | None = None) -> dict[str, Any]:
 
 
 def provenance() -> dict[str, Any]:
-  return {"versions": versions(), "device": device_info(), "git": git_state(), "command": " ".join(sys.argv)}
+  return {
+    "versions": versions(),
+    "device": device_info(),
+    "git": git_state(),
+    "command": " ".join(sys.argv),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),  # e.g. --xla_gpu_deterministic_ops=true
+  }
 
 
 def provenance_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -103,6 +109,10 @@ def provenance_differences(recorded: dict[str, Any], current: dict[str, Any]) ->
     for key in keys or sorted(set(before) | set(now)):
       if before.get(key) != now.get(key):
         differences.append(f"{section}.{key}: {before.get(key)!r} at training, {now.get(key)!r} now")
+  if recorded.get("xla_flags", "") != current.get("xla_flags", ""):
+    differences.append(
+      f"XLA_FLAGS: {recorded.get('xla_flags', '')!r} at training, {current.get('xla_flags', '')!r} now"
+    )
   before = _checksums(recorded.get("data", {}))
   now = _checksums(current.get("data", {}))
   for name in sorted(set(before) & set(now)):

@@ -10,6 +10,7 @@ tolerance: batching changes the order of floating-point sums).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any, Callable, Sequence
@@ -51,6 +52,17 @@ def select(mask: np.ndarray, new: Any, old: Any) -> Any:
 
 def is_resource_exhausted(error: BaseException) -> bool:
   return "RESOURCE_EXHAUSTED" in str(error) or "Out of memory" in str(error)
+
+
+@contextlib.contextmanager
+def explain_out_of_memory(num_seeds: int):
+  """Turns a device out-of-memory error of a stacked run into advice (see out_of_memory_error)."""
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as e:
+    if num_seeds > 1 and is_resource_exhausted(e):
+      raise out_of_memory_error(num_seeds, e) from None
+    raise
 
 
 def out_of_memory_error(num_seeds: int, error: BaseException) -> MemoryError:
@@ -145,7 +157,12 @@ def run_sequentially(
   <workdir>/seed_<s> (so each resumes on its own), then the combined results.json and
   metrics.jsonl in `workdir`, laid out like those of a stacked run."""
   from simjax import run_records
+  from simjax.checkpoints import CONFIG_FILE, ConfigMismatchError
 
+  if os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    raise ConfigMismatchError(
+      f"{workdir} holds a run with stacked seeds: use a new --workdir for --sequential_seeds"
+    )
   os.makedirs(workdir, exist_ok=True)
   seed_dirs = [os.path.join(workdir, f"seed_{s}") for s in seed_list]
   runs = [run_one(s, d) for s, d in zip(seed_list, seed_dirs)]
@@ -162,6 +179,24 @@ def run_sequentially(
       f.write(json.dumps(row, sort_keys=True) + "\n")
   run_records.write_json(os.path.join(workdir, run_records.RESULTS_FILE), results)
   return results
+
+
+def sequential_seed_dirs(workdir: str) -> list[str] | None:
+  """The seed_<s> workdirs of a --sequential_seeds run, in seed order; None for other workdirs."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    names = json.load(f).get("sequential_seeds")
+  return [os.path.join(workdir, name) for name in names] if names else None
+
+
+def concatenate(trees: list[Any]) -> Any:
+  """Stacked states of separately trained seeds -> one stacked state (replicas in order)."""
+  # Leaf by leaf: each state carries its own (equal, but distinct) apply_fn and optimizer objects.
+  leaves, treedef = jax.tree_util.tree_flatten(trees[0])
+  others = [jax.tree_util.tree_leaves(tree) for tree in trees[1:]]
+  return treedef.unflatten([jnp.concatenate(xs) for xs in zip(leaves, *others)])
 
 
 def _merge_rows(rows_by_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -267,6 +267,20 @@ def train_and_evaluate(
 
     return seeds.run_sequentially(run_one, seed_list, workdir)
 
+  if seeds.sequential_seed_dirs(workdir):
+    raise checkpoints.ConfigMismatchError(
+      f"{workdir} holds a --sequential_seeds run: use a new --workdir for stacked seeds"
+    )
+  with seeds.explain_out_of_memory(len(seed_list)):
+    return _train_stacked(
+      model_config_fn, data_config, optim_config, train_config, workdir, seed_list, flags, on_epoch, progress
+    )
+
+
+def _train_stacked(
+  model_config_fn, data_config, optim_config, train_config, workdir, seed_list, flags, on_epoch, progress
+) -> dict[str, Any]:
+  """train_and_evaluate for seeds stacked into one program."""
   os.makedirs(workdir, exist_ok=True)
   store = CheckpointStore(workdir, keep=train_config.keep_checkpoints)
   vocab_path = os.path.join(workdir, VOCAB_FILE)
@@ -338,22 +352,17 @@ def train_and_evaluate(
     higher_is_better=train_config.best_metric != "mse",
     plateau_metric="mse" if optim_config.lr_schedule == "plateau" else None,
   )
-  try:
-    _, meta = loop.fit(
-      state,
-      store=store,
-      epochs=train_config.epochs,
-      train_epoch=train_epoch,
-      evaluate=lambda s: evaluate(s, data.splits["dev"], batch_size, max_length),
-      selection=selection,
-      seeds=seed_list,
-      plateau=optim.plateau_transform(optim_config),
-      on_epoch=on_epoch,
-    )
-  except jax.errors.JaxRuntimeError as e:
-    if len(seed_list) > 1 and seeds.is_resource_exhausted(e):
-      raise seeds.out_of_memory_error(len(seed_list), e) from None
-    raise
+  _, meta = loop.fit(
+    state,
+    store=store,
+    epochs=train_config.epochs,
+    train_epoch=train_epoch,
+    evaluate=lambda s: evaluate(s, data.splits["dev"], batch_size, max_length),
+    selection=selection,
+    seeds=seed_list,
+    plateau=optim.plateau_transform(optim_config),
+    on_epoch=on_epoch,
+  )
   best_state, best_meta = store.restore_best(loop.abstract_state(state))  # fit() always leaves one
   store.close()
   dev = evaluate(best_state, data.splits["dev"], batch_size, max_length)
@@ -413,7 +422,18 @@ def run_config(
 
 
 def load_trained(workdir: str) -> tuple[TrainState, dict[str, Any], text.Vocabulary]:
-  """The best-on-dev state of every seed of a trained workdir, its run config and vocabulary."""
+  """The best-on-dev state of every seed of a trained workdir (stacked), its run config and
+  vocabulary. A --sequential_seeds workdir gives its seeds' states stacked the same way."""
+  seed_dirs = seeds.sequential_seed_dirs(workdir)
+  if seed_dirs:
+    loaded = [load_trained(d) for d in seed_dirs]
+    state, config, vocab = loaded[0]
+    if any(other.words != vocab.words for _, _, other in loaded):
+      raise ValueError(
+        f"the seed workdirs of {workdir} have different vocabularies: evaluate them one by one"
+      )
+    config = {**config, "train": {**config["train"], "num_seeds": len(loaded)}}
+    return seeds.concatenate([s for s, _, _ in loaded]), config, vocab
   config = checkpoints.read_config(workdir)
   train = config["train"]
   state = create_train_state(

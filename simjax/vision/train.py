@@ -303,6 +303,20 @@ def train_and_evaluate(
 
     return seeds.run_sequentially(run_one, seed_list, workdir)
 
+  if seeds.sequential_seed_dirs(workdir):
+    raise checkpoints.ConfigMismatchError(
+      f"{workdir} holds a --sequential_seeds run: use a new --workdir for stacked seeds"
+    )
+  with seeds.explain_out_of_memory(len(seed_list)):
+    return _train_stacked(
+      model_config, data_config, optim_config, train_config, workdir, seed_list, flags, on_epoch
+    )
+
+
+def _train_stacked(
+  model_config, data_config, optim_config, train_config, workdir, seed_list, flags, on_epoch
+) -> dict[str, Any]:
+  """train_and_evaluate for seeds stacked into one program."""
   mesh = sharding.data_mesh()
   sharding.check_batch_size(train_config.batch_size, mesh)
   train = input_pipeline.load_split(data_config.train_split, data_config.data_dir, data_config.cache_dir)
@@ -334,25 +348,20 @@ def train_and_evaluate(
   test_images = jax.device_put(_padded(test.images, eval_batch), replicated)
   # Compile before training, so epoch timings measure training only.
   start = time.perf_counter()
-  try:
-    compiled_epoch = compile_train_epoch(
-      mesh,
-      state,
-      train_images,
-      train_labels,
-      batch_size=train_config.batch_size,
-      steps=steps,
-      augmentation=data_config.augmentation,
-      label_smoothing=train_config.label_smoothing,
-      compute_dtype=compute_dtype,
-    )
-    predict_fn = make_predict(mesh, batch_size=eval_batch, compute_dtype=compute_dtype)
-    compiled_predict = predict_fn.lower(state, test_images).compile()
-    epoch_keys(seed_list, 0).block_until_ready()  # eager ops of train_epoch
-  except jax.errors.JaxRuntimeError as e:
-    if len(seed_list) > 1 and seeds.is_resource_exhausted(e):
-      raise seeds.out_of_memory_error(len(seed_list), e) from None
-    raise
+  compiled_epoch = compile_train_epoch(
+    mesh,
+    state,
+    train_images,
+    train_labels,
+    batch_size=train_config.batch_size,
+    steps=steps,
+    augmentation=data_config.augmentation,
+    label_smoothing=train_config.label_smoothing,
+    compute_dtype=compute_dtype,
+  )
+  predict_fn = make_predict(mesh, batch_size=eval_batch, compute_dtype=compute_dtype)
+  compiled_predict = predict_fn.lower(state, test_images).compile()
+  epoch_keys(seed_list, 0).block_until_ready()  # eager ops of train_epoch
   compile_seconds = time.perf_counter() - start
 
   def evaluate(state) -> list[dict[str, Any]]:
@@ -374,26 +383,21 @@ def train_and_evaluate(
       },
     )
 
-  try:
-    state, meta = loop.fit(
-      state,
-      store=store,
-      epochs=train_config.epochs,
-      train_epoch=train_epoch,
-      evaluate=lambda s: [_accuracy_and_error(m) for m in evaluate(s)],
-      selection=loop.Selection(
-        best_metric=None,  # the evaluated split is the test set: select nothing on it, keep no "best"
-        plateau_metric="error" if optim_config.lr_schedule == "plateau" else None,
-        eval_name="test" if data_config.eval_split.startswith("test") else "eval",
-      ),
-      seeds=seed_list,
-      plateau=optim.plateau_transform(optim_config),
-      on_epoch=on_epoch,
-    )
-  except jax.errors.JaxRuntimeError as e:
-    if len(seed_list) > 1 and seeds.is_resource_exhausted(e):
-      raise seeds.out_of_memory_error(len(seed_list), e) from None
-    raise
+  state, meta = loop.fit(
+    state,
+    store=store,
+    epochs=train_config.epochs,
+    train_epoch=train_epoch,
+    evaluate=lambda s: [_accuracy_and_error(m) for m in evaluate(s)],
+    selection=loop.Selection(
+      best_metric=None,  # the evaluated split is the test set: select nothing on it, keep no "best"
+      plateau_metric="error" if optim_config.lr_schedule == "plateau" else None,
+      eval_name="test" if data_config.eval_split.startswith("test") else "eval",
+    ),
+    seeds=seed_list,
+    plateau=optim.plateau_transform(optim_config),
+    on_epoch=on_epoch,
+  )
   store.close()
   final = evaluate(state)  # the last epoch, as the study reports it (no selection on test)
   images_trained = steps * train_config.batch_size * meta["epoch"] * len(seed_list)
@@ -448,7 +452,13 @@ def run_config(
 
 def load_trained(workdir: str) -> tuple[TrainState, dict[str, Any]]:
   """The last-epoch state of every seed of a trained workdir (what results.json reports)
-  and its run config."""
+  and its run config. A --sequential_seeds workdir gives its seeds' states stacked the same way."""
+  seed_dirs = seeds.sequential_seed_dirs(workdir)
+  if seed_dirs:
+    loaded = [load_trained(d) for d in seed_dirs]
+    config = loaded[0][1]
+    config = {**config, "train": {**config["train"], "num_seeds": len(loaded)}}
+    return seeds.concatenate([state for state, _ in loaded]), config
   config = checkpoints.read_config(workdir)
   train = config["train"]
   state = create_train_state(

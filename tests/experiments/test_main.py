@@ -153,7 +153,9 @@ def test_eval_and_predict_use_the_trained_workdir(tiny, tmp_path, prepared, manu
 
 def test_workdir_of_another_configuration_is_refused_on_the_command_line(tiny, tmp_path):
   workdir = tmp_path / "run"
-  assert _run(*tiny(workdir, epochs=1)).returncode == 0
+  assert _run(*tiny(workdir, epochs=1), "--deterministic").returncode == 0
+  # --deterministic reaches XLA (set before JAX starts) and is recorded with the run.
+  assert "--xla_gpu_deterministic_ops=true" in json.load(open(workdir / "run_info.json"))["xla_flags"]
   other = _run(*tiny(workdir, epochs=1), "--hidden_size=16")
   assert other.returncode == 1
   assert "model.hidden_size=8 there, 16 now" in other.stderr and "Traceback" not in other.stderr

@@ -107,6 +107,21 @@ def test_stacked_seeds_train_like_single_runs_and_are_summarized(tmp_path, data_
   assert sorted(os.listdir(tmp_path / "sequential")) >= ["metrics.jsonl", "results.json", "seed_3", "seed_4"]
   merged = run_records.read_metrics(str(tmp_path / "sequential"))
   assert [len(row["per_seed"]["train_mse"]) for row in merged] == [3, 3]
+  # Its seeds load as one stacked state (eval / predict), in seed order.
+  state, config, _ = train.load_trained(str(tmp_path / "sequential"))
+  assert state.step.shape == (3,) and config["train"]["num_seeds"] == 3
+  prepared = train.prepare_data(
+    data_config, seeds=[3, 4, 5], vocab=train.load_trained(str(tmp_path / "seed3"))[2]
+  )
+  for got, want in zip(train.evaluate(state, prepared.splits["test"], 32, 16), sequential["per_seed"]):
+    assert got == pytest.approx(want["test"], abs=1e-6)
+  # Stacked and sequential runs never share a workdir.
+  with pytest.raises(ConfigMismatchError, match="holds a --sequential_seeds run"):
+    _run(tmp_path / "sequential", data_config, epochs=2, model=dropout, seed=3, num_seeds=3)
+  with pytest.raises(ConfigMismatchError, match="holds a run with stacked seeds"):
+    _run(
+      tmp_path / "stacked", data_config, epochs=2, model=dropout, seed=3, num_seeds=3, sequential_seeds=True
+    )
 
 
 def test_stacked_seeds_resume_bit_identically(tmp_path, data_config):
