@@ -153,15 +153,21 @@ def create_train_state(
     tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
   plateau = optim.plateau_transform(optim_config)
 
-  def create(key, embeddings):
-    init_rng, state_rng = jax.random.split(key)
-    params = model.init(init_rng, ids, lengths, ids, lengths)["params"]
+  # Each seed's parameters come from one compiled (not vmapped) init, exactly as a
+  # single-seed run's do. A vmapped, jitted init of the LSTM hangs XLA's CPU runtime
+  # (jax 0.10.2, observed with 2+ replicas); everything after init is vmapped.
+  init = jax.jit(lambda key: model.init(key, ids, lengths, ids, lengths)["params"])
+  keys = [jax.random.split(key) for key in seeds.stacked_keys(seed_list)]
+  params = [init(init_rng) for init_rng, _ in keys]
+  params = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *params)
+  state_rngs = jnp.stack([state_rng for _, state_rng in keys])
+
+  def create(params, state_rng, embeddings):
     if embeddings is not None:
       params = with_pretrained_embeddings(params, embeddings)
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx, plateau=plateau, rng=state_rng)
 
-  # One compile for all replicas, not one per op.
-  return jax.jit(jax.vmap(create))(seeds.stacked_keys(seed_list), pretrained_embeddings)
+  return jax.jit(jax.vmap(create))(params, state_rngs, pretrained_embeddings)
 
 
 def _weighted_mse(predictions, batch):

@@ -71,9 +71,15 @@ def create_train_state(
   tx = optim.make_optimizer(optim_config, steps_per_epoch, total_steps)
   plateau = optim.plateau_transform(optim_config)
 
-  def create(key):
-    init_rng, state_rng = jax.random.split(key)
-    variables = init_variables(model, init_rng)
+  # Each seed's variables come from one compiled (not vmapped) init, as in a single-seed
+  # run (see similarity.train.create_train_state); everything after init is vmapped.
+  init = jax.jit(lambda key: init_variables(model, key))
+  keys = [jax.random.split(key) for key in seeds.stacked_keys(seed_list)]
+  variables = [init(init_rng) for init_rng, _ in keys]
+  variables = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *variables)
+  state_rngs = jnp.stack([state_rng for _, state_rng in keys])
+
+  def create(variables, state_rng):
     return TrainState.create(
       apply_fn=model.apply,
       params=variables["params"],
@@ -83,7 +89,7 @@ def create_train_state(
       rng=state_rng,
     )
 
-  return jax.jit(jax.vmap(create))(seeds.stacked_keys(seed_list))  # one compile, not one per op
+  return jax.jit(jax.vmap(create))(variables, state_rngs)
 
 
 def _loss_and_updates(state: TrainState, params, images, labels, dropout_key, label_smoothing: float):
