@@ -61,9 +61,21 @@ def device_info() -> dict[str, Any]:
     "kind": devices[0].device_kind,
     "count": len(devices),
     "host": platform.node(),
-    "processor": platform.processor() or platform.machine(),
+    "processor": _cpu_model() or platform.processor() or platform.machine(),
     "cpu_count": os.cpu_count(),
   }
+
+
+def _cpu_model() -> str | None:
+  """e.g. 'AMD EPYC 7B13' (Linux), so CPU timings name their hardware."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return None
 
 
 def git_state(path: str | None = None) -> dict[str, Any]:
