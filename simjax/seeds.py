@@ -150,6 +150,28 @@ def _is_number(value: Any) -> bool:
   return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
+def train(
+  seed_list: Sequence[int],
+  workdir: str,
+  *,
+  sequential: bool,
+  run_one: Callable[[int, str], dict[str, Any]],
+  run_stacked: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
+  """How every task trains its seeds: stacked in one program (`run_stacked()`), or with
+  `sequential`, one after another (`run_one(seed, seed_workdir)`, see run_sequentially)."""
+  from simjax.checkpoints import ConfigMismatchError
+
+  if sequential and len(seed_list) > 1:
+    return run_sequentially(run_one, seed_list, workdir)
+  if sequential_seed_dirs(workdir):
+    raise ConfigMismatchError(
+      f"{workdir} holds a --sequential_seeds run: use a new --workdir for stacked seeds"
+    )
+  with explain_out_of_memory(len(seed_list)):
+    return run_stacked()
+
+
 def run_sequentially(
   run_one: Callable[[int, str], dict[str, Any]], seed_list: Sequence[int], workdir: str
 ) -> dict[str, Any]:

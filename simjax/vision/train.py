@@ -299,24 +299,22 @@ def train_and_evaluate(
   several seeds, results.json holds each seed's results and their summary.
   """
   seed_list = seeds.seed_list(train_config.seed, train_config.num_seeds)
-  if train_config.sequential_seeds and len(seed_list) > 1:
 
-    def run_one(seed: int, seed_workdir: str) -> dict[str, Any]:
-      one = dataclasses.replace(train_config, seed=seed, num_seeds=1, sequential_seeds=False)
-      return train_and_evaluate(
-        model_config, data_config, optim_config, one, seed_workdir, flags=flags, on_epoch=on_epoch
-      )
-
-    return seeds.run_sequentially(run_one, seed_list, workdir)
-
-  if seeds.sequential_seed_dirs(workdir):
-    raise checkpoints.ConfigMismatchError(
-      f"{workdir} holds a --sequential_seeds run: use a new --workdir for stacked seeds"
+  def run_one(seed: int, seed_workdir: str) -> dict[str, Any]:
+    one = dataclasses.replace(train_config, seed=seed, num_seeds=1, sequential_seeds=False)
+    return train_and_evaluate(
+      model_config, data_config, optim_config, one, seed_workdir, flags=flags, on_epoch=on_epoch
     )
-  with seeds.explain_out_of_memory(len(seed_list)):
-    return _train_stacked(
+
+  return seeds.train(
+    seed_list,
+    workdir,
+    sequential=train_config.sequential_seeds,
+    run_one=run_one,
+    run_stacked=lambda: _train_stacked(
       model_config, data_config, optim_config, train_config, workdir, seed_list, flags, on_epoch
-    )
+    ),
+  )
 
 
 def _train_stacked(
