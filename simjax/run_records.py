@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import platform
@@ -105,6 +106,8 @@ def provenance() -> dict[str, Any]:
     "git": git_state(),
     "command": " ".join(sys.argv),
     "xla_flags": os.environ.get("XLA_FLAGS", ""),  # e.g. --xla_gpu_deterministic_ops=true
+    # run_info.json is written at the start, results.json at the end: together, the wall time.
+    "recorded_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
   }
 
 
