@@ -4,6 +4,7 @@
 #                            (GloVe LSTM on STS Benchmark)
 #   ./run.sh test [ARGS]     run the test suite (ARGS go to pytest)
 #   ./run.sh reproduce [ARGS]  run `python -m experiments.reproduce ARGS` (the whole study, N seeds)
+#   ./run.sh benchmark_seeds [ARGS]  run `python -m experiments.benchmark_seeds ARGS`
 #   ./run.sh ARGS            run `python -m experiments.main ARGS`, e.g. --flagfile=rnn.flags
 # Offline: when ../shared exists, its raw sentence datasets are used (SIMJAX_MANUAL_DIR) and
 # its prepared TFDS datasets (CIFAR-10) are linked into .data/tensorflow_datasets, which is
@@ -42,9 +43,10 @@ case "${1:-}" in
     shift
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
-  reproduce)
+  reproduce | benchmark_seeds)
+    module="$1"
     shift
-    exec "$VENV/bin/python" -m experiments.reproduce "$@"
+    exec "$VENV/bin/python" -m "experiments.$module" "$@"
     ;;
   "")
     exec "$VENV/bin/python" -m experiments.main --flagfile=lstm_glove.flags
