@@ -295,7 +295,8 @@ def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> 
       "## CIFAR-10 CNNs: test accuracy (last epoch) and training time",
       "",
       "Ours: CIFAR-10 (JPEG stand-in). Training seconds exclude compilation and cover all seeds "
-      "trained together; per seed is that divided by n.",
+      "(trained together, or one after another where the command says --sequential_seeds); per "
+      "seed is that divided by n.",
       "",
       "| structure | study accuracy | ours (mean ± std) | n | study train s | ours train s (all seeds) "
       "| s per seed | command |",
