@@ -119,7 +119,7 @@ def evaluate() -> None:
     FLAGS.eval_split or DEFAULT_EVAL_SPLIT, FLAGS.data_dir, FLAGS.cache_dir or None
   )
   predictions = training.predict_classes(state, split.images, FLAGS.batch_size, config["model"]["dtype"])
-  run_seeds = seeds.seed_list(config["train"]["seed"], config["train"].get("num_seeds", 1))
+  run_seeds = seeds.from_config(config, workdir())
   per_seed = [
     {"seed": s, "test": training.classification_metrics(p, split.labels, split.class_names)}
     for s, p in zip(run_seeds, predictions)

@@ -152,7 +152,7 @@ def evaluate() -> None:
   from simjax.similarity import input_pipeline, train as training
 
   state, config, vocab = training.load_trained(workdir())
-  run_seeds = seeds.seed_list(config["train"]["seed"], config["train"].get("num_seeds", 1))
+  run_seeds = seeds.from_config(config, workdir())
   per_seed = [{"seed": s} for s in run_seeds]
   eval_split = FLAGS.eval_split or DEFAULT_EVAL_SPLIT
   for name, split in (("dev", eval_split), ("test", FLAGS.test_split)):

@@ -26,6 +26,17 @@ def seed_list(first_seed: int, num_seeds: int) -> list[int]:
   return [first_seed + r for r in range(num_seeds)]
 
 
+def from_config(config: dict[str, Any], workdir: str) -> list[int]:
+  """The seeds of a trained workdir, from its config.json."""
+  train = config["train"]
+  if "num_seeds" not in train:
+    raise ValueError(
+      f"{workdir} was trained before simjax stacked seeds (its checkpoints hold one unstacked "
+      "replica): retrain it with this version, or evaluate it with the version that trained it"
+    )
+  return seed_list(train["seed"], train["num_seeds"])
+
+
 def stacked_keys(seeds: Sequence[int]) -> jax.Array:
   """PRNGKey(seed) of every replica, stacked: [R, 2]."""
   return jnp.stack([jax.random.PRNGKey(s) for s in seeds])

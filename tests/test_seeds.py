@@ -51,3 +51,9 @@ def test_seed_list_and_out_of_memory_advice():
   assert seeds.is_resource_exhausted(error)
   message = str(seeds.out_of_memory_error(64, error))
   assert "64 stacked replicas do not fit" in message and "--sequential_seeds" in message
+
+
+def test_seeds_of_a_workdir_config_and_a_clear_error_for_pre_stacking_workdirs():
+  assert seeds.from_config({"train": {"seed": 2, "num_seeds": 3}}, "w") == [2, 3, 4]
+  with pytest.raises(ValueError, match="w was trained before simjax stacked seeds"):
+    seeds.from_config({"train": {"seed": 2}}, "w")

@@ -439,9 +439,8 @@ def load_trained(workdir: str) -> tuple[TrainState, dict[str, Any], text.Vocabul
     config = {**config, "train": {**config["train"], "num_seeds": len(loaded)}}
     return seeds.concatenate([s for s, _, _ in loaded]), config, vocab
   config = checkpoints.read_config(workdir)
-  train = config["train"]
   state = create_train_state(
-    seeds.seed_list(train["seed"], train.get("num_seeds", 1)),
+    seeds.from_config(config, workdir),
     ModelConfig(**config["model"]),
     optim.OptimConfig(**config["optim"]),  # the checkpoint's optimizer-state structure
     steps_per_epoch=1,
