@@ -128,6 +128,18 @@ def warn_about_provenance_differences(workdir: str, current: dict[str, Any]) -> 
       print(f"  {line}", file=sys.stderr)
 
 
+def train_settings() -> dict[str, Any]:
+  """The TrainConfig fields every task shares, from their flags."""
+  return dict(
+    epochs=FLAGS.epochs,
+    batch_size=FLAGS.batch_size,
+    seed=FLAGS.seed,
+    num_seeds=FLAGS.num_seeds,
+    sequential_seeds=FLAGS.sequential_seeds,
+    keep_checkpoints=FLAGS.keep_checkpoints,
+  )
+
+
 def optim_config():
   from simjax import optim
 

@@ -127,12 +127,7 @@ def train() -> None:
     data_config(),
     common.optim_config(),
     training.TrainConfig(
-      epochs=FLAGS.epochs,
-      batch_size=FLAGS.batch_size,
-      seed=FLAGS.seed,
-      num_seeds=FLAGS.num_seeds,
-      sequential_seeds=FLAGS.sequential_seeds,
-      keep_checkpoints=FLAGS.keep_checkpoints,
+      **common.train_settings(),
       best_metric=FLAGS.best_metric,
     ),
     workdir(),

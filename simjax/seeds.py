@@ -42,6 +42,20 @@ def stacked_keys(seeds: Sequence[int]) -> jax.Array:
   return jnp.stack([jax.random.PRNGKey(s) for s in seeds])
 
 
+def init_replicas(init: Callable[[jax.Array], Any], seed_list: Sequence[int]) -> tuple[Any, jax.Array]:
+  """Every seed's initial variables, stacked, and its train-state RNG key: ([R, ...], [R, 2]).
+
+  Seed s splits PRNGKey(s) into (init key, state key), as a single-seed run does. Each seed's
+  variables come from one compiled, not vmapped, `init`: a jitted, vmapped LSTM init hangs
+  XLA's CPU runtime (jax 0.10.2, 2+ replicas). Everything after init is vmapped.
+  """
+  compiled = jax.jit(init)
+  keys = [jax.random.split(key) for key in stacked_keys(seed_list)]
+  variables = [compiled(init_key) for init_key, _ in keys]
+  stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *variables)
+  return stacked, jnp.stack([state_key for _, state_key in keys])
+
+
 def num_replicas(state: Any) -> int:
   return int(state.step.shape[0])
 

@@ -153,14 +153,9 @@ def create_train_state(
     tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
   plateau = optim.plateau_transform(optim_config)
 
-  # Each seed's parameters come from one compiled (not vmapped) init, exactly as a
-  # single-seed run's do. A vmapped, jitted init of the LSTM hangs XLA's CPU runtime
-  # (jax 0.10.2, observed with 2+ replicas); everything after init is vmapped.
-  init = jax.jit(lambda key: model.init(key, ids, lengths, ids, lengths)["params"])
-  keys = [jax.random.split(key) for key in seeds.stacked_keys(seed_list)]
-  params = [init(init_rng) for init_rng, _ in keys]
-  params = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *params)
-  state_rngs = jnp.stack([state_rng for _, state_rng in keys])
+  params, state_rngs = seeds.init_replicas(
+    lambda key: model.init(key, ids, lengths, ids, lengths)["params"], seed_list
+  )
 
   def create(params, state_rng, embeddings):
     if embeddings is not None:

@@ -71,13 +71,7 @@ def create_train_state(
   tx = optim.make_optimizer(optim_config, steps_per_epoch, total_steps)
   plateau = optim.plateau_transform(optim_config)
 
-  # Each seed's variables come from one compiled (not vmapped) init, as in a single-seed
-  # run (see similarity.train.create_train_state); everything after init is vmapped.
-  init = jax.jit(lambda key: init_variables(model, key))
-  keys = [jax.random.split(key) for key in seeds.stacked_keys(seed_list)]
-  variables = [init(init_rng) for init_rng, _ in keys]
-  variables = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *variables)
-  state_rngs = jnp.stack([state_rng for _, state_rng in keys])
+  variables, state_rngs = seeds.init_replicas(lambda key: init_variables(model, key), seed_list)
 
   def create(variables, state_rng):
     return TrainState.create(
