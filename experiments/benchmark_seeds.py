@@ -18,6 +18,8 @@ import time
 
 from absl import app, flags
 
+from experiments import common
+
 FLAGS = flags.FLAGS
 
 
@@ -33,6 +35,16 @@ def define_flags() -> None:
   flags.DEFINE_string("data_dir", os.environ.get("TFDS_DATA_DIR"), "TFDS data_dir.")
   flags.DEFINE_string("manual_dir", os.environ.get("SIMJAX_MANUAL_DIR"), "Raw STS files (offline).")
   flags.DEFINE_string("dtype", "float32", "CIFAR compute dtype (bfloat16 on a GPU).")
+  flags.DEFINE_integer(
+    "batch_size", None, "Batch size (default: 64 for sentences, 256 for CIFAR).", lower_bound=1
+  )
+  flags.DEFINE_integer("width", 64, "CIFAR: ResNet width (smaller for a smoke test).", lower_bound=1)
+  flags.DEFINE_integer(
+    "hidden_size", 128, "Sentences: LSTM hidden size (smaller for a smoke test).", lower_bound=1
+  )
+  flags.DEFINE_string("eval_split", None, "Evaluated split (default: validation / test[:1000]).")
+  flags.DEFINE_enum("epoch_loop", "auto", ["auto", "scan", "host"], "CIFAR: see experiments.main --helpfull.")
+  common.define_compilation_cache_flag()
 
 
 def _similarity_runner(train_split: str):
@@ -42,7 +54,11 @@ def _similarity_runner(train_split: str):
 
   low, high = datasets.SCORE_RANGE["stsb"]
   data = train.DataConfig(
-    dataset="stsb", data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir, train_split=train_split
+    dataset="stsb",
+    data_dir=FLAGS.data_dir,
+    manual_dir=FLAGS.manual_dir,
+    train_split=train_split,
+    **({"eval_split": FLAGS.eval_split, "test_split": FLAGS.eval_split} if FLAGS.eval_split else {}),
   )
   optim_config = optim.OptimConfig(optimizer="adam", learning_rate=1e-3, grad_clip_norm=5.0)
 
@@ -51,7 +67,7 @@ def _similarity_runner(train_split: str):
       vocab_size=len(prepared.vocab),
       embedding_dim=50,
       cell="lstm",
-      hidden_size=128,
+      hidden_size=FLAGS.hidden_size,
       bidirectional=True,
       pooling="max",
       head="mlp",
@@ -61,11 +77,15 @@ def _similarity_runner(train_split: str):
 
   def run(workdir: str, num_seeds: int, sequential: bool):
     config = train.TrainConfig(
-      epochs=FLAGS.epochs, batch_size=64, num_seeds=num_seeds, sequential_seeds=sequential
+      epochs=FLAGS.epochs, batch_size=batch_size, num_seeds=num_seeds, sequential_seeds=sequential
     )
     return train.train_and_evaluate(model, data, optim_config, config, workdir)
 
-  return "Siamese BiLSTM (lstm.flags recipe), STS-B " + train_split + ", batch 64", run
+  batch_size = FLAGS.batch_size or 64
+  what = (
+    f"Siamese BiLSTM (lstm.flags recipe, hidden {FLAGS.hidden_size}), STS-B {train_split}, batch {batch_size}"
+  )
+  return what, run
 
 
 def _cifar_runner(train_split: str):
@@ -77,18 +97,27 @@ def _cifar_runner(train_split: str):
     data_dir=FLAGS.data_dir,
     cache_dir=os.path.join(FLAGS.out, "cache"),
     train_split=train_split,
-    eval_split="test[:1000]",
+    eval_split=FLAGS.eval_split or "test[:1000]",
   )
   optim_config = optim.OptimConfig(optimizer="nesterov", learning_rate=0.05, weight_decay=5e-4)
-  model = ModelConfig(architecture="resnet", width=64, dtype=FLAGS.dtype)
+  model = ModelConfig(architecture="resnet", width=FLAGS.width, dtype=FLAGS.dtype)
+  batch_size = FLAGS.batch_size or 256
 
   def run(workdir: str, num_seeds: int, sequential: bool):
     config = train.TrainConfig(
-      epochs=FLAGS.epochs, batch_size=256, num_seeds=num_seeds, sequential_seeds=sequential
+      epochs=FLAGS.epochs,
+      batch_size=batch_size,
+      num_seeds=num_seeds,
+      sequential_seeds=sequential,
+      epoch_loop=FLAGS.epoch_loop,
     )
     return train.train_and_evaluate(model, data, optim_config, config, workdir)
 
-  return f"ResNet-style CNN (width 64), CIFAR-10 (JPEG stand-in) {train_split}, batch 256", run
+  what = (
+    f"ResNet-style CNN (width {FLAGS.width}, {FLAGS.dtype}), CIFAR-10 (JPEG stand-in) {train_split}, "
+    f"batch {batch_size}"
+  )
+  return what, run
 
 
 def _steady_epoch_seconds(workdir: str) -> float:
@@ -135,7 +164,15 @@ def benchmark() -> dict:
     "versions": run_records.versions(),
     "git": run_records.git_state(),
     "command": "python -m experiments.benchmark_seeds "
-    + " ".join(f"--{k}={FLAGS[k].value}" for k in ("task", "num_seeds", "epochs") if FLAGS[k].present),
+    + " ".join(
+      f"--{k}={FLAGS[k].value}"
+      for k in ("task", "num_seeds", "epochs", "train_split", "dtype", "batch_size", "width", "hidden_size")
+      if FLAGS[k].present
+    ),
+    # Per steady epoch, compilation excluded: what decides a long study run.
+    "faster": "stacked"
+    if stacked["steady_epoch_seconds"] <= sequential["steady_epoch_seconds"]
+    else "sequential",
   }
   shutil.rmtree(work, ignore_errors=True)
   kind = device["kind"].replace(" ", "_")
@@ -162,10 +199,13 @@ def _faster(ratio: float) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from experiments import common
-
   common.quiet_library_logs()
-  common.run_mode(benchmark)
+
+  def run():
+    common.apply_compilation_cache()
+    benchmark()
+
+  common.run_mode(run)
 
 
 if __name__ == "__main__":

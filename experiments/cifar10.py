@@ -24,6 +24,14 @@ flags.DEFINE_integer(
 flags.DEFINE_bool("flip", True, "Random horizontal flips.")
 flags.DEFINE_integer("cutout", 0, "Side of a random square blanked per image (0: off).", lower_bound=0)
 flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the cross-entropy targets.", lower_bound=0.0)
+flags.DEFINE_enum(
+  "epoch_loop",
+  "auto",
+  ["auto", "scan", "host"],
+  "scan: each epoch is one compiled program (lax.scan over its steps); host: a host loop over one "
+  "compiled step; auto: scan on GPU/TPU, host on CPU (XLA's CPU backend runs convolutions inside "
+  "loops slowly). Same numbers either way.",
+)
 flags.DEFINE_string(
   "cache_dir",
   os.environ.get("SIMJAX_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "simjax")),
@@ -88,6 +96,7 @@ def train() -> None:
     training.TrainConfig(
       **common.train_settings(),
       label_smoothing=FLAGS.label_smoothing,
+      epoch_loop=FLAGS.epoch_loop,
     ),
     workdir(),
     flags=common.flag_values(),

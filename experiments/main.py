@@ -31,7 +31,12 @@ def main(argv):
   common.quiet_library_logs()
   common.apply_determinism()
   modes = {"train": task.train, "eval": task.evaluate, "predict": lambda: task.predict(inputs)}
-  common.run_mode(modes[FLAGS.mode])
+
+  def run():
+    common.apply_compilation_cache()  # inside run_mode: an unusable folder is one error line
+    modes[FLAGS.mode]()
+
+  common.run_mode(run)
 
 
 if __name__ == "__main__":

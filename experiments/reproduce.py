@@ -25,6 +25,8 @@ import time
 
 from absl import app, flags
 
+from experiments import study
+
 FLAGS = flags.FLAGS
 
 
@@ -44,11 +46,20 @@ def define_flags() -> None:
   flags.DEFINE_list(
     "extra_flags", [], "Flags added to every experiment's command (e.g. --dtype=bfloat16 on a GPU)."
   )
+  flags.DEFINE_enum(
+    "cnn_seeds",
+    "auto",
+    ["auto", "stacked", "sequential"],
+    "How a CNN experiment trains its seeds: stacked (one vmapped program) or sequential (one "
+    "after another); auto: sequential on CPU, stacked on an accelerator (benchmarks/gpu_session "
+    "measures both there).",
+  )
+  flags.DEFINE_bool("report_only", False, "Write report.md from the finished experiments; run nothing.")
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STUDY_SOURCE = "the study's slides (official data; single runs)"
-MSE_TABLE_EPOCHS = (1, 5, 10, 20, 30, 40, 50)
+STUDY_SOURCE = study.SOURCE
+MSE_TABLE_EPOCHS = (1, 5, 10, 20, 30, 40, 50, 85, 100)  # and every epoch the study printed
 
 
 class ExperimentFailed(RuntimeError):
@@ -67,35 +78,35 @@ class Experiment:
   cpu_seconds_per_seed: float  # measured on the 2-core CPU (full run), to state the expected duration
 
 
-def _sentence(variant: str, dataset: str, pearson: float | None, seconds: float) -> Experiment:
-  study = {"test.pearson": pearson} if dataset == "stsb" and pearson is not None else {}
-  return Experiment(f"{variant}_{dataset}", f"{variant}.flags", "similarity", dataset, study, seconds)
+def _sentence(variant: str, dataset: str, seconds: float) -> Experiment:
+  pearson = study.sentence_pearson(variant)
+  reported = {"test.pearson": pearson} if dataset == "stsb" and pearson is not None else {}
+  return Experiment(f"{variant}_{dataset}", f"{variant}.flags", "similarity", dataset, reported, seconds)
 
 
-def _cnn(structure: str, accuracy: float | None, seconds: float | None) -> Experiment:
-  study = {} if accuracy is None else {"test.accuracy": accuracy, "train_seconds": seconds}
+def _cnn(structure: str) -> Experiment:
+  found = study.cnn(structure)
+  reported = (
+    {} if found is None else {"test.accuracy": found["accuracy"], "train_seconds": found["train_seconds"]}
+  )
   # 30 epochs of 50,000 images at about 125 images/s per seed on 2 CPU cores.
-  return Experiment(structure, f"{structure}.flags", "cifar10", "cifar10", study, 12_000.0)
+  return Experiment(structure, f"{structure}.flags", "cifar10", "cifar10", reported, 12_000.0)
 
 
 EXPERIMENTS = [
   *(
-    _sentence(variant, dataset, pearson, seconds)
+    _sentence(variant, dataset, seconds)
     for dataset in ("stsb", "sick")
-    for variant, pearson, seconds in (
-      ("rnn", 0.237, 25.0),
-      ("lstm", 0.481, 40.0),
-      ("lstm_stacked_dropout", None, 90.0),
-      ("lstm_glove", 0.502, 40.0),
+    for variant, seconds in (
+      ("rnn", 25.0),
+      ("lstm", 40.0),
+      ("lstm_stacked_dropout", 90.0),
+      ("lstm_glove", 40.0),
     )
   ),
-  _cnn("cnn_fc", 0.82, 2511.0),
-  _cnn("cnn_dropout", 0.84, 2747.0),
-  _cnn("cnn_gap", 0.87, 2495.0),
-  _cnn("cnn_gap_dropout", 0.86, 2606.0),
-  _cnn("cnn_resnet", None, None),
+  *(_cnn(structure) for structure in (*study.CNN_STRUCTURES, "cnn_resnet")),
 ]
-CNN_STRUCTURES = ("cnn_fc", "cnn_dropout", "cnn_gap", "cnn_gap_dropout")
+CNN_STRUCTURES = study.CNN_STRUCTURES
 QUICK_FLAGS = {
   "similarity": [
     "--train_split=train[:512]",
@@ -122,15 +133,23 @@ def selected(only: list[str]) -> list[Experiment]:
 
 
 def command(
-  experiment: Experiment, report_dir: str, num_seeds: int, quick: bool, extra: list[str], backend: str = "gpu"
+  experiment: Experiment,
+  report_dir: str,
+  num_seeds: int,
+  quick: bool,
+  extra: list[str],
+  backend: str = "gpu",
+  cnn_seeds: str = "auto",
 ) -> list[str]:
   args = [f"--flagfile={experiment.flagfile}"]
   if experiment.task == "similarity":
     args.append(f"--dataset={experiment.dataset}")
   args += [f"--num_seeds={num_seeds}", f"--workdir={os.path.join(report_dir, 'runs', experiment.name)}"]
-  if experiment.task == "cifar10" and backend == "cpu" and num_seeds > 1:
+  if cnn_seeds == "auto":
     # Stacked CNN replicas become grouped convolutions, which XLA's CPU backend runs about
     # 3x slower per image than separate runs (measured: 37 vs 125 images/s, 2 seeds).
+    cnn_seeds = "sequential" if backend == "cpu" else "stacked"
+  if experiment.task == "cifar10" and cnn_seeds == "sequential" and num_seeds > 1:
     args.append("--sequential_seeds")
   if quick:
     args += QUICK_FLAGS[experiment.task]
@@ -253,8 +272,8 @@ def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> 
   ]
   for e in (e for e in experiments if e.task == "similarity"):
     run = loaded[e.name]
-    study = e.study.get("test.pearson")
-    study_text = f"{study:.3f}" if study is not None else "–"
+    pearson = e.study.get("test.pearson")
+    study_text = f"{pearson:.3f}" if pearson is not None else "–"
     if run is None:
       lines.append(
         f"| {e.name} | {e.dataset} | {study_text} | not run | | | `{' '.join(commands[e.name])}` |"
@@ -269,8 +288,8 @@ def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> 
     "",
     "## Sentence similarity: train / dev MSE per epoch (mean ± std over seeds)",
     "",
-    "The study printed these tables per epoch; our copy of it keeps only the final test "
-    "Pearson, so the study column is empty.",
+    "The study columns are the epochs the study printed (STS-B; its own settings, see "
+    "experiments/study.json); ours are this recipe's.",
     "",
     "| experiment | epoch | study train MSE | train MSE | study dev MSE | dev MSE | dev Pearson |",
     "|---|---|---|---|---|---|---|",
@@ -280,12 +299,20 @@ def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> 
     if run is None:
       continue
     history = run[1]
-    wanted = [row for row in history if row["epoch"] in MSE_TABLE_EPOCHS or row is history[-1]]
+    reported = study.sentence_mse(e.name.rsplit("_", 1)[0]) if e.dataset == "stsb" else {}
+    wanted = [
+      row
+      for row in history
+      if row["epoch"] in MSE_TABLE_EPOCHS or row["epoch"] in reported or row is history[-1]
+    ]
     for row in wanted:
       per_seed = row.get("per_seed", {})
+      at = reported.get(row["epoch"], {})
+      study_train = f"{at['train_mse']:.3f}" if at else "–"
+      study_dev = f"{at['dev_mse']:.3f}" if at else "–"
       lines.append(
-        f"| {e.name} | {row['epoch']} | – | {_values_text(per_seed.get('train_mse', [row['train_mse']]))} | – "
-        f"| {_values_text(per_seed.get('dev_mse', [row['dev_mse']]))} "
+        f"| {e.name} | {row['epoch']} | {study_train} | {_values_text(per_seed.get('train_mse', [row['train_mse']]))} "
+        f"| {study_dev} | {_values_text(per_seed.get('dev_mse', [row['dev_mse']]))} "
         f"| {_values_text(per_seed.get('dev_pearson', [row['dev_pearson']]))} |"
       )
   cnn = [e for e in experiments if e.task == "cifar10"]
@@ -333,6 +360,10 @@ def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> 
       for e, results in done:
         cells = [_mean_std(results["summary"].get(f"test.per_class_accuracy.{c}"), 100, 1) for c in classes]
         lines.append(f"| {e.name} | " + " | ".join(cells) + " |")
+        reported = study.cnn(e.name)
+        if reported is not None:  # the study's classes are in CIFAR-10's label order, as ours
+          cells = [f"{100 * v:.0f}" for v in reported["per_class"].values()]
+          lines.append(f"| {e.name}, study | " + " | ".join(cells) + " |")
   figures = _figures(report_dir, experiments, loaded)
   if figures:
     lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
@@ -387,11 +418,24 @@ def reproduce(argv_command: str) -> str:
   num_seeds = FLAGS.num_seeds or (2 if FLAGS.quick else 5)
   name = FLAGS.name or ("study-quick" if FLAGS.quick else "study")
   report_dir = os.path.join(FLAGS.reports_dir, name)
-  backend = _backend() if any(e.task == "cifar10" for e in experiments) else "any"
+  needs_backend = FLAGS.cnn_seeds == "auto" and any(e.task == "cifar10" for e in experiments)
+  backend = _backend() if needs_backend else "any"
   commands = {
-    e.name: command(e, report_dir, num_seeds, FLAGS.quick, FLAGS.extra_flags, backend) for e in experiments
+    e.name: command(e, report_dir, num_seeds, FLAGS.quick, FLAGS.extra_flags, backend, FLAGS.cnn_seeds)
+    for e in experiments
   }
   plan = {"command": argv_command, "quick": FLAGS.quick, "num_seeds": num_seeds, "commands": commands}
+  if FLAGS.report_only:
+    if not os.path.exists(os.path.join(report_dir, "plan.json")):
+      raise ValueError(
+        f"{report_dir} holds no plan.json: nothing to report (run without --report_only first)"
+      )
+    with open(os.path.join(report_dir, "plan.json")) as f:
+      saved = json.load(f)
+    # Experiments never started get the command they would have run, shown as "not run".
+    path = write_report(report_dir, {**saved, "commands": {**commands, **saved["commands"]}}, experiments)
+    print(f"report written: {path}")
+    return path
   os.makedirs(report_dir, exist_ok=True)
   check_plan(report_dir, plan)
   with open(os.path.join(report_dir, "plan.json")) as f:

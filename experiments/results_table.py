@@ -12,8 +12,7 @@ import json
 import os
 import sys
 
-# Test Pearson on STS-B reported by the study we reproduce, per flagfile experiment.
-STUDY_STSB_PEARSON = {"rnn": 0.237, "lstm": 0.481, "lstm_glove": 0.502}
+from experiments import study
 
 
 def row(workdir: str) -> str:
@@ -21,13 +20,13 @@ def row(workdir: str) -> str:
     results = json.load(f)
   flags = results["flags"]
   experiment, dataset = flags.get("experiment", "?"), results["data"]["dataset"]
-  study = STUDY_STSB_PEARSON.get(experiment) if dataset == "stsb" else None
+  reported = study.sentence_pearson(experiment) if dataset == "stsb" else None
   step_ms = 1000 * results["seconds_per_step"] if results.get("seconds_per_step") else float("nan")
   per_seed = results.get("per_seed") or [results]
   cells = [_mean_std([r["test"][m] for r in per_seed]) for m in ("pearson", "spearman", "mse")]
   best = ", ".join(str(r["best_epoch"]) for r in per_seed)
   return (
-    f"| {experiment} | {dataset} | {'-' if study is None else f'{study:.3f}'} | {' | '.join(cells)} | "
+    f"| {experiment} | {dataset} | {'-' if reported is None else f'{reported:.3f}'} | {' | '.join(cells)} | "
     f"{len(per_seed)} | {best} / {results['epochs']} | "
     f"{results['train_seconds']:.0f} | {step_ms:.1f} | `{os.path.basename(os.path.normpath(workdir))}` |"
   )

@@ -20,6 +20,7 @@ import numpy as np
 
 from simjax import optim
 from simjax import seeds as seeds_lib
+from simjax.compilation import CompileClock
 from simjax.checkpoints import CheckpointStore
 from simjax.run_records import MetricsLog
 
@@ -63,12 +64,20 @@ def fit(
   Each replica has its own best epoch and plateau: the "best" checkpoint stacks every
   replica at its own best epoch. Logged rows hold the mean over replicas under each name
   and every replica's value under "per_seed".
+  Each row's "compile_seconds" is the time JAX spent building programs during that epoch's
+  training and evaluation (a task that compiles on first use pays it inside "epoch_seconds").
   Returns the final state and checkpoint meta: {"epoch", "history", "best" (one per
-  replica), "train_seconds"}.
+  replica), "train_seconds", "compile_seconds"}.
   """
   log = MetricsLog(store.workdir)
   try:
-    meta = {"epoch": 0, "history": [], "best": [None] * len(seeds), "train_seconds": 0.0}
+    meta = {
+      "epoch": 0,
+      "history": [],
+      "best": [None] * len(seeds),
+      "train_seconds": 0.0,
+      "compile_seconds": 0.0,
+    }
     best_state = None
     restored = store.restore_latest(abstract_state(state))
     if restored is not None:
@@ -85,15 +94,16 @@ def fit(
 
     for epoch in range(meta["epoch"] + 1, epochs + 1):
       first_step = int(state.step[0])  # read now: train_epoch may donate `state`'s buffers
-      start = time.perf_counter()
-      result = train_epoch(state, epoch)
-      jax.block_until_ready(result.state)
-      epoch_seconds = time.perf_counter() - start  # the check below compiles on first use: not timed
-      _check_finite(
-        result.step_losses, result.state, first_step=first_step, epoch=epoch, store=store, seeds=seeds
-      )
-      state = result.state
-      dev = evaluate(state)
+      with CompileClock() as compile_clock:
+        start = time.perf_counter()
+        result = train_epoch(state, epoch)
+        jax.block_until_ready(result.state)
+        epoch_seconds = time.perf_counter() - start  # the check below compiles on first use: not timed
+        _check_finite(
+          result.step_losses, result.state, first_step=first_step, epoch=epoch, store=store, seeds=seeds
+        )
+        state = result.state
+        dev = evaluate(state)
       per_seed = {
         **{k: [float(v) for v in values] for k, values in result.metrics.items()},
         **{f"{selection.eval_name}_{k}": [d[k] for d in dev] for k in dev[0]},
@@ -103,6 +113,7 @@ def fit(
         "epoch": epoch,
         **{k: float(np.mean(v)) for k, v in per_seed.items()},
         "epoch_seconds": epoch_seconds,
+        "compile_seconds": compile_clock.seconds,
         "per_seed": per_seed,
       }
       if plateau is not None and selection.plateau_metric is not None:
@@ -130,6 +141,7 @@ def fit(
       meta["epoch"] = epoch
       meta["history"].append(row)
       meta["train_seconds"] += epoch_seconds
+      meta["compile_seconds"] = meta.get("compile_seconds", 0.0) + compile_clock.seconds  # older runs lack it
       # before the log: see MetricsLog.reset
       store.save(int(state.step[0]), state, meta, best_state=best_state if improved.any() else None)
       log.write(row)

@@ -106,6 +106,7 @@ def provenance() -> dict[str, Any]:
     "git": git_state(),
     "command": " ".join(sys.argv),
     "xla_flags": os.environ.get("XLA_FLAGS", ""),  # e.g. --xla_gpu_deterministic_ops=true
+    "compilation_cache_dir": jax.config.jax_compilation_cache_dir,  # None: every program compiled afresh
     # run_info.json is written at the start, results.json at the end: together, the wall time.
     "recorded_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
   }

@@ -219,6 +219,9 @@ def run_sequentially(
   }
   results.update(combined)
   results["train_seconds"] = float(sum(run["train_seconds"] for run in runs))
+  results["compile_seconds"] = float(
+    sum(run.get("compile_seconds") or 0.0 for run in runs)
+  )  # each seed's own
   results["sequential_seeds"] = [os.path.basename(d) for d in seed_dirs]
   rows = _merge_rows([run_records.read_metrics(d) for d in seed_dirs])
   with open(os.path.join(workdir, run_records.METRICS_FILE), "w") as f:
@@ -257,6 +260,7 @@ def _merge_rows(rows_by_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]
         "epoch": epoch_rows[0]["epoch"],
         **{k: float(np.mean(v)) for k, v in per_seed.items()},
         "epoch_seconds": float(sum(r["epoch_seconds"] for r in epoch_rows)),
+        "compile_seconds": float(sum(r.get("compile_seconds", 0.0) for r in epoch_rows)),
         "per_seed": per_seed,
       }
     )

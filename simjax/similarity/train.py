@@ -374,7 +374,10 @@ def _train_stacked(
     **seeds.combine(per_seed),
     "best_metric": train_config.best_metric,
     "epochs": meta["epoch"],
-    "train_seconds": meta["train_seconds"],  # all seeds together
+    "train_seconds": meta["train_seconds"],  # all seeds together, compilation on first use included
+    # Time JAX spent tracing and compiling during training and evaluation (each new bucket
+    # length compiles once); part of train_seconds. Near 0 on a rerun with a compilation cache.
+    "compile_seconds": meta.get("compile_seconds"),
     "seconds_per_step": _median_step_seconds(meta["history"], steps_per_epoch),
     "steps_per_epoch": steps_per_epoch,
     "data": data.info,

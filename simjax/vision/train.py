@@ -36,6 +36,9 @@ class DataConfig:
   augmentation: input_pipeline.Augmentation = input_pipeline.Augmentation()
 
 
+EPOCH_LOOPS = ("auto", "scan", "host")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   epochs: int = 30
@@ -45,8 +48,13 @@ class TrainConfig:
   sequential_seeds: bool = False  # train the seeds one after another instead (less memory)
   label_smoothing: float = 0.0
   keep_checkpoints: int = 3
+  # How an epoch runs: "scan", one compiled program (lax.scan over the steps); "host", a host
+  # loop over one compiled step; "auto", scan on GPU/TPU and host on CPU (see compile_train_epoch).
+  epoch_loop: str = "auto"
 
   def __post_init__(self):
+    if self.epoch_loop not in EPOCH_LOOPS:
+      raise ValueError(f"epoch_loop must be one of {', '.join(EPOCH_LOOPS)}; got {self.epoch_loop!r}")
     if self.epochs < 1 or self.batch_size < 1:
       raise ValueError(f"need epochs >= 1 and batch_size >= 1; got {self.epochs}, {self.batch_size}")
     if self.num_seeds < 1:
@@ -356,6 +364,7 @@ def _train_stacked(
     augmentation=data_config.augmentation,
     label_smoothing=train_config.label_smoothing,
     compute_dtype=compute_dtype,
+    fused={"auto": None, "scan": True, "host": False}[train_config.epoch_loop],
   )
   predict_fn = make_predict(mesh, batch_size=eval_batch, compute_dtype=compute_dtype)
   compiled_predict = predict_fn.lower(state, test_images).compile()
@@ -438,6 +447,7 @@ def run_config(
   train = dataclasses.asdict(train_config)
   train.pop("keep_checkpoints")
   train.pop("sequential_seeds")  # how the seeds run, not what they compute
+  train.pop("epoch_loop")  # how an epoch runs, not what it computes (same losses, tested)
   if optim_config.lr_schedule not in optim.SCHEDULES_OVER_ALL_EPOCHS:
     train.pop("epochs")
   return {

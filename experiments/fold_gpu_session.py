@@ -1,0 +1,281 @@
+r"""Folds a device session's output (experiments.gpu_session) into the repo, in one command.
+
+  python -m experiments.fold_gpu_session /work/.device/files_at     # the folder holding session.tar.gz
+
+It unpacks session.tar.gz and
+  * puts the report folder at reports/<name>/ (report.md, figures, logs, session.json; each
+    run's results.json / metrics.jsonl under runs/, which git ignores),
+  * copies the benchmarks' JSON into benchmarks/ (named by device),
+  * rewrites the README's GPU results section (between its two `gpu-session` markers):
+    the five CIFAR-10 structures' accuracy and per-class accuracy beside the study's,
+    seconds per epoch, time to 90%, compile seconds, the seeds and determinism
+    figures, and what was dropped, each with its command, device and date.
+A smoke session (--smoke on a CPU) folds the same way; its README section says it is one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import tarfile
+import tempfile
+
+from absl import app, flags
+
+from experiments import common, study
+
+FLAGS = flags.FLAGS
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BEGIN = "<!-- gpu-session:begin (written by python -m experiments.fold_gpu_session) -->"
+END = "<!-- gpu-session:end -->"
+STRUCTURES = (*study.CNN_STRUCTURES, "cnn_resnet")
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("repo_dir", REPO, "Where reports/ and benchmarks/ are written.")
+  flags.DEFINE_string("readme", os.path.join(REPO, "README.md"), "README whose GPU section is rewritten.")
+
+
+class FoldError(ValueError):
+  """The folder is not a device session's output."""
+
+
+def unpack(source: str, into: str) -> dict:
+  """Extracts session.tar.gz from `source` into `into`; returns its session.json."""
+  archive = os.path.join(source, "session.tar.gz")
+  if not os.path.isfile(archive):
+    raise FoldError(f"{archive} not found: pass the folder the device run's files came back to")
+  try:
+    with tarfile.open(archive) as tar:
+      tar.extractall(into, filter="data")  # refuses absolute paths and links out of `into`
+  except (tarfile.TarError, EOFError) as e:
+    raise FoldError(f"{archive} is damaged ({e}); fetch the device run's files again") from None
+  path = os.path.join(into, "session.json")
+  if not os.path.isfile(path):
+    raise FoldError(f"{archive} holds no session.json: not made by experiments.gpu_session")
+  with open(path) as f:
+    return json.load(f)
+
+
+def _read(path: str) -> dict | None:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _metrics(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _mean_std(summary: dict | None, scale: float = 100.0, digits: int = 1) -> str:
+  if not summary:
+    return "–"
+  if summary["n"] > 1:
+    return f"{scale * summary['mean']:.{digits}f} ± {scale * summary['std']:.{digits}f}"
+  return f"{scale * summary['mean']:.{digits}f}"
+
+
+def _seconds(value: float | None, digits: int = 1) -> str:
+  return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def cnn_rows(report_dir: str, plan: dict) -> tuple[list[str], list[str]]:
+  """The accuracy/time table and the per-class table of the five structures."""
+  table = [
+    "| structure | study (official) | ours, stand-in (mean ± std) | n | s / epoch, per seed | "
+    "time to 90%, per seed | train s, all seeds | compile s | study train s | command |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  classes = list(study.CLASS_NAMES)
+  per_class = ["| structure | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+  for name in STRUCTURES:
+    reported = study.cnn(name)
+    study_acc = f"{100 * reported['accuracy']:.0f}%" if reported else "–"
+    study_s = _seconds(reported["train_seconds"], 0) if reported else "–"
+    command = plan.get("commands", {}).get(name)
+    command_text = f"`{' '.join(command)}`" if command else "–"
+    workdir = os.path.join(report_dir, "runs", name)
+    results = _read(os.path.join(workdir, "results.json"))
+    if results is None:
+      history = _metrics(os.path.join(workdir, "metrics.jsonl"))
+      status = f"not finished: {len(history)} epochs done" if history else "not run"
+      if history:
+        status += f", last {100 * history[-1]['test_accuracy']:.1f}%"
+      table.append(f"| {name} | {study_acc} | {status} | | | | | | {study_s} | {command_text} |")
+      continue
+    n = len(results["per_seed"])
+    sequential = "sequential_seeds" in results
+    # Stacked seeds share every epoch: one seed's share of the time is 1/n of it. Sequential
+    # seeds each have their own clock: their results.json keeps the first seed's seconds per
+    # epoch, and each seed's own time to each accuracy.
+    per_seed_epoch = results.get("seconds_per_epoch")
+    if per_seed_epoch is not None and not sequential:
+      per_seed_epoch /= n
+    to_90 = [r["seconds_to_accuracy"].get("0.9") for r in results["per_seed"]]
+    reached = [t if sequential else t / n for t in to_90 if t is not None]
+    to_90_text = (
+      f"{statistics.median(reached):.1f} s ({len(reached)}/{n} seeds)" if reached else f"not reached (0/{n})"
+    )
+    table.append(
+      f"| {name} | {study_acc} | {_mean_std(results['summary'].get('test.accuracy'))}% | {n} "
+      f"| {_seconds(per_seed_epoch, 2)} | {to_90_text} | {_seconds(results['train_seconds'])} "
+      f"| {_seconds(results.get('compile_seconds'))} | {study_s} | {command_text} |"
+    )
+    ours = [
+      _mean_std(results["summary"].get(f"test.per_class_accuracy.{c}"), 100, 1)
+      for c in results["test"]["per_class_accuracy"]
+    ]
+    per_class.append(f"| {name}, ours | " + " | ".join(ours) + " |")
+    if reported:
+      per_class.append(
+        f"| {name}, study | " + " | ".join(f"{100 * v:.0f}" for v in reported["per_class"].values()) + " |"
+      )
+  return table, per_class
+
+
+def seeds_rows(benchmark: dict | None, what: str) -> list[str]:
+  if benchmark is None:
+    return [f"{what}: not measured in this session."]
+  measured = benchmark["measured"]
+  one = measured["one seed"]["steady_epoch_seconds"]
+  lines = [
+    f"{benchmark['what']}, {benchmark['epochs']} epochs (`{benchmark['command']}`):",
+    "",
+    "| run | wall s (whole run) | steady epoch s | epoch vs one seed |",
+    "|---|---|---|---|",
+  ]
+  order = sorted(measured, key=lambda label: (label != "one seed", "sequential" in label))
+  for label in order:  # one seed, N stacked, N sequential
+    m = measured[label]
+    lines.append(
+      f"| {label} | {m['wall_seconds']:.1f} | {m['steady_epoch_seconds']:.3f} "
+      f"| {m['steady_epoch_seconds'] / one:.2f}× |"
+    )
+  return lines
+
+
+def section(session: dict, unpacked: str, report_rel: str) -> list[str]:
+  name = session["name"]
+  report_dir = os.path.join(unpacked, "reports", name)
+  plan = _read(os.path.join(report_dir, "plan.json")) or {}
+  device, versions, git = session["device"], session["versions"], session["git"]
+  date = session["date"][:10]
+  lines = [
+    BEGIN,
+    "",
+    f"**{'Smoke run (tiny models on data slices: checks the script, not the methods)' if session['smoke'] else 'Measured'}"
+    f" on {device['count']} × {device['kind']} ({device['platform']}), {date}**, session `{name}`: "
+    f"jax {versions.get('jax')}, flax {versions.get('flax')}, commit {str(git.get('commit'))[:10]}"
+    f"{' (dirty tree)' if git.get('dirty') else ''}; {session['seconds']:.0f} s wall for all steps. "
+    "Command: `bash benchmarks/gpu_session.sh` (prepared by `bash benchmarks/prepare_gpu_session.sh`), "
+    f"folded in by `python -m experiments.fold_gpu_session`. Full report: [{report_rel}/report.md]({report_rel}/report.md).",
+    "",
+    f"CIFAR-10 **(JPEG stand-in)** for ours, official data for the study; {session['num_seeds']} seeds per "
+    f"structure, trained {session['cnn_seeds']} (the faster per epoch on this device, measured below); "
+    "bf16; accuracy of the last epoch. Per-seed times divide a stacked run's time by n.",
+    "",
+  ]
+  table, per_class = cnn_rows(report_dir, plan)
+  lines += table + ["", "Per-class test accuracy, %:", ""] + per_class + [""]
+  benchmarks = os.path.join(unpacked, "benchmarks")
+  lines += ["Seeds stacked in one program vs one after another:", ""]
+  lines += seeds_rows(_newest(benchmarks, "seeds_cifar10_"), "CNN seeds") + [""]
+  lines += seeds_rows(_newest(benchmarks, "seeds_similarity_"), "Siamese LSTM seeds") + [""]
+  det = _read(os.path.join(benchmarks, "deterministic.json")) or {}
+  if "deterministic" in det and "nodeterministic" in det:
+    off, on = det["nodeterministic"], det["deterministic"]
+    lines += [
+      f"`--deterministic` (`{on['xla_flags']}`): {off['seconds_per_epoch']:.2f} s per epoch without, "
+      f"{on['seconds_per_epoch']:.2f} s with ({on['seconds_per_epoch'] / off['seconds_per_epoch']:.2f}×); "
+      f"compile {off['compile_seconds']:.1f} s vs {on['compile_seconds']:.1f} s; test accuracy "
+      f"{100 * off['accuracy']:.1f}% vs {100 * on['accuracy']:.1f}% (`{_short(on['command'])}`).",
+      "",
+    ]
+  else:
+    lines += ["`--deterministic`: not measured in this session.", ""]
+  not_ok = [s for s in session["steps"] if s["status"] != "ok"]
+  if not_ok:
+    lines += [
+      "Steps not completed: "
+      + "; ".join(f"{s['step']} ({s['status']}{', ' + s['why'] if s.get('why') else ''})" for s in not_ok)
+      + ".",
+      "",
+    ]
+  lines.append(END)
+  return lines
+
+
+def _short(command: str) -> str:
+  """'/path/experiments/main.py --flagfile=...' -> 'python -m experiments.main --flagfile=...'."""
+  program, _, args = command.partition(" ")
+  if program.endswith(".py") and os.sep + "experiments" + os.sep in program:
+    program = "python -m experiments." + os.path.basename(program)[:-3]
+  return f"{program} {args}".strip()
+
+
+def _newest(folder: str, prefix: str) -> dict | None:
+  if not os.path.isdir(folder):
+    return None
+  names = sorted(f for f in os.listdir(folder) if f.startswith(prefix) and f.endswith(".json"))
+  return _read(os.path.join(folder, names[-1])) if names else None
+
+
+def rewrite_readme(readme: str, lines: list[str]) -> None:
+  with open(readme) as f:
+    text = f.read()
+  if BEGIN not in text or END not in text:
+    raise FoldError(f"{readme} has no GPU results section: it needs the lines {BEGIN!r} and {END!r}")
+  head, rest = text.split(BEGIN, 1)
+  tail = rest.split(END, 1)[1]
+  with open(readme + ".tmp", "w") as f:
+    f.write(head + "\n".join(lines) + tail)
+  os.replace(readme + ".tmp", readme)
+
+
+def fold(source: str, repo_dir: str, readme: str) -> str:
+  with tempfile.TemporaryDirectory() as unpacked:
+    session = unpack(source, unpacked)
+    name = session["name"]
+    report_rel = f"reports/{name}"
+    target = os.path.join(repo_dir, report_rel)
+    lines = section(session, unpacked, report_rel)
+    shutil.rmtree(target, ignore_errors=True)  # the same session folded again replaces itself
+    shutil.copytree(os.path.join(unpacked, "reports", name), target)
+    for extra in ("session.json", "session.log", "logs"):
+      path = os.path.join(unpacked, extra)
+      if os.path.isdir(path):
+        shutil.copytree(path, os.path.join(target, "session_logs"), dirs_exist_ok=True)
+      elif os.path.exists(path):
+        shutil.copy2(path, target)
+    smi = os.path.join(source, "nvidia-smi.txt")
+    if os.path.exists(smi):
+      shutil.copy2(smi, target)
+    device = session["device"]
+    suffix = f"{device['platform']}_{device['kind'].replace(' ', '_')}"
+    benchmarks = os.path.join(unpacked, "benchmarks")
+    if os.path.isdir(benchmarks):
+      os.makedirs(os.path.join(repo_dir, "benchmarks"), exist_ok=True)
+      for f in os.listdir(benchmarks):
+        if f.endswith(".json"):
+          out = f if f.startswith("seeds_") else f"{f[:-5]}_{suffix}.json"
+          shutil.copy2(os.path.join(benchmarks, f), os.path.join(repo_dir, "benchmarks", out))
+    rewrite_readme(readme, lines)
+  print(f"folded session {name}: {target}/report.md, {readme} (GPU results section), benchmarks/")
+  return target
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise app.UsageError("pass one folder: the one holding the device run's session.tar.gz")
+  common.run_mode(lambda: fold(argv[1], FLAGS.repo_dir, FLAGS.readme))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

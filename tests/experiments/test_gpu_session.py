@@ -1,0 +1,140 @@
+"""The device session script in smoke mode (CPU, data slices), packed and folded into a repo copy."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from experiments import fold_gpu_session, reproduce
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def smoke_session(prepared, cifar_data_dir, tmp_path_factory):
+  """Runs `SIMJAX_SMOKE=1 bash benchmarks/gpu_session.sh` once; returns (its $OUT, its console)."""
+  tmp = tmp_path_factory.mktemp("gpu_session")
+  data_dir = pathlib.Path(prepared("stsb"))
+  if not (data_dir / "cifar10").exists():
+    (data_dir / "cifar10").symlink_to(pathlib.Path(cifar_data_dir) / "cifar10")
+  env = {
+    **os.environ,
+    "SIMJAX_SMOKE": "1",
+    "PYTHON": sys.executable,
+    "OUT": str(tmp / "out"),
+    "TFDS_DATA_DIR": str(data_dir),
+    "SIMJAX_CACHE_DIR": str(tmp / "cache"),
+    "SIMJAX_COMPILATION_CACHE_DIR": str(tmp / "jax_cache"),
+  }
+  done = subprocess.run(
+    ["bash", "benchmarks/gpu_session.sh", f"--work_dir={tmp / 'work'}"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  return tmp / "out", done.stdout
+
+
+def test_smoke_session_runs_every_step_and_packs_what_a_device_run_returns(smoke_session):
+  out, console = smoke_session
+  files = sorted(p.name for p in out.iterdir())
+  assert files == ["session.json", "session.log", "session.tar.gz"]  # a device returns at most 8 files
+  session = json.loads((out / "session.json").read_text())
+  assert session["smoke"] and session["name"] == "smoke"
+  statuses = {s["step"]: s["status"] for s in session["steps"]}
+  assert statuses == dict.fromkeys(["cnn_seeds", "cnn_resnet", "lstm_seeds", "deterministic", "cnn_fc"], "ok")
+  assert "dropped: none" in console
+  # The study runs train their seeds the way the benchmark measured faster.
+  measured = session["steps"][0]["result"]["measured"]
+  assert set(measured) == {"one seed", "2 stacked", "2 sequential"}
+  assert session["cnn_seeds"] in ("stacked", "sequential")
+  with tarfile.open(out / "session.tar.gz") as tar:
+    names = tar.getnames()
+    run = json.load(tar.extractfile("reports/smoke/runs/cnn_resnet/results.json"))
+  assert "reports/smoke/report.md" in names and "reports/smoke/comparison.png" in names
+  assert not [n for n in names if "/checkpoints" in n or "/best" in n]  # checkpoints stay on the device
+  # The device's code path: the fused lax.scan epoch, bf16, several seeds.
+  assert run["flags"]["epoch_loop"] == "scan" and run["flags"]["dtype"] == "bfloat16"
+  assert len(run["per_seed"]) == 2 and run["compile_seconds"] > 0
+  assert {"benchmarks/deterministic.json", "logs/cnn_resnet.log"} <= set(names)
+
+
+def test_fold_writes_report_benchmarks_and_readme_section(smoke_session, tmp_path):
+  out, _ = smoke_session
+  readme = tmp_path / "README.md"
+  shutil.copy(REPO / "README.md", readme)
+  before = readme.read_text()
+  fold = ["-m", "experiments.fold_gpu_session", str(out), f"--repo_dir={tmp_path}", f"--readme={readme}"]
+  done = _python(*fold)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert (tmp_path / "reports" / "smoke" / "report.md").is_file()
+  assert (tmp_path / "reports" / "smoke" / "session.json").is_file()
+  assert list((tmp_path / "benchmarks").glob("seeds_cifar10_cpu_*.json"))
+  assert list((tmp_path / "benchmarks").glob("deterministic_cpu_*.json"))
+  text = readme.read_text()
+  head, section = text.split(fold_gpu_session.BEGIN)
+  section, tail = section.split(fold_gpu_session.END)
+  assert before.startswith(head) and before.endswith(tail)  # only the section changed
+  assert "Smoke run" in section and "CIFAR-10 **(JPEG stand-in)**" in section
+  resnet = next(line for line in section.splitlines() if line.startswith("| cnn_resnet | – |"))
+  assert "%" in resnet and "--num_seeds=2" in resnet
+  assert next(line for line in section.splitlines() if line.startswith("| cnn_fc | 82% |"))
+  assert "| cnn_fc, study | 86 | 96 | 73 | 65 | 77 | 71 | 90 | 84 | 95 | 93 |" in section  # study.json
+  assert "| cnn_gap | 87% | not run |" in section  # the smoke run skips three structures
+  assert "`--deterministic` (`--xla_gpu_deterministic_ops=true`)" in section
+  assert "| 2 stacked |" in section
+  # Folding the same session again replaces its section, not appends.
+  assert _python(*fold).returncode == 0 and readme.read_text() == text
+
+
+def _python(*args: str) -> subprocess.CompletedProcess:
+  env = {**os.environ, "PYTHONPATH": str(REPO)}
+  return subprocess.run(
+    [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+  )
+
+
+def test_fold_refuses_a_folder_without_a_session(tmp_path):
+  with pytest.raises(fold_gpu_session.FoldError, match="session.tar.gz not found"):
+    fold_gpu_session.fold(str(tmp_path), str(tmp_path), str(tmp_path / "README.md"))
+
+
+def test_cnn_seeds_choice_reaches_the_commands():
+  resnet = next(e for e in reproduce.EXPERIMENTS if e.name == "cnn_resnet")
+  sequential = reproduce.command(resnet, "r", 3, False, [], backend="gpu", cnn_seeds="sequential")
+  stacked = reproduce.command(resnet, "r", 3, False, [], backend="cpu", cnn_seeds="stacked")
+  assert "--sequential_seeds" in sequential and "--sequential_seeds" not in stacked
+  assert "--sequential_seeds" in reproduce.command(resnet, "r", 3, False, [], backend="cpu")  # auto on CPU
+  assert "--sequential_seeds" not in reproduce.command(resnet, "r", 3, False, [], backend="gpu")
+
+
+_COMPILE_TWICE = """
+import sys
+import jax, jax.numpy as jnp
+from simjax import compilation
+compilation.enable_persistent_cache(sys.argv[1])
+with compilation.CompileClock() as clock:
+  jax.jit(lambda x: jnp.sin(x) @ x.T + 1.0)(jnp.ones((64, 64))).block_until_ready()
+print(clock.seconds, clock.cache_hits)
+"""
+
+
+def test_persistent_compilation_cache_makes_a_rerun_load_instead_of_compile(tmp_path):
+  def run():
+    done = _python("-c", _COMPILE_TWICE, str(tmp_path / "cache"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    seconds, hits = done.stdout.split()
+    return float(seconds), int(hits)
+
+  first_seconds, first_hits = run()
+  assert first_hits == 0 and first_seconds > 0 and any((tmp_path / "cache").iterdir())
+  _, hits = run()
+  assert hits >= 1  # the second process loaded the program from the folder
