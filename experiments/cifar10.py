@@ -32,6 +32,13 @@ flags.DEFINE_enum(
   "compiled step; auto: scan on GPU/TPU, host on CPU (XLA's CPU backend runs convolutions inside "
   "loops slowly). Same numbers either way.",
 )
+flags.DEFINE_enum(
+  "tta",
+  "none",
+  ["none", "flip", "flip_translate"],
+  "Test-time augmentation when evaluating: the mean logits of the image and its mirror (flip), "
+  "and of both shifted one pixel each way (flip_translate, 6 views). Training is unchanged.",
+)
 flags.DEFINE_string(
   "cache_dir",
   os.environ.get("SIMJAX_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "simjax")),
@@ -66,6 +73,7 @@ def data_config():
     augmentation=input_pipeline.Augmentation(
       crop_padding=FLAGS.crop_padding, flip=FLAGS.flip, cutout=FLAGS.cutout
     ),
+    tta=FLAGS.tta,
   )
 
 
@@ -122,16 +130,26 @@ def evaluate() -> None:
   split = input_pipeline.load_split(
     FLAGS.eval_split or DEFAULT_EVAL_SPLIT, FLAGS.data_dir, FLAGS.cache_dir or None
   )
-  predictions = training.predict_classes(state, split.images, FLAGS.batch_size, config["model"]["dtype"])
+  predictions = training.predict_classes(
+    state, split.images, FLAGS.batch_size, config["model"]["dtype"], tta=FLAGS.tta
+  )
   run_seeds = seeds.from_config(config, workdir())
   per_seed = [
     {"seed": s, "test": training.classification_metrics(p, split.labels, split.class_names)}
     for s, p in zip(run_seeds, predictions)
   ]
-  results = {**seeds.combine(per_seed), "data": {"eval": split.info}, **run_records.provenance()}
+  results = {
+    **seeds.combine(per_seed),
+    "tta": FLAGS.tta,
+    "data": {"eval": split.info},
+    **run_records.provenance(),
+  }
   common.warn_about_provenance_differences(workdir(), results)
   run_records.write_json(os.path.join(workdir(), "eval.json"), results)
-  _print_accuracy(results, split.info["label"], f"{split.info['split']}, latest checkpoint of {workdir()}")
+  tta = f", test-time augmentation {FLAGS.tta}" if FLAGS.tta != "none" else ""
+  _print_accuracy(
+    results, split.info["label"], f"{split.info['split']}, latest checkpoint of {workdir()}{tta}"
+  )
 
 
 def predict(paths: list[str]) -> None:
@@ -142,7 +160,9 @@ def predict(paths: list[str]) -> None:
     raise ValueError("predict needs image files: ... --mode=predict --workdir=DIR a.png b.jpg")
   state, config = training.load_trained(workdir())
   images = input_pipeline.read_images(paths)
-  predictions = training.predict_classes(state, images, FLAGS.batch_size, config["model"]["dtype"])
+  predictions = training.predict_classes(
+    state, images, FLAGS.batch_size, config["model"]["dtype"], tta=FLAGS.tta
+  )
   names = input_pipeline.CLASS_NAMES
   # A multi-seed workdir predicts by majority vote of its seeds (ties: the lowest class id).
   votes = np.apply_along_axis(np.bincount, 0, predictions, minlength=len(names))

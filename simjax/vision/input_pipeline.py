@@ -166,6 +166,30 @@ def normalize(images: jax.Array, dtype=jnp.float32) -> jax.Array:
   return ((images.astype(jnp.float32) - MEAN) / STD).astype(dtype)
 
 
+TTA_MODES = ("none", "flip", "flip_translate")
+
+
+def tta_views(images: jax.Array, mode: str) -> jax.Array:
+  """Test-time augmentation views of a batch [B, H, W, C] -> [V, B, H, W, C].
+
+  none: the images (V=1); flip: and their mirror images (V=2); flip_translate: each of those
+  also shifted by one pixel up-left and one pixel down-right, reflect-padded (V=6). The
+  prediction is the mean of the views' logits.
+  """
+  if mode not in TTA_MODES:
+    raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}; got {mode!r}")
+  views = [images]
+  if mode in ("flip", "flip_translate"):
+    views.append(images[:, :, ::-1])
+  if mode == "flip_translate":
+    height, width = images.shape[1:3]
+    for image in list(views):
+      padded = jnp.pad(image, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+      views.append(padded[:, :height, :width])  # content moves down-right by one pixel
+      views.append(padded[:, 2:, 2:])  # content moves up-left by one pixel
+  return jnp.stack(views)
+
+
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
   crop_padding: int = 4  # random translation by up to this many pixels (reflect padding)

@@ -34,6 +34,11 @@ class DataConfig:
   train_split: str = "train"
   eval_split: str = "test"
   augmentation: input_pipeline.Augmentation = input_pipeline.Augmentation()
+  tta: str = "none"  # test-time augmentation of the evaluated split (input_pipeline.TTA_MODES)
+
+  def __post_init__(self):
+    if self.tta not in input_pipeline.TTA_MODES:
+      raise ValueError(f"tta must be one of {', '.join(input_pipeline.TTA_MODES)}; got {self.tta!r}")
 
 
 EPOCH_LOOPS = ("auto", "scan", "host")
@@ -201,14 +206,17 @@ def compile_train_epoch(
   return host_loop_epoch
 
 
-def make_predict(mesh, *, batch_size: int, compute_dtype) -> Callable:
+def make_predict(mesh, *, batch_size: int, compute_dtype, tta: str = "none") -> Callable:
   """(state, images uint8 [N...]) -> every replica's predicted classes [replicas, N], jitted;
-  N a multiple of batch_size."""
+  N a multiple of batch_size. `tta` averages the logits over test-time views (see
+  input_pipeline.tta_views)."""
   batch_sharding = sharding.batch_sharded(mesh)
 
   def replica_logits(state, batch):
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    return state.apply_fn(variables, input_pipeline.normalize(batch, compute_dtype), train=False)
+    views = input_pipeline.tta_views(input_pipeline.normalize(batch, compute_dtype), tta)
+    logits = jax.vmap(lambda view: state.apply_fn(variables, view, train=False))(views)
+    return jnp.mean(logits, axis=0)
 
   def predict(state, images):
     batches = images.reshape(-1, batch_size, *images.shape[1:])
@@ -224,13 +232,15 @@ def make_predict(mesh, *, batch_size: int, compute_dtype) -> Callable:
   return jax.jit(predict, out_shardings=sharding.replicated(mesh))
 
 
-def predict_classes(state: TrainState, images: np.ndarray, batch_size: int, dtype: str) -> np.ndarray:
+def predict_classes(
+  state: TrainState, images: np.ndarray, batch_size: int, dtype: str, tta: str = "none"
+) -> np.ndarray:
   """Every replica's predicted class of every uint8 image [replicas, N], on all local devices."""
   mesh = sharding.data_mesh()
   devices = mesh.devices.size
   batch_size = min(batch_size, -(-len(images) // devices) * devices)
   batch_size = -(-batch_size // devices) * devices
-  predict = make_predict(mesh, batch_size=batch_size, compute_dtype=jnp.dtype(dtype))
+  predict = make_predict(mesh, batch_size=batch_size, compute_dtype=jnp.dtype(dtype), tta=tta)
   replicated = sharding.replicated(mesh)
   padded = jax.device_put(_padded(images, batch_size), replicated)
   return np.asarray(predict(jax.device_put(state, replicated), padded))[:, : len(images)]
@@ -366,7 +376,7 @@ def _train_stacked(
     compute_dtype=compute_dtype,
     fused={"auto": None, "scan": True, "host": False}[train_config.epoch_loop],
   )
-  predict_fn = make_predict(mesh, batch_size=eval_batch, compute_dtype=compute_dtype)
+  predict_fn = make_predict(mesh, batch_size=eval_batch, compute_dtype=compute_dtype, tta=data_config.tta)
   compiled_predict = predict_fn.lower(state, test_images).compile()
   epoch_keys(seed_list, 0).block_until_ready()  # eager ops of train_epoch
   compile_seconds = time.perf_counter() - start
@@ -442,7 +452,7 @@ def run_config(
 ) -> dict[str, Any]:
   """What a workdir's checkpoints depend on (see similarity.train.run_config)."""
   data = dataclasses.asdict(data_config)
-  for free in ("data_dir", "cache_dir", "eval_split"):
+  for free in ("data_dir", "cache_dir", "eval_split", "tta"):  # where data is, and how it is evaluated
     data.pop(free)
   train = dataclasses.asdict(train_config)
   train.pop("keep_checkpoints")

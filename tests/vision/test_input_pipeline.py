@@ -91,3 +91,19 @@ def test_read_images_resizes_and_reports_a_non_image_by_name(tmp_path):
   (tmp_path / "notes.txt").write_text("not an image")
   with pytest.raises(DataError, match=r"notes\.txt: not a readable image"):
     input_pipeline.read_images([str(tmp_path / "notes.txt")])
+
+
+def test_tta_views_are_the_image_its_mirror_and_their_one_pixel_shifts():
+  images = np.random.default_rng(0).integers(0, 255, (2, 8, 8, 3)).astype(np.float32)
+  assert input_pipeline.tta_views(images, "none").shape == (1, 2, 8, 8, 3)
+  flip = np.asarray(input_pipeline.tta_views(images, "flip"))
+  np.testing.assert_array_equal(flip[1], images[:, :, ::-1])
+  views = np.asarray(input_pipeline.tta_views(images, "flip_translate"))
+  assert views.shape == (6, 2, 8, 8, 3)
+  np.testing.assert_array_equal(views[0], images)
+  np.testing.assert_array_equal(views[2][:, 1:, 1:], images[:, :-1, :-1])  # moved down-right
+  np.testing.assert_array_equal(views[3][:, :-1, :-1], images[:, 1:, 1:])  # moved up-left
+  mirror = images[:, :, ::-1]
+  np.testing.assert_array_equal(views[4][:, 1:, 1:], mirror[:, :-1, :-1])  # the mirror, moved down-right
+  with pytest.raises(ValueError, match="tta must be one of"):
+    input_pipeline.tta_views(images, "rotate")

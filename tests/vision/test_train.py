@@ -3,10 +3,15 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from simjax import optim, run_records
+from simjax.train_state import TrainState
 from simjax.vision import input_pipeline, train
 from simjax.vision.models import ModelConfig
 
@@ -208,3 +213,45 @@ def test_seconds_to_accuracy_counts_training_time_until_first_reached():
     {"epoch": 3, "epoch_seconds": 5.0, "train_accuracy": 0.99, "test_accuracy": 0.89},
   ]
   assert train.seconds_to_accuracy(history, (0.5, 0.9, 0.95)) == {"0.5": 10.0, "0.9": 15.0, "0.95": None}
+
+
+class _PixelScores(nn.Module):
+  """Per-pixel class scores averaged over the image (flip-invariant), or read from the flattened
+  image (not flip-invariant)."""
+
+  invariant: bool
+
+  @nn.compact
+  def __call__(self, images, *, train):
+    if self.invariant:
+      return jnp.mean(nn.Dense(10)(images), axis=(1, 2))
+    return nn.Dense(10)(images.reshape(images.shape[0], -1))
+
+
+def _stacked_state(module, seed=0):
+  variables = module.init(jax.random.PRNGKey(seed), jnp.zeros((1, 32, 32, 3)), train=False)
+  state = TrainState.create(
+    apply_fn=module.apply,
+    params=variables["params"],
+    tx=optax.sgd(0.1),
+    plateau=optim.plateau_transform(TINY_OPTIM),
+    rng=jax.random.PRNGKey(seed),
+  )
+  return jax.tree_util.tree_map(lambda x: x[None], state)  # one replica
+
+
+def test_tta_averages_the_views_logits_and_leaves_a_flip_invariant_model_unchanged():
+  images = np.random.default_rng(0).integers(0, 255, (64, 32, 32, 3)).astype(np.uint8)
+  invariant = _stacked_state(_PixelScores(invariant=True))
+  plain = train.predict_classes(invariant, images, 32, "float32")
+  np.testing.assert_array_equal(train.predict_classes(invariant, images, 32, "float32", tta="flip"), plain)
+  sensitive = _stacked_state(_PixelScores(invariant=False))
+  normalized = input_pipeline.normalize(jnp.asarray(images))
+  params = jax.tree_util.tree_map(lambda x: x[0], sensitive.params)
+  logits = [
+    sensitive.apply_fn({"params": params}, x, train=False) for x in (normalized, normalized[:, :, ::-1])
+  ]
+  expected = np.argmax((logits[0] + logits[1]) / 2, axis=-1)
+  got = train.predict_classes(sensitive, images, 32, "float32", tta="flip")[0]
+  np.testing.assert_array_equal(got, expected)
+  assert (got != train.predict_classes(sensitive, images, 32, "float32")[0]).any()  # the mirror counted
