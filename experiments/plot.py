@@ -65,9 +65,15 @@ def _curve(axis, history: list[dict], key: str, label: str, scale: float = 1.0) 
     axis.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
 
 
-def plot(workdirs: list[str], out: str) -> list[str]:
+def plot(workdirs: list[str], out: str, names: list[str] | None = None) -> list[str]:
+  """`names` label the runs (default: each run's --experiment)."""
   matplotlib, plt = _pyplot()
   runs = [_load(w) for w in workdirs]
+  if names:
+    if len(names) != len(runs):
+      raise ValueError(f"--names: {len(names)} names for {len(runs)} workdirs")
+    for run, name in zip(runs, names):
+      run["name"] = name
   labels = sorted({run["label"] for run in runs})
   data_label = " + ".join(labels)
   os.makedirs(out, exist_ok=True)
@@ -141,9 +147,10 @@ def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("workdirs", nargs="+", help="finished CIFAR-10 workdirs")
   parser.add_argument("--out", default="plots", help="folder for the PNG files (default: plots)")
+  parser.add_argument("--names", default="", help="comma-separated legend names, one per workdir")
   args = parser.parse_args(argv)
   try:
-    for path in plot(args.workdirs, args.out):
+    for path in plot(args.workdirs, args.out, [n for n in args.names.split(",") if n] or None):
       print(path)
   except (OSError, ValueError, MissingPlotDependency) as e:
     print(f"error: {e}", file=sys.stderr)

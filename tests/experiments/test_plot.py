@@ -29,6 +29,9 @@ def test_comparison_and_per_class_figures_from_real_runs(cifar_data_dir, tmp_pat
   for path in paths:
     with Image.open(path) as image:
       assert image.size[0] > 800 and image.size[1] > 300
+  with pytest.raises(ValueError, match="1 names for 2 workdirs"):
+    plot.plot(workdirs, str(tmp_path / "plots"), names=["before"])
+  assert plot.main([*workdirs, f"--out={tmp_path / 'named'}", "--names=before,after"]) == 0
 
 
 def test_a_workdir_that_is_not_a_cifar_run_is_refused(tmp_path):
