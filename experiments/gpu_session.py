@@ -354,6 +354,9 @@ def _tail(path: str, lines: int = 8) -> list[str]:
 
 
 def run_session() -> str:
+  unknown = sorted(set(FLAGS.steps) - {s.name for s in STEPS})
+  if unknown:
+    raise ValueError(f"--steps: unknown {', '.join(unknown)}; choose from {', '.join(s.name for s in STEPS)}")
   sizes = SMOKE if FLAGS.smoke else DEVICE
   if FLAGS.num_seeds:
     sizes = dataclasses.replace(sizes, num_seeds=FLAGS.num_seeds)
@@ -364,9 +367,6 @@ def run_session() -> str:
   os.makedirs(os.path.join(work, "logs"), exist_ok=True)
   session = Session(sizes, work, name)
   console = Console(os.path.join(out, CONSOLE))
-  unknown = sorted(set(FLAGS.steps) - {s.name for s in STEPS})
-  if unknown:
-    raise ValueError(f"--steps: unknown {', '.join(unknown)}; choose from {', '.join(s.name for s in STEPS)}")
   wanted = FLAGS.steps or sizes.steps
   steps = [s for s in STEPS if not wanted or s.name in wanted]
   env = {
