@@ -100,6 +100,10 @@ def cnn_rows(report_dir: str, plan: dict) -> tuple[list[str], list[str]]:
     study_s = _seconds(reported["train_seconds"], 0) if reported else "–"
     command = plan.get("commands", {}).get(name)
     command_text = f"`{' '.join(command)}`" if command else "–"
+    if reported:  # the study's row stands whether or not ours ran
+      per_class.append(
+        f"| {name}, study | " + " | ".join(f"{100 * v:.0f}" for v in reported["per_class"].values()) + " |"
+      )
     workdir = os.path.join(report_dir, "runs", name)
     results = _read(os.path.join(workdir, "results.json"))
     if results is None:
@@ -132,10 +136,6 @@ def cnn_rows(report_dir: str, plan: dict) -> tuple[list[str], list[str]]:
       for c in results["test"]["per_class_accuracy"]
     ]
     per_class.append(f"| {name}, ours | " + " | ".join(ours) + " |")
-    if reported:
-      per_class.append(
-        f"| {name}, study | " + " | ".join(f"{100 * v:.0f}" for v in reported["per_class"].values()) + " |"
-      )
   return table, per_class
 
 

@@ -50,7 +50,7 @@ def test_smoke_session_runs_every_step_and_packs_what_a_device_run_returns(smoke
   session = json.loads((out / "session.json").read_text())
   assert session["smoke"] and session["name"] == "smoke"
   statuses = {s["step"]: s["status"] for s in session["steps"]}
-  assert statuses == dict.fromkeys(["cnn_seeds", "cnn_resnet", "lstm_seeds", "deterministic", "cnn_fc"], "ok")
+  assert statuses == dict.fromkeys(["cnn_seeds", "cnn_resnet", "lstm_seeds", "deterministic"], "ok")
   assert "dropped: none" in console
   # The study runs train their seeds the way the benchmark measured faster.
   measured = session["steps"][0]["result"]["measured"]
@@ -86,9 +86,9 @@ def test_fold_writes_report_benchmarks_and_readme_section(smoke_session, tmp_pat
   assert "Smoke run" in section and "CIFAR-10 **(JPEG stand-in)**" in section
   resnet = next(line for line in section.splitlines() if line.startswith("| cnn_resnet | – |"))
   assert "%" in resnet and "--num_seeds=2" in resnet
-  assert next(line for line in section.splitlines() if line.startswith("| cnn_fc | 82% |"))
   assert "| cnn_fc, study | 86 | 96 | 73 | 65 | 77 | 71 | 90 | 84 | 95 | 93 |" in section  # study.json
-  assert "| cnn_gap | 87% | not run |" in section  # the smoke run skips three structures
+  assert "| cnn_gap | 87% | not run |" in section  # the smoke run skips the classic structures
+  assert "| cnn_resnet, ours |" in section
   assert "`--deterministic` (`--xla_gpu_deterministic_ops=true`)" in section
   assert "| 2 stacked |" in section
   # Folding the same session again replaces its section, not appends.
