@@ -18,7 +18,14 @@ import time
 
 from absl import app, flags
 
+import numpy as np
+
 from experiments import common
+from simjax import optim, run_records
+from simjax.tasks.cifar10 import task as cifar10_task
+from simjax.tasks.cifar10.models import ModelConfig as CnnConfig
+from simjax.tasks.similarity import datasets, task as similarity_task
+from simjax.tasks.similarity.models import ModelConfig as EncoderConfig
 
 FLAGS = flags.FLAGS
 
@@ -48,12 +55,8 @@ def define_flags() -> None:
 
 
 def _similarity_runner(train_split: str):
-  from simjax import optim
-  from simjax.similarity import datasets, train
-  from simjax.similarity.models import ModelConfig
-
   low, high = datasets.SCORE_RANGE["stsb"]
-  data = train.DataConfig(
+  data = similarity_task.DataConfig(
     dataset="stsb",
     data_dir=FLAGS.data_dir,
     manual_dir=FLAGS.manual_dir,
@@ -63,7 +66,7 @@ def _similarity_runner(train_split: str):
   optim_config = optim.OptimConfig(optimizer="adam", learning_rate=1e-3, grad_clip_norm=5.0)
 
   def model(prepared):  # the lstm.flags recipe
-    return ModelConfig(
+    return EncoderConfig(
       vocab_size=len(prepared.vocab),
       embedding_dim=50,
       cell="lstm",
@@ -76,10 +79,10 @@ def _similarity_runner(train_split: str):
     )
 
   def run(workdir: str, num_seeds: int, sequential: bool):
-    config = train.TrainConfig(
+    config = similarity_task.TrainConfig(
       epochs=FLAGS.epochs, batch_size=batch_size, num_seeds=num_seeds, sequential_seeds=sequential
     )
-    return train.train_and_evaluate(model, data, optim_config, config, workdir)
+    return similarity_task.train_and_evaluate(model, data, optim_config, config, workdir)
 
   batch_size = FLAGS.batch_size or 64
   what = (
@@ -89,29 +92,25 @@ def _similarity_runner(train_split: str):
 
 
 def _cifar_runner(train_split: str):
-  from simjax import optim
-  from simjax.vision import train
-  from simjax.vision.models import ModelConfig
-
-  data = train.DataConfig(
+  data = cifar10_task.DataConfig(
     data_dir=FLAGS.data_dir,
     cache_dir=os.path.join(FLAGS.out, "cache"),
     train_split=train_split,
     eval_split=FLAGS.eval_split or "test[:1000]",
   )
   optim_config = optim.OptimConfig(optimizer="nesterov", learning_rate=0.05, weight_decay=5e-4)
-  model = ModelConfig(architecture="resnet", width=FLAGS.width, dtype=FLAGS.dtype)
+  model = CnnConfig(architecture="resnet", width=FLAGS.width, dtype=FLAGS.dtype)
   batch_size = FLAGS.batch_size or 256
 
   def run(workdir: str, num_seeds: int, sequential: bool):
-    config = train.TrainConfig(
+    config = cifar10_task.TrainConfig(
       epochs=FLAGS.epochs,
       batch_size=batch_size,
       num_seeds=num_seeds,
       sequential_seeds=sequential,
       epoch_loop=FLAGS.epoch_loop,
     )
-    return train.train_and_evaluate(model, data, optim_config, config, workdir)
+    return cifar10_task.train_and_evaluate(model, data, optim_config, config, workdir)
 
   what = (
     f"ResNet-style CNN (width {FLAGS.width}, {FLAGS.dtype}), CIFAR-10 (JPEG stand-in) {train_split}, "
@@ -121,18 +120,11 @@ def _cifar_runner(train_split: str):
 
 
 def _steady_epoch_seconds(workdir: str) -> float:
-  import numpy as np
-
-  from simjax import run_records
-
   rows = run_records.read_metrics(workdir)
   return float(np.median([r["epoch_seconds"] for r in rows[1:]]))
 
 
 def benchmark() -> dict:
-
-  from simjax import run_records
-
   split = FLAGS.train_split or ("train" if FLAGS.task == "similarity" else "train[:2048]")
   what, run = (_similarity_runner if FLAGS.task == "similarity" else _cifar_runner)(split)
   n = FLAGS.num_seeds

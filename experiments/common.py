@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from typing import Any, Callable, Iterable
 
-from absl import flags
+from absl import flags, logging
+from tqdm.auto import tqdm
+
+from experiments import flagfiles
+from simjax import compilation, errors, optim, run
 
 FLAGS = flags.FLAGS
-EXPERIMENTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def define_training_flags() -> None:
   """Flags every task shares: what the design card calls the common flags."""
-  from simjax import optim
-
   flags.DEFINE_enum(
     "mode",
     "train",
@@ -101,8 +103,6 @@ def define_compilation_cache_flag() -> None:
 
 def apply_compilation_cache() -> None:
   """--compilation_cache_dir: before the first computation, like apply_determinism."""
-  from simjax import compilation
-
   if FLAGS.compilation_cache_dir:
     compilation.enable_persistent_cache(FLAGS.compilation_cache_dir)
 
@@ -127,53 +127,35 @@ def seed_summary_lines(results: dict[str, Any], keys: list[tuple[str, str]]) -> 
   return lines
 
 
-def warn_about_provenance_differences(workdir: str, current: dict[str, Any]) -> None:
-  """eval on another machine, code or data: say what differs from the training run."""
-  import json
-
-  from simjax import run_records, seeds
-
-  seed_dirs = seeds.sequential_seed_dirs(workdir)  # --sequential_seeds: the first seed's records
-  path = os.path.join(seed_dirs[0] if seed_dirs else workdir, run_records.RUN_INFO_FILE)
-  if not os.path.exists(path):
-    print(f"warning: {path} not found: cannot compare with the training run's provenance", file=sys.stderr)
-    return
-  with open(path) as f:
-    recorded = json.load(f)
-  differences = run_records.provenance_differences(recorded, current)
+def evaluate_workdir(workdir: str, load: Callable[[str], tuple]) -> dict[str, Any]:
+  """--mode=eval of a trained workdir (`load(workdir)` -> state, config, task): writes
+  eval.json and warns where this machine, code or data differ from the training run's."""
+  results, differences = run.evaluate_trained(workdir, load, FLAGS.batch_size, command=command_line())
   if differences:
     print(f"warning: this evaluation differs from the training run in {workdir}:", file=sys.stderr)
     for line in differences:
       print(f"  {line}", file=sys.stderr)
+  return results
 
 
-def train_settings() -> dict[str, Any]:
-  """The TrainConfig fields every task shares, from their flags."""
-  return dict(
-    epochs=FLAGS.epochs,
-    batch_size=FLAGS.batch_size,
-    seed=FLAGS.seed,
-    num_seeds=FLAGS.num_seeds,
-    sequential_seeds=FLAGS.sequential_seeds,
-    keep_checkpoints=FLAGS.keep_checkpoints,
-  )
+def config_from_flags(config_class: type, **values: Any) -> Any:
+  """A config dataclass whose fields take the values of the flags of the same name; `values`
+  give the fields whose flag differs in name or form (they win)."""
+  from_flags = {
+    field.name: FLAGS[field.name].value
+    for field in dataclasses.fields(config_class)
+    if field.name not in values and field.name in FLAGS
+  }
+  return config_class(**from_flags, **values)
 
 
-def optim_config():
-  from simjax import optim
+def optim_config() -> optim.OptimConfig:
+  return config_from_flags(optim.OptimConfig)
 
-  return optim.OptimConfig(
-    optimizer=FLAGS.optimizer,
-    learning_rate=FLAGS.learning_rate,
-    lr_schedule=FLAGS.lr_schedule,
-    momentum=FLAGS.momentum,
-    weight_decay=FLAGS.weight_decay,
-    grad_clip_norm=FLAGS.grad_clip_norm,
-    warmup_epochs=FLAGS.warmup_epochs,
-    decay_factor=FLAGS.decay_factor,
-    decay_epochs=FLAGS.decay_epochs,
-    plateau_patience=FLAGS.plateau_patience,
-  )
+
+def command_line() -> str:
+  """The command that is running, as results record it."""
+  return " ".join(sys.argv)
 
 
 def flag_values() -> dict[str, Any]:
@@ -188,31 +170,15 @@ def flag_values() -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 # Flagfiles
 # --------------------------------------------------------------------------------------
-def resolve_flagfiles(argv: list[str]) -> list[str]:
-  """Lets `--flagfile=lstm.flags` name a file in experiments/ from any directory."""
-  resolved = []
-  for i, arg in enumerate(argv):
-    if i > 0 and arg.startswith("--flagfile="):
-      arg = "--flagfile=" + _find_flagfile(arg.split("=", 1)[1])
-    resolved.append(arg)
-  return resolved
-
-
-def _find_flagfile(name: str) -> str:
-  candidates = [name, os.path.join(EXPERIMENTS_DIR, name)]
-  for path in candidates:
-    if os.path.isfile(path):
-      return path
-  available = sorted(f for f in os.listdir(EXPERIMENTS_DIR) if f.endswith(".flags"))
-  sys.exit(
-    f"error: flagfile {name!r} not found (looked in {os.path.abspath(candidates[0])} and "
-    f"{candidates[1]}); available: {', '.join(available)}"
-  )
-
-
 def parse_flags_with_flagfile_lookup(argv: list[str]) -> list[str]:
+  """absl's parsing, with `--flagfile=NAME` looked up in experiments/ too and included
+  flagfiles looked up next to the file that includes them (see experiments/flagfiles.py)."""
   try:
-    return FLAGS(resolve_flagfiles(argv))
+    argv = flagfiles.expand(argv)
+  except flagfiles.FlagfileError as e:
+    sys.exit(f"error: {e}")
+  try:
+    return FLAGS(argv)
   except flags.Error as e:
     sys.exit(f"error: {e} (--helpshort lists the flags)")
 
@@ -240,8 +206,6 @@ class EpochTable:
 
 def progress_bar(total: int, description: str):
   """A progress bar within long epochs, shown only on a terminal."""
-  from tqdm.auto import tqdm
-
   return tqdm(total=total, desc=description, leave=False, unit="step", disable=None, file=sys.stderr)
 
 
@@ -266,23 +230,49 @@ def quiet_library_logs() -> None:
   """Orbax and TFDS log every step of every save at INFO, and routine notes (e.g. a
   read-only checkpoint folder during eval) at WARNING; keep the console for results unless
   the user asked for more with -v / --verbosity. Real failures arrive as exceptions."""
-  from absl import logging
-
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.ERROR)
 
 
+# What to change for each kind of failure, in flag names (the library names none).
+_FLAG_OF_SETTING = {
+  "data_dir": "--data_dir (or TFDS_DATA_DIR)",
+  "manual_dir": "--manual_dir (or SIMJAX_MANUAL_DIR)",
+  "head": "--cnn_head",
+}
+_ADVICE = {
+  errors.TrainingDiverged: "lower --learning_rate or set --grad_clip_norm in a new --workdir "
+  "(a workdir with checkpoints resumes only with its own settings)",
+  errors.OutOfDeviceMemory: "rerun with --sequential_seeds (the same seeds one after another, same "
+  "results to float tolerance) or fewer --num_seeds",
+  errors.ConfigMismatchError: "use a new --workdir, or the original settings to resume",
+  errors.WorkdirError: "use another --workdir (a new one starts afresh)",
+}
+
+
+def error_line(error: BaseException) -> str:
+  """One line for a failure: the library's facts, then the flags to change."""
+  if isinstance(error, errors.BatchSizeError):
+    return (
+      f"{error}: set --batch_size to a multiple of {error.devices} (e.g. --batch_size={error.suggestion})"
+    )
+  for kind, advice in _ADVICE.items():  # most specific first
+    if isinstance(error, kind):
+      return f"{error}: {advice}"
+  settings = getattr(error, "settings", ())
+  if settings:
+    return f"{error} (flags: {', '.join(_FLAG_OF_SETTING.get(s, f'--{s}') for s in settings)})"
+  return str(error)
+
+
 def run_mode(fn: Callable[[], None]) -> None:
   """Runs `fn`; expected failures become one line on stderr and exit status 1."""
-  from simjax.checkpoints import ConfigMismatchError
-  from simjax.loop import TrainingDiverged
-
   try:
     fn()
-  except (ValueError, OSError, MemoryError, ConfigMismatchError, TrainingDiverged) as e:
+  except (errors.SimjaxError, ValueError, OSError, MemoryError) as e:
     if os.environ.get("SIMJAX_TRACEBACK"):  # for debugging: the full stack instead of one line
       raise
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {error_line(e)}", file=sys.stderr)
     sys.exit(1)
   except KeyboardInterrupt:
     print("\ninterrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)

@@ -24,7 +24,8 @@ import tempfile
 
 from absl import app, flags
 
-from experiments import common, study
+from experiments import common, gpu_session, study
+from simjax import run_records
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,13 +67,6 @@ def _read(path: str) -> dict | None:
     return json.load(f)
 
 
-def _metrics(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def _mean_std(summary: dict | None, scale: float = 100.0, digits: int = 1) -> str:
   if not summary:
     return "–"
@@ -107,7 +101,8 @@ def cnn_rows(report_dir: str, plan: dict) -> tuple[list[str], list[str]]:
     workdir = os.path.join(report_dir, "runs", name)
     results = _read(os.path.join(workdir, "results.json"))
     if results is None:
-      history = _metrics(os.path.join(workdir, "metrics.jsonl"))
+      has_metrics = os.path.exists(os.path.join(workdir, run_records.METRICS_FILE))
+      history = run_records.read_metrics(workdir) if has_metrics else []
       status = f"not finished: {len(history)} epochs done" if history else "not run"
       if history:
         status += f", last {100 * history[-1]['test_accuracy']:.1f}%"
@@ -185,8 +180,8 @@ def section(session: dict, unpacked: str, report_rel: str) -> list[str]:
   lines += table + ["", "Per-class test accuracy, %:", ""] + per_class + [""]
   benchmarks = os.path.join(unpacked, "benchmarks")
   lines += ["Seeds stacked in one program vs one after another:", ""]
-  lines += seeds_rows(_newest(benchmarks, "seeds_cifar10_"), "CNN seeds") + [""]
-  lines += seeds_rows(_newest(benchmarks, "seeds_similarity_"), "Siamese LSTM seeds") + [""]
+  lines += seeds_rows(gpu_session._newest_json(benchmarks, "seeds_cifar10_"), "CNN seeds") + [""]
+  lines += seeds_rows(gpu_session._newest_json(benchmarks, "seeds_similarity_"), "Siamese LSTM seeds") + [""]
   det = _read(os.path.join(benchmarks, "deterministic.json")) or {}
   if "deterministic" in det and "nodeterministic" in det:
     off, on = det["nodeterministic"], det["deterministic"]
@@ -217,13 +212,6 @@ def _short(command: str) -> str:
   if program.endswith(".py") and os.sep + "experiments" + os.sep in program:
     program = "python -m experiments." + os.path.basename(program)[:-3]
   return f"{program} {args}".strip()
-
-
-def _newest(folder: str, prefix: str) -> dict | None:
-  if not os.path.isdir(folder):
-    return None
-  names = sorted(f for f in os.listdir(folder) if f.startswith(prefix) and f.endswith(".json"))
-  return _read(os.path.join(folder, names[-1])) if names else None
 
 
 def rewrite_readme(readme: str, lines: list[str]) -> None:

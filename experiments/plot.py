@@ -1,6 +1,6 @@
 r"""Figures from finished CIFAR-10 workdirs (PNG, matplotlib).
 
-  python -m experiments.plot --out=plots workdirs/cnn_fc workdirs/cnn_dropout \
+  python -m experiments.plot --out=plots [--names=a,b,...] workdirs/cnn_fc workdirs/cnn_dropout \
       workdirs/cnn_gap workdirs/cnn_gap_dropout [workdirs/cnn_resnet]
 
 Writes <out>/comparison.png (train loss and test accuracy per epoch, one line per workdir:
@@ -14,15 +14,27 @@ highest seed, and bars with ± one standard deviation.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
+from absl import app, flags
+
+from simjax import run_records
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("out", "plots", "Folder for the PNG files.")
+  flags.DEFINE_list(
+    "names", [], "Comma-separated legend names, one per workdir (default: each run's --experiment)."
+  )
+
 
 def _load(workdir: str) -> dict:
   results_path = os.path.join(workdir, "results.json")
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  metrics_path = os.path.join(workdir, run_records.METRICS_FILE)
   for path in (results_path, metrics_path):
     if not os.path.exists(path):
       raise FileNotFoundError(f"{path} not found: is {workdir} a finished CIFAR-10 run?")
@@ -30,8 +42,7 @@ def _load(workdir: str) -> dict:
     results = json.load(f)
   if "per_class_accuracy" not in results.get("test", {}):
     raise ValueError(f"{workdir} is not a CIFAR-10 run (no per-class accuracy in results.json)")
-  with open(metrics_path) as f:
-    history = [json.loads(line) for line in f if line.strip()]
+  history = run_records.read_metrics(workdir)
   name = results.get("flags", {}).get("experiment") or os.path.basename(os.path.normpath(workdir))
   return {"name": name, "results": results, "history": history, "label": results["data"]["eval"]["label"]}
 
@@ -41,7 +52,7 @@ class MissingPlotDependency(ImportError):
 
 
 def _pyplot():
-  try:
+  try:  # imported here: optional (reproduce's tables work without it), and slow to import
     import matplotlib
 
     matplotlib.use("Agg")  # files only; works without a display
@@ -121,8 +132,7 @@ def learning_curves(workdirs: list[str], out: str, title: str = "") -> str:
   _, plt = _pyplot()
   figure, (train_axis, dev_axis) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
   for workdir in workdirs:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-      history = [json.loads(line) for line in f if line.strip()]
+    history = run_records.read_metrics(workdir)
     if not history or "train_mse" not in history[0]:
       raise ValueError(f"{workdir} is not a finished sentence-similarity run (no train_mse in metrics.jsonl)")
     name = os.path.basename(os.path.normpath(workdir))
@@ -144,13 +154,12 @@ def learning_curves(workdirs: list[str], out: str, title: str = "") -> str:
 
 
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("workdirs", nargs="+", help="finished CIFAR-10 workdirs")
-  parser.add_argument("--out", default="plots", help="folder for the PNG files (default: plots)")
-  parser.add_argument("--names", default="", help="comma-separated legend names, one per workdir")
-  args = parser.parse_args(argv)
+  """`argv[1:]`: the workdirs (absl has parsed --out and --names)."""
+  workdirs = argv[1:]
+  if not workdirs:
+    raise app.UsageError("pass one or more finished CIFAR-10 workdirs", exitcode=2)
   try:
-    for path in plot(args.workdirs, args.out, [n for n in args.names.split(",") if n] or None):
+    for path in plot(workdirs, FLAGS.out, [n for n in FLAGS.names if n] or None):
       print(path)
   except (OSError, ValueError, MissingPlotDependency) as e:
     print(f"error: {e}", file=sys.stderr)
@@ -159,4 +168,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  define_flags()
+  app.run(main)

@@ -25,7 +25,9 @@ import time
 
 from absl import app, flags
 
-from experiments import study
+from experiments import common, plot, study
+from simjax import run_records
+from simjax.summary import mean_std_text
 
 FLAGS = flags.FLAGS
 
@@ -177,9 +179,8 @@ def check_plan(report_dir: str, plan: dict) -> None:
         "or delete that folder to replace it"
       )
     plan = {**plan, "commands": {**saved_commands, **plan["commands"]}}
-  from simjax.run_records import write_json
 
-  write_json(path, plan)
+  run_records.write_json(path, plan)
 
 
 def _without_workdir(argv: list[str]) -> list[str]:
@@ -226,9 +227,7 @@ def _load_run(report_dir: str, experiment: Experiment):
     return None
   with open(path) as f:
     results = json.load(f)
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    history = [json.loads(line) for line in f if line.strip()]
-  return results, history
+  return results, run_records.read_metrics(workdir)
 
 
 def _mean_std(summary: dict | None, scale: float = 1.0, digits: int = 3) -> str:
@@ -239,9 +238,7 @@ def _mean_std(summary: dict | None, scale: float = 1.0, digits: int = 3) -> str:
 
 
 def _values_text(values: list[float], digits: int = 3) -> str:
-  from simjax import seeds
-
-  return seeds.mean_std_text(values, f".{digits}f")
+  return mean_std_text(values, f".{digits}f")
 
 
 def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> str:
@@ -385,7 +382,6 @@ def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> 
 
 
 def _figures(report_dir: str, experiments: list[Experiment], loaded: dict) -> list[str]:
-  from experiments import plot
 
   written = []
   try:
@@ -488,8 +484,6 @@ def _duration(seconds: float) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from experiments import common
-
   shown = "python -m experiments.reproduce " + " ".join(a for a in sys.argv[1:])
 
   def run():

@@ -12,7 +12,10 @@ import json
 import os
 import sys
 
+from absl import app
+
 from experiments import study
+from simjax import summary
 
 
 def row(workdir: str) -> str:
@@ -33,15 +36,14 @@ def row(workdir: str) -> str:
 
 
 def _mean_std(values) -> str:
-  from simjax import seeds
-
-  return seeds.mean_std_text(values, ".3f")
+  return summary.mean_std_text(values, ".3f")
 
 
-def main(workdirs: list[str]) -> int:
+def main(argv: list[str]) -> int:
+  """`argv[1:]`: the workdirs."""
+  workdirs = argv[1:]
   if not workdirs:
-    print(__doc__.strip(), file=sys.stderr)
-    return 2
+    raise app.UsageError("pass one or more workdirs", exitcode=2)
   print(
     "| experiment | dataset | study test Pearson | test Pearson | test Spearman | test MSE "
     "| seeds | best epoch(s) | train s | ms/step | workdir |"
@@ -59,4 +61,4 @@ def main(workdirs: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  app.run(main)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
 from absl import flags
 
 from experiments import common
-from simjax.similarity import datasets
-from simjax.similarity.models import CELLS, HEADS, POOLINGS, ModelConfig
+from simjax.tasks.similarity import datasets, input_pipeline, task as training
+from simjax.tasks.similarity.models import CELLS, HEADS, POOLINGS, ModelConfig
 
 FLAGS = flags.FLAGS
 
@@ -68,39 +69,13 @@ def model_config_for(data) -> ModelConfig:
         "drop --embedding_dim or set it to match"
       )
     embedding_dim = pretrained_dim  # e.g. 300 for a --glove_path to 300-d vectors
-  return ModelConfig(
-    vocab_size=len(data.vocab),
-    embedding_dim=embedding_dim,
-    cell=FLAGS.cell,
-    hidden_size=FLAGS.hidden_size,
-    num_layers=FLAGS.num_layers,
-    dropout=FLAGS.dropout,
-    bidirectional=FLAGS.bidirectional,
-    pooling=FLAGS.pooling,
-    head=FLAGS.head,
-    mlp_hidden=FLAGS.mlp_hidden,
-    score_min=low,
-    score_max=high,
-    freeze_embeddings=FLAGS.freeze_embeddings,
+  return common.config_from_flags(
+    ModelConfig, vocab_size=len(data.vocab), embedding_dim=embedding_dim, score_min=low, score_max=high
   )
 
 
-def data_config():
-  from simjax.similarity.train import DataConfig
-
-  return DataConfig(
-    dataset=FLAGS.dataset,
-    data_dir=FLAGS.data_dir,
-    manual_dir=FLAGS.manual_dir,
-    train_split=FLAGS.train_split,
-    eval_split=FLAGS.eval_split or DEFAULT_EVAL_SPLIT,
-    test_split=FLAGS.test_split,
-    max_length=FLAGS.max_length,
-    vocab_min_count=FLAGS.vocab_min_count,
-    embeddings=FLAGS.embeddings,
-    glove_path=FLAGS.glove_path,
-    pretrained_vocab_size=FLAGS.pretrained_vocab_size,
-  )
+def data_config() -> training.DataConfig:
+  return common.config_from_flags(training.DataConfig, eval_split=FLAGS.eval_split or DEFAULT_EVAL_SPLIT)
 
 
 def workdir() -> str:
@@ -108,8 +83,6 @@ def workdir() -> str:
 
 
 def train() -> None:
-  from simjax.similarity import train as training
-
   table = common.EpochTable(
     [
       ("epoch", "epoch", "d"),
@@ -126,12 +99,10 @@ def train() -> None:
     model_config_for,
     data_config(),
     common.optim_config(),
-    training.TrainConfig(
-      **common.train_settings(),
-      best_metric=FLAGS.best_metric,
-    ),
+    common.config_from_flags(training.TrainConfig),
     workdir(),
     flags=common.flag_values(),
+    command=common.command_line(),
     on_epoch=table.print_row,
     progress=common.progress_bar,
   )
@@ -142,39 +113,24 @@ def train() -> None:
   _print_final(results, f"best dev epoch {best_epochs}, {results['train_seconds']:.1f} s of training")
 
 
-def evaluate() -> None:
-  from simjax import run_records, seeds
-  from simjax.similarity import input_pipeline, train as training
-
-  state, config, vocab = training.load_trained(workdir())
-  run_seeds = seeds.from_config(config, workdir())
-  per_seed = [{"seed": s} for s in run_seeds]
-  eval_split = FLAGS.eval_split or DEFAULT_EVAL_SPLIT
-  for name, split in (("dev", eval_split), ("test", FLAGS.test_split)):
-    pairs = datasets.load_pairs(config["data"]["dataset"], split, FLAGS.data_dir, FLAGS.manual_dir)
-    encoded = input_pipeline.encode_pairs(
-      pairs.sentence1, pairs.sentence2, pairs.score, vocab, config["data"]["max_length"]
-    )
-    for r, metrics in enumerate(
-      training.evaluate(state, encoded, FLAGS.batch_size, config["data"]["max_length"])
-    ):
-      per_seed[r][name] = metrics
-  data_info = {
-    "dataset": config["data"]["dataset"],
-    "splits": {"dev": eval_split, "test": FLAGS.test_split},
-    "source_sha256": datasets.source_checksums(config["data"]["dataset"], FLAGS.data_dir, FLAGS.manual_dir),
+def _data_settings() -> dict:
+  """What eval and predict may change from the trained run's data settings."""
+  return {
+    "data_dir": FLAGS.data_dir,
+    "manual_dir": FLAGS.manual_dir,
+    "eval_split": FLAGS.eval_split or DEFAULT_EVAL_SPLIT,
+    "test_split": FLAGS.test_split,
   }
-  results = {**seeds.combine(per_seed), "data": data_info, **run_records.provenance()}
-  common.warn_about_provenance_differences(workdir(), results)
-  run_records.write_json(os.path.join(workdir(), "eval.json"), results)
+
+
+def evaluate() -> None:
+  settings = _data_settings()
+  results = common.evaluate_workdir(workdir(), lambda path: training.load_trained(path, **settings))
   _print_final(results, f"best checkpoint of {workdir()}")
 
 
 def predict(paths: list[str]) -> None:
-  import numpy as np
-  from simjax.similarity import input_pipeline, train as training
-
-  state, config, vocab = training.load_trained(workdir())
+  state, config, task = training.load_trained(workdir(), **_data_settings())
   if len(paths) > 1:
     raise ValueError("predict reads one TSV file (or stdin): pass one path, '-' or nothing")
   path = paths[0] if paths else "-"
@@ -185,7 +141,7 @@ def predict(paths: list[str]) -> None:
   if not first:
     raise ValueError(f"{name}: no sentence pairs to score (expected 'sentence1<TAB>sentence2' lines)")
   encoded = input_pipeline.encode_pairs(
-    first, second, np.zeros(len(first)), vocab, config["data"]["max_length"]
+    first, second, np.zeros(len(first)), task.vocab, config["data"]["max_length"]
   )
   scores = training.predict(state, encoded, FLAGS.batch_size, config["data"]["max_length"])
   # A multi-seed workdir predicts with the mean of its seeds (an ensemble).

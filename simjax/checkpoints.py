@@ -6,6 +6,11 @@ Layout:  <workdir>/config.json      what the checkpoints were trained as (guarde
 Each checkpoint holds the train state (pytree) and a JSON `meta` dict (epoch, history...).
 Saves are synchronous and orbax commits them atomically (write to a temporary folder,
 then rename), so a run killed at any moment leaves only whole checkpoints behind.
+
+Why "best" is its own manager rather than orbax's `best_fn` preservation: a state stacks
+several seeds, and each seed has its own best epoch, so the best checkpoint mixes replicas
+of different epochs (simjax.loop assembles it with replicas.select). Orbax ranks whole
+checkpoints by one metric and cannot keep a per-replica mixture.
 """
 
 from __future__ import annotations
@@ -14,15 +19,14 @@ import json
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
+from simjax.errors import ConfigMismatchError, WorkdirError
 from simjax.run_records import write_json
 
 CONFIG_FILE = "config.json"
-
-
-class ConfigMismatchError(ValueError):
-  """The workdir holds checkpoints of a different configuration."""
 
 
 class CheckpointStore:
@@ -55,25 +59,20 @@ class CheckpointStore:
       return
     if not os.path.exists(path):
       if self.latest_step() is not None:
-        raise ConfigMismatchError(
-          f"{self.workdir} holds checkpoints but no {CONFIG_FILE}: use a new --workdir"
-        )
+        raise WorkdirError(f"{self.workdir} holds checkpoints but no {CONFIG_FILE}", self.workdir)
       write_json(path, config)
       return
     with open(path) as f:
       saved = json.load(f)
-    saved = _flatten(saved)
-    config = _flatten(json.loads(json.dumps(config)))  # same types as what was written
+    saved = traverse_util.flatten_dict(saved, sep=".")
+    config = traverse_util.flatten_dict(json.loads(json.dumps(config)), sep=".")  # types as written
     differences = [
       f"{key}={saved.get(key)!r} there, {config.get(key)!r} now"
       for key in sorted(set(saved) | set(config))
       if saved.get(key) != config.get(key)
     ]
     if differences:
-      raise ConfigMismatchError(
-        f"workdir {self.workdir} belongs to a different configuration ({'; '.join(differences)}): "
-        "use a new --workdir, or the original settings to resume"
-      )
+      raise ConfigMismatchError(self.workdir, differences)
 
   # -- save / restore -----------------------------------------------------------------
   def save(self, step: int, state: Any, meta: dict[str, Any], *, best_state: Any = None) -> None:
@@ -118,22 +117,11 @@ class CheckpointStore:
     self._best.close()
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  """{"model": {"hidden_size": 8}} -> {"model.hidden_size": 8}."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
 def read_config(workdir: str) -> dict[str, Any]:
   """The config.json of a trained workdir (what eval and predict rebuild the model from)."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: --workdir must be the workdir of a trained model")
+    raise WorkdirError(f"{path} not found: {workdir} is not the workdir of a trained model", workdir)
   with open(path) as f:
     return json.load(f)
 
@@ -142,13 +130,21 @@ def restore_for_inference(workdir: str, state: Any, which: str) -> Any:
   """The workdir's `which` ("best" / "latest") checkpoint, restored into the structure and
   device placement of `state` (built from the workdir's config.json), so a model trained
   on several devices is usable on one. Read-only: a running training is never disturbed."""
-  from simjax.loop import abstract_state
-
   store = CheckpointStore(workdir, read_only=True)
   restore = store.restore_best if which == "best" else store.restore_latest
   restored = restore(abstract_state(state))
   store.close()
   if restored is None:
     folder = "best" if which == "best" else "checkpoints"
-    raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, folder)}: train there first")
+    raise WorkdirError(f"no checkpoint in {os.path.join(workdir, folder)}: train there first", workdir)
   return restored[0]
+
+
+def abstract_state(state: Any) -> Any:
+  """`state`'s structure for a restore; each array keeps its sharding, so restored arrays land
+  where the live ones are."""
+
+  def abstract(x):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) if isinstance(x, jax.Array) else x
+
+  return jax.tree_util.tree_map(abstract, state)

@@ -2,9 +2,9 @@
 
 A task supplies `train_epoch(state, epoch)` and `evaluate(state)`; this module owns what
 must be identical for all tasks: resuming from the latest checkpoint (a killed run
-restarted with the same command ends with the same numbers), the best-on-dev
+restarted with the same command ends with the same numbers), each seed's best-on-dev
 checkpoint, reduce-on-plateau, stopping on a non-finite loss without losing the last good
-checkpoint, and metrics.jsonl / TensorBoard rows.
+checkpoint, and metrics.jsonl / TensorBoard rows. `simjax.run` calls it.
 """
 
 from __future__ import annotations
@@ -18,20 +18,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simjax import optim
-from simjax import seeds as seeds_lib
+from simjax import optim, replicas
+from simjax.checkpoints import CheckpointStore, abstract_state
 from simjax.compilation import CompileClock
-from simjax.checkpoints import CheckpointStore
+from simjax.errors import TrainingDiverged
 from simjax.run_records import MetricsLog
-
-
-class TrainingDiverged(RuntimeError):
-  """The loss became NaN or infinite."""
 
 
 @dataclasses.dataclass
 class EpochResult:
-  state: Any  # R stacked replicas (see simjax.seeds)
+  state: Any  # R stacked replicas (see simjax.replicas)
   step_losses: np.ndarray  # [steps, R]: one loss per train step and replica, to find the first bad one
   metrics: dict[str, np.ndarray]  # [R] per name, logged as-is, e.g. {"train_mse": ...}
 
@@ -46,6 +42,29 @@ class Selection:
   eval_name: str = "dev"  # prefix of the evaluated split's metrics in the logged rows
 
 
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+  """What `fit` leaves: the last state and the run's record (also in every checkpoint's meta)."""
+
+  state: Any  # the last epoch's state, R stacked replicas
+  epochs: int  # epochs done
+  history: list[dict[str, Any]]  # the metrics.jsonl rows
+  best: list[dict[str, Any] | None]  # per replica: {"epoch", "step", "metric", "value"}; None if no best
+  train_seconds: float  # all epochs' training, all replicas together
+  compile_seconds: float  # JAX compile time during the epochs (part of train_seconds)
+
+  @classmethod
+  def from_meta(cls, state: Any, meta: dict[str, Any]) -> "FitResult":
+    return cls(
+      state=state,
+      epochs=meta["epoch"],
+      history=meta["history"],
+      best=meta["best"],
+      train_seconds=meta["train_seconds"],
+      compile_seconds=meta.get("compile_seconds", 0.0),  # older runs lack it
+    )
+
+
 def fit(
   state: Any,
   *,
@@ -57,7 +76,7 @@ def fit(
   seeds: list[int],
   plateau: optim.optax.GradientTransformationExtraArgs | None = None,
   on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
-) -> tuple[Any, dict[str, Any]]:
+) -> FitResult:
   """Trains until `epochs` are done (resuming if the workdir has a checkpoint).
 
   `state` stacks one replica per seed; `evaluate` returns one metrics dict per replica.
@@ -66,8 +85,8 @@ def fit(
   and every replica's value under "per_seed".
   Each row's "compile_seconds" is the time JAX spent building programs during that epoch's
   training and evaluation (a task that compiles on first use pays it inside "epoch_seconds").
-  Returns the final state and checkpoint meta: {"epoch", "history", "best" (one per
-  replica), "train_seconds", "compile_seconds"}.
+  The checkpoints' JSON meta holds {"epoch", "history", "best" (one per replica),
+  "train_seconds", "compile_seconds"}, returned as a FitResult.
   """
   log = MetricsLog(store.workdir)
   try:
@@ -136,7 +155,7 @@ def fit(
           best_state = (
             jax.tree_util.tree_map(jnp.copy, state)
             if best_state is None
-            else seeds_lib.select(improved, state, best_state)
+            else replicas.select(improved, state, best_state)
           )
       meta["epoch"] = epoch
       meta["history"].append(row)
@@ -146,7 +165,7 @@ def fit(
       store.save(int(state.step[0]), state, meta, best_state=best_state if improved.any() else None)
       log.write(row)
       on_epoch(row)
-    return state, meta
+    return FitResult.from_meta(state, meta)
   finally:
     log.close()
 
@@ -185,19 +204,6 @@ def _check_finite(
       return
     r = int(np.flatnonzero(~finite)[0])
     what = f"parameters became non-finite in epoch {epoch}{seed_text(r)}"
-  kept = store.latest_step()
-  kept_text = (
-    f"the last good checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint was written yet"
-  )
   raise TrainingDiverged(
-    f"{what}; {kept_text}; lower --learning_rate or set --grad_clip_norm in a new --workdir "
-    "(a workdir with checkpoints resumes only with its own settings)"
+    what, epoch=epoch, seed=seeds[int(r)] if len(seeds) > 1 else None, kept_step=store.latest_step()
   )
-
-
-def abstract_state(state: Any) -> Any:
-  # Keep each array's sharding, so restored arrays land where the live ones are.
-  def abstract(x):
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) if isinstance(x, jax.Array) else x
-
-  return jax.tree_util.tree_map(abstract, state)

@@ -1,8 +1,9 @@
-"""Evaluation metrics computed on the host in float64 (they must match scipy.stats)."""
+"""Evaluation metrics computed on the host in float64, by scipy.stats."""
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.stats
 
 
 def mse(predictions, targets) -> float:
@@ -13,31 +14,17 @@ def mse(predictions, targets) -> float:
 def pearson(predictions, targets) -> float:
   """Pearson's r; NaN when either side is constant (correlation is undefined then)."""
   x, y = _as_pair(predictions, targets)
-  x = x - x.mean()
-  y = y - y.mean()
-  denominator = np.sqrt(np.sum(x * x) * np.sum(y * y))
-  if denominator == 0:
+  if _either_constant(x, y):
     return float("nan")
-  return float(np.clip(np.sum(x * y) / denominator, -1.0, 1.0))
-
-
-def average_ranks(values) -> np.ndarray:
-  """1-based ranks; tied values share the mean of their ranks (scipy's 'average')."""
-  values = np.asarray(values, np.float64)
-  order = np.argsort(values, kind="mergesort")
-  sorted_values = values[order]
-  # Start index of each run of equal values in the sorted order.
-  starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
-  ends = np.r_[starts[1:], len(values)]
-  run_ranks = (starts + ends + 1) / 2.0  # mean of ranks starts+1 .. ends
-  ranks = np.empty(len(values), np.float64)
-  ranks[order] = np.repeat(run_ranks, ends - starts)
-  return ranks
+  return float(scipy.stats.pearsonr(x, y).statistic)
 
 
 def spearman(predictions, targets) -> float:
+  """Spearman's rho (ties share their average rank); NaN when either side is constant."""
   x, y = _as_pair(predictions, targets)
-  return pearson(average_ranks(x), average_ranks(y))
+  if _either_constant(x, y):
+    return float("nan")
+  return float(scipy.stats.spearmanr(x, y).statistic)
 
 
 def regression_metrics(predictions, targets) -> dict[str, float]:
@@ -54,3 +41,8 @@ def _as_pair(predictions, targets) -> tuple[np.ndarray, np.ndarray]:
   if x.shape != y.shape or x.size == 0:
     raise ValueError(f"need two equally long, non-empty arrays; got {x.size} and {y.size} values")
   return x, y
+
+
+def _either_constant(x: np.ndarray, y: np.ndarray) -> bool:
+  # Checked here rather than left to scipy, which warns (ConstantInputWarning) and refuses a single value.
+  return bool(np.all(x == x[0]) or np.all(y == y[0]))

@@ -9,7 +9,7 @@ import optax
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "adadelta")
 SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "onecycle", "plateau")
-SCHEDULES_OVER_ALL_EPOCHS = ("cosine", "warmup_cosine", "onecycle")  # their shape depends on --epochs
+SCHEDULES_OVER_ALL_EPOCHS = ("cosine", "warmup_cosine", "onecycle")  # their shape depends on the epoch count
 
 
 @dataclasses.dataclass(frozen=True)

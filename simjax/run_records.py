@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 from importlib import metadata
 from typing import Any, Iterable
 
@@ -99,12 +98,14 @@ def git_state(path: str | None = None) -> dict[str, Any]:
     return {"commit": None, "dirty": None}
 
 
-def provenance() -> dict[str, Any]:
+def provenance(command: str | None = None) -> dict[str, Any]:
+  """Versions, device, code state and the time; `command` is the command line that ran (a
+  front end knows it; None where there is none)."""
   return {
     "versions": versions(),
     "device": device_info(),
     "git": git_state(),
-    "command": " ".join(sys.argv),
+    "command": command,
     "xla_flags": os.environ.get("XLA_FLAGS", ""),  # e.g. --xla_gpu_deterministic_ops=true
     "compilation_cache_dir": jax.config.jax_compilation_cache_dir,  # None: every program compiled afresh
     # run_info.json is written at the start, results.json at the end: together, the wall time.

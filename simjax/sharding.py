@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from simjax.errors import BatchSizeError
+
 DATA_AXIS = "data"
 
 
@@ -32,10 +34,7 @@ def batch_sharded(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
   devices = mesh.devices.size
   if batch_size % devices:
-    raise ValueError(
-      f"batch size {batch_size} does not split evenly over {devices} devices: "
-      f"use a multiple of {devices} (e.g. --batch_size={max(devices, batch_size // devices * devices)})"
-    )
+    raise BatchSizeError(batch_size, devices)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

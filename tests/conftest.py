@@ -2,12 +2,17 @@
 
 import os
 import pathlib
+import tempfile
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # On a GPU machine, tests start JAX subprocesses beside this one: none may grab 75% of the memory.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# The command lines the tests start (experiments.main, reproduce) share one JAX compilation
+# cache per test worker, so a program compiled by one test is loaded by the next (the tiny
+# models repeat). In-process tests compile afresh: some check compile times.
+os.environ.setdefault("SIMJAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="simjax-test-jax-cache-"))
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +32,7 @@ def manual_dir() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def prepared(manual_dir, tmp_path_factory):
   """`prepared(name)` -> TFDS data_dir holding dataset `name`, built at most once per session."""
-  from simjax.similarity import datasets
+  from simjax.tasks.similarity import datasets
 
   data_dir = tmp_path_factory.mktemp("tensorflow_datasets")
   done = set()

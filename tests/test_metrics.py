@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -9,26 +11,32 @@ from simjax import metrics
 def test_pearson_spearman_mse_match_scipy(seed):
   rng = np.random.default_rng(seed)
   targets = rng.integers(0, 6, size=300).astype(np.float32)  # many ties, like STS scores
-  predictions = targets + rng.normal(size=300)
+  predictions = (targets + rng.normal(size=300)).astype(np.float32)
   predictions[:20] = np.round(predictions[:20])  # ties on the prediction side too
-  assert metrics.pearson(predictions, targets) == pytest.approx(
-    scipy.stats.pearsonr(predictions, targets)[0], abs=1e-6
-  )
-  assert metrics.spearman(predictions, targets) == pytest.approx(
-    scipy.stats.spearmanr(predictions, targets)[0], abs=1e-6
-  )
-  assert metrics.mse(predictions, targets) == pytest.approx(np.mean((predictions - targets) ** 2), rel=1e-9)
+  x, y = predictions.astype(np.float64), targets.astype(np.float64)
+  assert metrics.pearson(predictions, targets) == scipy.stats.pearsonr(x, y).statistic
+  assert metrics.spearman(predictions, targets) == scipy.stats.spearmanr(x, y).statistic
+  assert metrics.mse(predictions, targets) == pytest.approx(np.mean((x - y) ** 2), rel=1e-12)
+  assert all(type(value) is float for value in metrics.regression_metrics(predictions, targets).values())
 
 
-def test_ranks_match_scipy_average_ranks():
-  values = np.array([3.0, 1.0, 3.0, 2.0, 3.0, 1.0])
-  np.testing.assert_allclose(metrics.average_ranks(values), scipy.stats.rankdata(values))
+@pytest.mark.parametrize(
+  "predictions, targets", [(np.ones(5), np.arange(5)), (np.arange(5), np.ones(5)), ([1.0], [2.0])]
+)
+def test_constant_side_gives_nan_correlation_without_error_or_warning(predictions, targets):
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert np.isnan(metrics.pearson(predictions, targets))
+    assert np.isnan(metrics.spearman(predictions, targets))
 
 
-def test_constant_predictions_give_nan_correlation_not_an_error():
-  assert np.isnan(metrics.pearson(np.ones(5), np.arange(5)))
+def test_nan_predictions_give_nan_correlations():
+  predictions, targets = [1.0, np.nan, 3.0, 4.0], [1.0, 2.0, 3.0, 5.0]
+  assert np.isnan(metrics.pearson(predictions, targets))
+  assert np.isnan(metrics.spearman(predictions, targets))
 
 
-def test_length_mismatch_is_refused():
-  with pytest.raises(ValueError, match="equally long"):
-    metrics.pearson(np.ones(3), np.ones(4))
+@pytest.mark.parametrize("predictions, targets", [(np.ones(3), np.ones(4)), ([], [])])
+def test_unequal_or_empty_inputs_are_refused(predictions, targets):
+  with pytest.raises(ValueError, match="equally long, non-empty"):
+    metrics.pearson(predictions, targets)

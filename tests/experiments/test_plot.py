@@ -1,12 +1,13 @@
 import os
 
 import pytest
+from absl import app, flags
 from PIL import Image
 
 from experiments import plot
 from simjax import optim
-from simjax.vision import train
-from simjax.vision.models import ModelConfig
+from simjax.tasks.cifar10 import task as train
+from simjax.tasks.cifar10.models import ModelConfig
 
 
 def test_comparison_and_per_class_figures_from_real_runs(cifar_data_dir, tmp_path):
@@ -31,7 +32,23 @@ def test_comparison_and_per_class_figures_from_real_runs(cifar_data_dir, tmp_pat
       assert image.size[0] > 800 and image.size[1] > 300
   with pytest.raises(ValueError, match="1 names for 2 workdirs"):
     plot.plot(workdirs, str(tmp_path / "plots"), names=["before"])
-  assert plot.main([*workdirs, f"--out={tmp_path / 'named'}", "--names=before,after"]) == 0
+  assert _main(f"--out={tmp_path / 'named'}", "--names=before,after", *workdirs) == 0
+  assert sorted(os.listdir(tmp_path / "named")) == ["comparison.png", "per_class_accuracy.png"]
+  assert _main(*workdirs, f"--out={tmp_path / 'flags_last'}") == 0  # flags may follow the workdirs
+  assert _main(f"--out={tmp_path / 'one_name'}", "--names=before", *workdirs) == 1
+  with pytest.raises(app.UsageError, match="workdirs"):
+    _main(f"--out={tmp_path / 'none'}")
+
+
+def _main(*args: str) -> int:
+  """plot.main as `python -m experiments.plot ARGS` calls it: absl has parsed the flags, the
+  workdirs are argv[1:]."""
+  if "names" not in flags.FLAGS:
+    plot.define_flags()
+  try:
+    return plot.main(flags.FLAGS(["plot", *args]))
+  finally:
+    flags.FLAGS.unparse_flags()
 
 
 def test_a_workdir_that_is_not_a_cifar_run_is_refused(tmp_path):

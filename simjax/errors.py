@@ -1,0 +1,95 @@
+"""The errors simjax raises on purpose, each carrying the facts a caller needs.
+
+The library states what is wrong in its own terms; `experiments/` maps each type to the
+flags a user would change (the library never names a flag). Every class is also a
+built-in error type (ValueError, OSError, MemoryError, RuntimeError), so callers that
+catch those keep working.
+"""
+
+from __future__ import annotations
+
+
+class SimjaxError(Exception):
+  """Base of every error simjax raises on purpose (as opposed to a bug).
+
+  `settings` names the configuration fields (dataclass field names, e.g. "data_dir") a
+  user would change to fix it; a front end turns them into its own option names.
+  """
+
+  settings: tuple[str, ...] = ()
+
+
+class DataError(SimjaxError, ValueError):
+  """Missing or unusable data (a dataset not prepared, a bad split, an unreadable file)."""
+
+  def __init__(self, message: str, settings: tuple[str, ...] = ()):
+    self.settings = settings
+    super().__init__(message)
+
+
+class ConfigError(SimjaxError, ValueError):
+  """Settings that cannot work together (e.g. a batch larger than the training split)."""
+
+  def __init__(self, message: str, settings: tuple[str, ...] = ()):
+    self.settings = settings
+    super().__init__(message)
+
+
+class BatchSizeError(ConfigError):
+  """The batch size does not split evenly over the devices."""
+
+  def __init__(self, batch_size: int, devices: int):
+    self.batch_size, self.devices = batch_size, devices
+    self.suggestion = max(devices, batch_size // devices * devices)
+    super().__init__(
+      f"batch size {batch_size} does not split evenly over {devices} devices: "
+      f"use a multiple of {devices} (e.g. {self.suggestion})",
+      settings=("batch_size",),
+    )
+
+
+class WorkdirError(SimjaxError, ValueError):
+  """The workdir cannot be used as asked: it belongs to another configuration or kind of
+  run, or lacks the files the request needs. `workdir` names it."""
+
+  settings = ("workdir",)
+
+  def __init__(self, message: str, workdir: str):
+    self.workdir = workdir
+    super().__init__(message)
+
+
+class ConfigMismatchError(WorkdirError):
+  """The workdir holds checkpoints of a different configuration; `differences` lists them."""
+
+  def __init__(self, workdir: str, differences: list[str]):
+    self.differences = differences
+    super().__init__(
+      f"workdir {workdir} belongs to a different configuration ({'; '.join(differences)})", workdir
+    )
+
+
+class TrainingDiverged(SimjaxError, RuntimeError):
+  """The loss or the parameters became NaN or infinite. The last good checkpoint is kept."""
+
+  settings = ("learning_rate", "grad_clip_norm", "workdir")
+
+  def __init__(self, what: str, *, epoch: int, seed: int | None, kept_step: int | None):
+    self.epoch, self.seed, self.kept_step = epoch, seed, kept_step
+    kept = (
+      f"the last good checkpoint (step {kept_step}) is kept"
+      if kept_step is not None
+      else "no checkpoint was written yet"
+    )
+    super().__init__(f"{what}; {kept}")
+
+
+class OutOfDeviceMemory(SimjaxError, MemoryError):
+  """Stacked replicas (seeds) did not fit in device memory: train them one after another
+  (same results to float tolerance) or fewer of them."""
+
+  settings = ("sequential_seeds", "num_seeds")
+
+  def __init__(self, num_seeds: int, detail: str):
+    self.num_seeds, self.detail = num_seeds, detail
+    super().__init__(f"{num_seeds} stacked replicas do not fit in device memory ({detail})")

@@ -1,0 +1,292 @@
+"""One run module for every task: what is the same for all of them, written once.
+
+    results = run.train_and_evaluate(task, RunConfig(epochs=3, num_seeds=5), "workdirs/x")
+
+`train_and_evaluate` trains the seeds of `config` (stacked into one program, or one after
+another in <workdir>/seed_<s>), guards the workdir against another configuration, records
+provenance, checkpoints and resumes, keeps each seed's best epoch, stops on NaN with the
+last good checkpoint kept, and writes metrics.jsonl, TensorBoard events, run_info.json and
+results.json. `load_trained` and `evaluate_trained` serve eval and predict from a workdir.
+A task (simjax/tasks/base.py) supplies only what differs.
+
+Workdir:  config.json     what the checkpoints were trained as (see Task.run_config)
+          run_info.json   flags, data provenance, versions, device, git, command (at the start)
+          metrics.jsonl   one row per epoch (tensorboard/ mirrors it)
+          checkpoints/    the latest N;   best/  each seed's best epoch (if the task selects)
+          results.json    the final numbers, per seed and summarized;  eval.json  from eval
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from simjax import loop, optim, replicas, run_records, summary
+from simjax.checkpoints import (
+  CONFIG_FILE,
+  CheckpointStore,
+  abstract_state,
+  read_config,
+  restore_for_inference,
+)
+from simjax.compilation import CompileClock
+from simjax.errors import ConfigError, OutOfDeviceMemory, WorkdirError
+from simjax.tasks.base import Task
+
+EVAL_FILE = "eval.json"
+SEED_DIR = "seed_{}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """What every task's run shares (a task's own recipe lives in the task)."""
+
+  epochs: int = 20
+  batch_size: int = 64
+  seed: int = 0  # the first seed; replica r uses seed + r
+  num_seeds: int = 1  # replicas trained together (jax.vmap) and reported as mean ± std
+  sequential_seeds: bool = False  # train the seeds one after another instead (less memory)
+  keep_checkpoints: int = 3
+
+  def __post_init__(self):
+    if self.epochs < 1 or self.batch_size < 1:
+      raise ConfigError(
+        f"need epochs >= 1 and batch_size >= 1; got {self.epochs}, {self.batch_size}",
+        settings=("epochs", "batch_size"),
+      )
+    if self.num_seeds < 1:
+      raise ConfigError(f"num_seeds must be >= 1, got {self.num_seeds}", settings=("num_seeds",))
+
+  @property
+  def seeds(self) -> list[int]:
+    return replicas.seed_list(self.seed, self.num_seeds)
+
+  @property
+  def run(self) -> "RunConfig":
+    """Only the shared settings (of a task's TrainConfig, which subclasses this one)."""
+    return RunConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(RunConfig)})
+
+
+def train_and_evaluate(
+  task: Task,
+  config: RunConfig,
+  workdir: str,
+  *,
+  flags: dict[str, Any] | None = None,
+  command: str | None = None,
+  on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
+) -> dict[str, Any]:
+  """Trains (or resumes) `task` in `workdir`; returns (and writes) results.json.
+
+  With several seeds, results.json holds each seed's results and their summary (see
+  simjax.summary). `flags` and `command` are recorded as given; `on_epoch` sees every
+  metrics row.
+  """
+  records = {"flags": flags or {}, "command": command}
+  if config.sequential_seeds and config.num_seeds > 1:
+    return _train_sequentially(task, config, workdir, records, on_epoch)
+  if sequential_seed_dirs(workdir):
+    raise WorkdirError(f"{workdir} holds a run whose seeds were trained one after another", workdir)
+  try:
+    return _train_stacked(task, config, workdir, records, on_epoch)
+  except jax.errors.JaxRuntimeError as e:
+    if config.num_seeds > 1 and _is_resource_exhausted(e):
+      raise OutOfDeviceMemory(config.num_seeds, _first_line(e)) from None
+    raise
+
+
+def _train_stacked(task: Task, config: RunConfig, workdir: str, records, on_epoch) -> dict[str, Any]:
+  """`records`: {"flags", "command"}, written with the provenance to run_info.json and results.json."""
+  seeds = config.seeds
+  os.makedirs(workdir, exist_ok=True)
+  store = CheckpointStore(workdir, keep=config.keep_checkpoints)
+  try:
+    # A workdir without checkpoints (say, a run that diverged in its first epoch) takes the
+    # new settings; one with checkpoints only resumes with the settings it was trained with.
+    resuming = store.latest_step() is not None
+    data_info = task.prepare(workdir, config, resuming=resuming)
+    store.guard_config(workdir_config(task, config), replace=not resuming)
+    run_records.write_json(
+      os.path.join(workdir, run_records.RUN_INFO_FILE),
+      {"flags": records["flags"], "data": data_info, **run_records.provenance(records["command"])},
+    )
+    state = task.create_train_state(seeds)
+    with CompileClock() as ahead_of_time:
+      task.compile(state)
+    plateau_active = task.optim.lr_schedule == "plateau"
+    fit = loop.fit(
+      state,
+      store=store,
+      epochs=config.epochs,
+      train_epoch=task.train_epoch,
+      evaluate=task.evaluate,
+      selection=dataclasses.replace(
+        task.selection, plateau_metric=task.selection.plateau_metric if plateau_active else None
+      ),
+      seeds=seeds,
+      plateau=optim.plateau_transform(task.optim),
+      on_epoch=on_epoch,
+    )
+    selects = task.selection.best_metric is not None
+    final_state = store.restore_best(abstract_state(fit.state))[0] if selects else fit.state
+  finally:
+    store.close()
+  per_seed_metrics, extras = task.report(final_state, fit)
+  per_seed = [
+    {"seed": s, **metrics, **({"best_epoch": fit.best[r]["epoch"]} if selects else {})}
+    for r, (s, metrics) in enumerate(zip(seeds, per_seed_metrics))
+  ]
+  results = {
+    **summary.combine(per_seed),
+    "epochs": fit.epochs,
+    "train_seconds": fit.train_seconds,  # all seeds together; compilation on first use included
+    # Time JAX spent compiling: ahead of time (not part of train_seconds) plus on first use
+    # during the epochs (part of train_seconds). Near 0 on a rerun with a compilation cache.
+    "compile_seconds": ahead_of_time.seconds + fit.compile_seconds,
+    **extras,
+    "data": data_info,
+    "flags": records["flags"],
+    **run_records.provenance(records["command"]),
+  }
+  run_records.write_json(os.path.join(workdir, run_records.RESULTS_FILE), results)
+  return results
+
+
+def workdir_config(task: Task, config: RunConfig) -> dict[str, Any]:
+  """config.json: the task's settings, and the run settings its checkpoints depend on. The
+  number of epochs counts only where the schedule's shape depends on it (to allow training
+  longer); how seeds run and how many checkpoints are kept never count."""
+  own = task.run_config()
+  train = {"seed": config.seed, "num_seeds": config.num_seeds, "batch_size": config.batch_size}
+  if task.optim.lr_schedule in optim.SCHEDULES_OVER_ALL_EPOCHS:
+    train["epochs"] = config.epochs
+  return {**own, "train": {**train, **own.get("train", {})}}
+
+
+# --------------------------------------------------------------------------------------
+# Seeds one after another
+# --------------------------------------------------------------------------------------
+def _train_sequentially(task: Task, config: RunConfig, workdir: str, records, on_epoch) -> dict[str, Any]:
+  """Each seed in <workdir>/seed_<s> (so each resumes on its own), then the combined
+  results.json and metrics.jsonl in `workdir`, laid out like those of a stacked run."""
+  if os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    raise WorkdirError(f"{workdir} holds a run with stacked seeds", workdir)
+  os.makedirs(workdir, exist_ok=True)
+  seed_dirs = [os.path.join(workdir, SEED_DIR.format(s)) for s in config.seeds]
+  runs = [
+    _train_stacked(
+      task, dataclasses.replace(config, seed=s, num_seeds=1, sequential_seeds=False), d, records, on_epoch
+    )
+    for s, d in zip(config.seeds, seed_dirs)
+  ]
+  combined = summary.combine([run["per_seed"][0] for run in runs])
+  results = {
+    k: v for k, v in runs[0].items() if k not in combined and k not in ("seeds", "per_seed", "summary")
+  }
+  results.update(combined)
+  results["train_seconds"] = float(sum(run["train_seconds"] for run in runs))
+  results["compile_seconds"] = float(
+    sum(run.get("compile_seconds") or 0.0 for run in runs)
+  )  # each seed's own
+  results["sequential_seeds"] = [os.path.basename(d) for d in seed_dirs]
+  rows = _merge_rows([run_records.read_metrics(d) for d in seed_dirs])
+  with open(os.path.join(workdir, run_records.METRICS_FILE), "w") as f:
+    for row in rows:
+      f.write(json.dumps(row, sort_keys=True) + "\n")
+  run_records.write_json(os.path.join(workdir, run_records.RESULTS_FILE), results)
+  return results
+
+
+def sequential_seed_dirs(workdir: str) -> list[str] | None:
+  """The seed_<s> workdirs of a run whose seeds ran one after another, in seed order; None
+  for other workdirs."""
+  path = os.path.join(workdir, run_records.RESULTS_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    names = json.load(f).get("sequential_seeds")
+  return [os.path.join(workdir, name) for name in names] if names else None
+
+
+def _merge_rows(rows_by_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+  """Epoch rows of seeds trained one after another, merged like a stacked run's rows
+  (mean under each name, every seed's value under "per_seed"; epoch seconds add up)."""
+  merged = []
+  for epoch_rows in zip(*rows_by_seed):
+    per_seed = {key: [r["per_seed"][key][0] for r in epoch_rows] for key in epoch_rows[0]["per_seed"]}
+    merged.append(
+      {
+        "epoch": epoch_rows[0]["epoch"],
+        **{k: float(np.mean(v)) for k, v in per_seed.items()},
+        "epoch_seconds": float(sum(r["epoch_seconds"] for r in epoch_rows)),
+        "compile_seconds": float(sum(r.get("compile_seconds", 0.0) for r in epoch_rows)),
+        "per_seed": per_seed,
+      }
+    )
+  return merged
+
+
+def _is_resource_exhausted(error: BaseException) -> bool:
+  return "RESOURCE_EXHAUSTED" in str(error) or "Out of memory" in str(error)
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+# --------------------------------------------------------------------------------------
+# From a trained workdir: eval and predict
+# --------------------------------------------------------------------------------------
+def load_trained(workdir: str, make_task: Callable[[dict[str, Any], str], Task]) -> tuple[Any, dict, Task]:
+  """The state of every seed of a trained workdir, stacked (each seed's best epoch if its
+  task selects one, else the last: what results.json reports), its config.json and the
+  task `make_task(config, workdir)` built from it. A workdir whose seeds ran one after
+  another gives its seeds' states stacked the same way (with the first seed's task)."""
+  seed_dirs = sequential_seed_dirs(workdir)
+  if seed_dirs:
+    loaded = [load_trained(d, make_task) for d in seed_dirs]
+    _, config, task = loaded[0]
+    config = {**config, "train": {**config["train"], "num_seeds": len(loaded)}}
+    return replicas.concatenate([state for state, _, _ in loaded]), config, task
+  config = read_config(workdir)
+  task = make_task(config, workdir)
+  state = task.create_train_state(replicas.from_config(config, workdir))
+  which = "best" if task.selection.best_metric is not None else "latest"
+  return restore_for_inference(workdir, state, which), config, task
+
+
+def evaluate_trained(
+  workdir: str,
+  load: Callable[[str], tuple[Any, dict[str, Any], Task]],
+  batch_size: int,
+  *,
+  command: str | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+  """Evaluates a trained workdir: `load(workdir)` gives (state, config, task) as
+  `load_trained` does, and `task.evaluate_trained(state, batch_size)` every replica's
+  metrics and the run-level fields. Writes eval.json; returns it and what differs from the
+  training run's provenance (versions, device, code, data checksums)."""
+  state, config, task = load(workdir)
+  per_seed_metrics, extras = task.evaluate_trained(state, batch_size)
+  seeds = replicas.from_config(config, workdir)
+  per_seed = [{"seed": s, **m} for s, m in zip(seeds, per_seed_metrics)]
+  results = {**summary.combine(per_seed), **extras, **run_records.provenance(command)}
+  differences = _differences_from_training(workdir, results)
+  run_records.write_json(os.path.join(workdir, EVAL_FILE), results)
+  return results, differences
+
+
+def _differences_from_training(workdir: str, current: dict[str, Any]) -> list[str]:
+  seed_dirs = sequential_seed_dirs(workdir)  # seeds one after another: the first seed's records
+  path = os.path.join(seed_dirs[0] if seed_dirs else workdir, run_records.RUN_INFO_FILE)
+  if not os.path.exists(path):
+    return [f"{path} not found: cannot compare with the training run's provenance"]
+  with open(path) as f:
+    recorded = json.load(f)
+  return run_records.provenance_differences(recorded, current)

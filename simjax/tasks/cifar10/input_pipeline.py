@@ -1,0 +1,235 @@
+"""CIFAR-10 from TFDS (array_record, TF-free), decoded once, then kept on the accelerator.
+
+The host decodes each split once into uint8 arrays and caches them as .npz, so later runs
+skip the JPEG/PNG decoding. Training never copies batches from the host: the whole split
+lives on the device, and batches are gathered, augmented and normalized there in JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image, UnidentifiedImageError
+
+from simjax import errors
+
+DATASET = "cifar10"
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# Per-channel statistics of the official CIFAR-10 train set (0-255 scale).
+MEAN = np.array([125.31, 122.95, 113.87], np.float32)
+STD = np.array([62.99, 62.09, 66.70], np.float32)
+
+
+class DataError(errors.DataError):
+  """Missing or unusable image data; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSplit:
+  images: np.ndarray  # uint8 [N, 32, 32, 3], NHWC
+  labels: np.ndarray  # int32 [N]
+  class_names: tuple[str, ...]
+  info: dict  # provenance: dataset, version, split, data_dir, rows
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+def load_split(split: str, data_dir: str | None, cache_dir: str | None) -> ImageSplit:
+  """Decoded CIFAR-10 split (TFDS slicing allowed: 'train[:5000]'); cached as .npz."""
+  try:
+    builder = tfds.builder(DATASET, data_dir=data_dir)
+  except Exception as e:  # TFDS raises several types for a bad or missing data_dir
+    raise DataError(
+      f"cannot open TFDS {DATASET} in {data_dir or 'the default data dir'}: {e}", settings=("data_dir",)
+    ) from None
+  if not builder.is_prepared():
+    where = os.path.join(data_dir or "~/tensorflow_datasets", DATASET)
+    raise DataError(
+      f"TFDS {DATASET} is not prepared under {where}: point the TFDS data dir at a folder "
+      f"holding {DATASET}/{builder.info.version}/ (array_record files), or prepare it online once with "
+      f"`tfds build {DATASET} --file_format=array_record`",
+      settings=("data_dir",),
+    )
+  version = str(builder.info.version)
+  names = tuple(builder.info.features["label"].names)
+  # The official release stores PNG; a JPEG-encoded copy (e.g. an offline stand-in) loses
+  # detail and scores lower, so every result says which one it came from.
+  encoding = _image_encoding(builder.data_dir)
+  info = {
+    "dataset": DATASET,
+    "version": version,
+    "split": split,
+    "data_dir": builder.data_dir,
+    "image_encoding": encoding,
+    "label": "CIFAR-10 (JPEG stand-in)" if encoding == "jpeg" else "CIFAR-10",
+  }
+  cache = _cache_path(cache_dir, builder.data_dir, split)
+  if cache and os.path.exists(cache):
+    with np.load(cache) as saved:
+      images, labels = saved["images"], saved["labels"]
+  else:
+    try:
+      source = builder.as_data_source(split=split)
+      count = len(source)
+    except Exception as e:  # bad split strings surface here
+      splits = ", ".join(sorted(builder.info.splits))
+      raise DataError(
+        f"bad split {split!r} for {DATASET} ({e}); use one of {splits}, e.g. 'train[:5000]'",
+        settings=("train_split", "eval_split"),
+      ) from None
+    if count == 0:
+      raise DataError(f"split {split!r} of {DATASET} is empty", settings=("train_split", "eval_split"))
+    try:
+      records = source.__getitems__(list(range(count)))
+    except (OSError, RuntimeError) as e:  # a prepared folder with missing or damaged data files
+      raise DataError(
+        f"cannot read {DATASET} {split!r} from {builder.data_dir} ({str(e).splitlines()[0][:200]}); "
+        "check the array_record files there or point the TFDS data dir at a complete copy",
+        settings=("data_dir",),
+      ) from None
+    images = np.stack([r["image"] for r in records]).astype(np.uint8)
+    labels = np.array([r["label"] for r in records], np.int32)
+    if cache:
+      os.makedirs(os.path.dirname(cache), exist_ok=True)
+      tmp = f"{cache}.{os.getpid()}.tmp.npz"  # concurrent first runs never share a temporary file
+      np.savez(tmp, images=images, labels=labels)
+      os.replace(tmp, cache)
+  info["rows"] = len(labels)
+  info["source_sha256"] = _prepared_checksums(builder.data_dir)
+  return ImageSplit(images, labels, names, info)
+
+
+@functools.lru_cache(maxsize=8)
+def _prepared_checksums(prepared_dir: str) -> dict[str, str]:
+  """sha256 of every file of the prepared dataset (array_record shards, metadata): which
+  bytes a result came from, so a run elsewhere can tell if its copy differs."""
+  digests = {}
+  for name in sorted(os.listdir(prepared_dir)):
+    path = os.path.join(prepared_dir, name)
+    if os.path.isfile(path):
+      digest = hashlib.sha256()
+      with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+          digest.update(chunk)
+      digests[name] = digest.hexdigest()
+  return digests
+
+
+def _image_encoding(prepared_dir: str) -> str:
+  """How the prepared files store images, as their features.json says (TFDS's default: png)."""
+  try:
+    with open(os.path.join(prepared_dir, "features.json")) as f:
+      features = json.load(f)["featuresDict"]["features"]
+    return features["image"]["image"].get("encodingFormat", "png")
+  except (OSError, KeyError, ValueError):
+    return "png"
+
+
+def _cache_path(cache_dir: str | None, prepared_dir: str, split: str) -> str | None:
+  if not cache_dir:
+    return None
+  # The prepared folder's path and files identify the data; the split names the rows.
+  files = sorted(os.listdir(prepared_dir))
+  stamp = [f"{f}:{os.path.getsize(os.path.join(prepared_dir, f))}" for f in files]
+  key = hashlib.sha256("|".join([os.path.abspath(prepared_dir), *stamp]).encode()).hexdigest()[:12]
+  safe_split = re.sub(r"[^A-Za-z0-9_.%:-]", "_", split).replace(":", "-")
+  return os.path.join(cache_dir, f"{DATASET}-{key}-{safe_split}.npz")
+
+
+def read_images(paths: list[str]) -> np.ndarray:
+  """Image files -> uint8 [N, 32, 32, 3] (RGB; other sizes are resized to 32x32)."""
+  images = []
+  for path in paths:
+    try:
+      with Image.open(path) as image:
+        image = image.convert("RGB")
+        if image.size != (32, 32):
+          image = image.resize((32, 32), Image.BILINEAR)
+        images.append(np.asarray(image, np.uint8))
+    except (UnidentifiedImageError, OSError) as e:
+      raise DataError(
+        f"{path}: not a readable image ({e.__class__.__name__}); pass PNG or JPEG files"
+      ) from None
+  return np.stack(images)
+
+
+# --------------------------------------------------------------------------------------
+# On-device preprocessing (inside jit)
+# --------------------------------------------------------------------------------------
+def normalize(images: jax.Array, dtype=jnp.float32) -> jax.Array:
+  """uint8 NHWC -> zero-mean, unit-variance per channel."""
+  return ((images.astype(jnp.float32) - MEAN) / STD).astype(dtype)
+
+
+TTA_MODES = ("none", "flip", "flip_translate")
+
+
+def tta_views(images: jax.Array, mode: str) -> jax.Array:
+  """Test-time augmentation views of a batch [B, H, W, C] -> [V, B, H, W, C].
+
+  none: the images (V=1); flip: and their mirror images (V=2); flip_translate: each of those
+  also shifted by one pixel up-left and one pixel down-right, reflect-padded (V=6). The
+  prediction is the mean of the views' logits.
+  """
+  if mode not in TTA_MODES:
+    raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}; got {mode!r}")
+  views = [images]
+  if mode in ("flip", "flip_translate"):
+    views.append(images[:, :, ::-1])
+  if mode == "flip_translate":
+    height, width = images.shape[1:3]
+    for image in list(views):
+      padded = jnp.pad(image, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+      views.append(padded[:, :height, :width])  # content moves down-right by one pixel
+      views.append(padded[:, 2:, 2:])  # content moves up-left by one pixel
+  return jnp.stack(views)
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  crop_padding: int = 4  # random translation by up to this many pixels (reflect padding)
+  flip: bool = True  # random horizontal flip
+  cutout: int = 0  # side of a random square set to the mean (0: off)
+
+  def __post_init__(self):
+    if self.crop_padding < 0 or self.cutout < 0:
+      raise ValueError("crop_padding and cutout must be >= 0")
+
+
+def augment(key: jax.Array, images: jax.Array, config: Augmentation) -> jax.Array:
+  """Random crop-with-padding, horizontal flip and cutout of a uint8 batch [B, H, W, C].
+
+  Only pixels move: labels are untouched. Deterministic for a given key.
+  """
+  batch, height, width, _ = images.shape
+  crop_key, flip_key, cutout_key = jax.random.split(key, 3)
+  if config.crop_padding:
+    pad = config.crop_padding
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    offsets = jax.random.randint(crop_key, (batch, 2), 0, 2 * pad + 1)
+    images = jax.vmap(lambda image, o: jax.lax.dynamic_slice(image, (o[0], o[1], 0), (height, width, 3)))(
+      padded, offsets
+    )
+  if config.flip:
+    flips = jax.random.bernoulli(flip_key, 0.5, (batch,))
+    images = jnp.where(flips[:, None, None, None], images[:, :, ::-1], images)
+  if config.cutout:
+    centers = jax.random.randint(cutout_key, (batch, 2), 0, jnp.array([height, width]))
+    # A cutout x cutout square whose top-left corner is centre - cutout // 2 (clipped at edges).
+    top_left = centers - config.cutout // 2
+    rows = jnp.arange(height)[None, :, None] - top_left[:, 0, None, None]
+    cols = jnp.arange(width)[None, None, :] - top_left[:, 1, None, None]
+    inside = (rows >= 0) & (rows < config.cutout) & (cols >= 0) & (cols < config.cutout)
+    mean = jnp.asarray(np.round(MEAN), images.dtype)
+    images = jnp.where(inside[..., None], mean, images)
+  return images

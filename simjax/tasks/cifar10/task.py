@@ -1,0 +1,479 @@
+"""Training and evaluation of the CIFAR-10 CNNs.
+
+The whole split sits on the accelerator(s). One epoch is one compiled program: a
+`lax.scan` over the epoch's batches, each gathered from the device copy, augmented and
+normalized in JAX. Data parallelism is `jax.jit` with a 1-D device mesh: batches are
+sharded on their first axis, the state is replicated, so BatchNorm sees the global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from simjax import loop, optim, replicas, run, sharding
+from simjax.errors import ConfigError
+from simjax.run import RunConfig
+from simjax.tasks.base import Task
+from simjax.tasks.cifar10 import input_pipeline
+from simjax.tasks.cifar10.models import ModelConfig, init_variables, make_model
+from simjax.train_state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  data_dir: str | None = None  # TFDS data_dir holding cifar10/ (None: TFDS's default)
+  cache_dir: str | None = None  # decoded uint8 arrays are cached here (None: no cache)
+  train_split: str = "train"
+  eval_split: str = "test"
+  augmentation: input_pipeline.Augmentation = input_pipeline.Augmentation()
+  tta: str = "none"  # test-time augmentation of the evaluated split (input_pipeline.TTA_MODES)
+
+  def __post_init__(self):
+    if self.tta not in input_pipeline.TTA_MODES:
+      raise ConfigError(
+        f"tta must be one of {', '.join(input_pipeline.TTA_MODES)}; got {self.tta!r}", settings=("tta",)
+      )
+
+
+EPOCH_LOOPS = ("auto", "scan", "host")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(RunConfig):
+  """The shared run settings (simjax.run.RunConfig) and this task's own."""
+
+  epochs: int = 30
+  batch_size: int = 256
+  label_smoothing: float = 0.0
+  # How an epoch runs: "scan", one compiled program (lax.scan over the steps); "host", a host
+  # loop over one compiled step; "auto", scan on GPU/TPU and host on CPU (see compile_train_epoch).
+  epoch_loop: str = "auto"
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.epoch_loop not in EPOCH_LOOPS:
+      raise ConfigError(
+        f"epoch_loop must be one of {', '.join(EPOCH_LOOPS)}; got {self.epoch_loop!r}",
+        settings=("epoch_loop",),
+      )
+    if not 0.0 <= self.label_smoothing < 1.0:
+      raise ConfigError(
+        f"label_smoothing must be in [0, 1), got {self.label_smoothing}", settings=("label_smoothing",)
+      )
+
+
+# --------------------------------------------------------------------------------------
+# State and steps
+# --------------------------------------------------------------------------------------
+def create_train_state(
+  seed_list: list[int],
+  model_config: ModelConfig,
+  optim_config: optim.OptimConfig,
+  *,
+  steps_per_epoch: int,
+  total_steps: int,
+) -> TrainState:
+  """One replica per seed, stacked (see simjax.replicas)."""
+  model = make_model(model_config)
+  tx = optim.make_optimizer(optim_config, steps_per_epoch, total_steps)
+  plateau = optim.plateau_transform(optim_config)
+
+  variables, state_rngs = replicas.init_replicas(lambda key: init_variables(model, key), seed_list)
+
+  def create(variables, state_rng):
+    return TrainState.create(
+      apply_fn=model.apply,
+      params=variables["params"],
+      batch_stats=variables.get("batch_stats", {}),
+      tx=tx,
+      plateau=plateau,
+      rng=state_rng,
+    )
+
+  return jax.jit(jax.vmap(create))(variables, state_rngs)
+
+
+def _loss_and_updates(state: TrainState, params, images, labels, dropout_key, label_smoothing: float):
+  variables = {"params": params, "batch_stats": state.batch_stats}
+  logits, new_vars = state.apply_fn(
+    variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key}
+  )
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+  return loss, (accuracy, new_vars.get("batch_stats", {}))
+
+
+def train_step(
+  state: TrainState,
+  images: jax.Array,
+  labels: jax.Array,
+  *,
+  augmentation: input_pipeline.Augmentation,
+  label_smoothing: float,
+  compute_dtype=jnp.float32,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update on a uint8 batch: augment, normalize, forward, backward, apply."""
+  augment_key, dropout_key = jax.random.split(state.step_key())
+  images = input_pipeline.normalize(input_pipeline.augment(augment_key, images, augmentation), compute_dtype)
+  grad_fn = jax.value_and_grad(_loss_and_updates, argnums=1, has_aux=True)
+  (loss, (accuracy, batch_stats)), grads = grad_fn(
+    state, state.params, images, labels, dropout_key, label_smoothing
+  )
+  state = state.apply_gradients(grads).replace(batch_stats=batch_stats)
+  return state, {"loss": loss, "accuracy": accuracy}
+
+
+def compile_train_epoch(
+  mesh,
+  state: TrainState,
+  images: jax.Array,
+  labels: jax.Array,
+  *,
+  batch_size: int,
+  steps: int,
+  augmentation,
+  label_smoothing: float,
+  compute_dtype,
+  fused: bool | None = None,
+) -> Callable:
+  """Compiles one epoch: (state, images, labels, epoch_keys) -> (state, {"loss", "accuracy"}
+  [steps, replicas]).
+
+  `state` stacks the replicas (seeds) and `epoch_keys` [replicas, 2] gives each its data
+  order. `images`/`labels` are the whole (replicated) train split on the device(s), shared
+  by the replicas; each step gathers every replica's batch from its own fresh permutation
+  there and shards it over the data axis. The step is `jax.vmap`ped over replicas, so
+  each has its own BatchNorm statistics (over its global batch).
+  fused=True compiles the epoch as one program (`lax.scan` over steps): no host round
+  trip between steps. XLA's CPU backend runs loop bodies without its fast convolution
+  path (about 14x slower, measured here), so on CPU (fused=None picks) the epoch is a
+  host loop over one compiled step instead; the data still never leaves the device.
+  Everything is compiled here, ahead of time, so epoch timings exclude compilation.
+  """
+  fused = jax.default_backend() != "cpu" if fused is None else fused
+  batch_sharding = sharding.batch_sharded(mesh, batch_axis=1)  # [replicas, batch, ...]
+  replicated = sharding.replicated(mesh)
+  num_replicas = replicas.num_replicas(state)
+  example_keys = jnp.zeros((num_replicas, 2), jnp.uint32)
+  replica_step = jax.vmap(
+    functools.partial(
+      train_step, augmentation=augmentation, label_smoothing=label_smoothing, compute_dtype=compute_dtype
+    )
+  )
+
+  def step(state, images, labels, indices):  # indices: [replicas, batch]
+    batch_images = jax.lax.with_sharding_constraint(images[indices], batch_sharding)
+    batch_labels = jax.lax.with_sharding_constraint(labels[indices], batch_sharding)
+    return replica_step(state, batch_images, batch_labels)
+
+  def epoch_order(epoch_keys):  # -> [steps, replicas, batch]
+    def order(key):
+      return jax.random.permutation(key, labels.shape[0])[: steps * batch_size].reshape(steps, batch_size)
+
+    return jnp.swapaxes(jax.vmap(order)(epoch_keys), 0, 1)
+
+  if fused:
+
+    def epoch(state, images, labels, epoch_keys):
+      return jax.lax.scan(lambda s, indices: step(s, images, labels, indices), state, epoch_order(epoch_keys))
+
+    jitted = jax.jit(epoch, out_shardings=(replicated, replicated), donate_argnums=(0,))
+    return jitted.lower(state, images, labels, example_keys).compile()
+
+  order_fn = jax.jit(epoch_order).lower(example_keys).compile()
+  example_indices = jax.ShapeDtypeStruct((num_replicas, batch_size), jnp.int32)
+  step_fn = (
+    jax.jit(step, out_shardings=(replicated, replicated), donate_argnums=(0,))
+    .lower(state, images, labels, example_indices)
+    .compile()
+  )
+
+  def host_loop_epoch(state, images, labels, epoch_keys):
+    order = order_fn(epoch_keys)
+    metrics = []
+    for i in range(steps):
+      state, step_metrics = step_fn(state, images, labels, order[i])
+      metrics.append(step_metrics)
+    return state, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *metrics)
+
+  return host_loop_epoch
+
+
+def make_predict(mesh, *, batch_size: int, compute_dtype, tta: str = "none") -> Callable:
+  """(state, images uint8 [N...]) -> every replica's predicted classes [replicas, N], jitted;
+  N a multiple of batch_size. `tta` averages the logits over test-time views (see
+  input_pipeline.tta_views)."""
+  batch_sharding = sharding.batch_sharded(mesh)
+
+  def replica_logits(state, batch):
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    views = input_pipeline.tta_views(input_pipeline.normalize(batch, compute_dtype), tta)
+    logits = jax.vmap(lambda view: state.apply_fn(variables, view, train=False))(views)
+    return jnp.mean(logits, axis=0)
+
+  def predict(state, images):
+    batches = images.reshape(-1, batch_size, *images.shape[1:])
+
+    def step(_, batch):
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+      logits = jax.vmap(replica_logits, in_axes=(0, None))(state, batch)  # [replicas, batch, classes]
+      return None, jnp.argmax(logits, -1)
+
+    classes = jax.lax.scan(step, None, batches)[1]  # [batches, replicas, batch]
+    return jnp.swapaxes(classes, 0, 1).reshape(classes.shape[1], -1)
+
+  return jax.jit(predict, out_shardings=sharding.replicated(mesh))
+
+
+def predict_classes(
+  state: TrainState, images: np.ndarray, batch_size: int, dtype: str, tta: str = "none"
+) -> np.ndarray:
+  """Every replica's predicted class of every uint8 image [replicas, N], on all local devices."""
+  mesh = sharding.data_mesh()
+  devices = mesh.devices.size
+  batch_size = min(batch_size, -(-len(images) // devices) * devices)
+  batch_size = -(-batch_size // devices) * devices
+  predict = make_predict(mesh, batch_size=batch_size, compute_dtype=jnp.dtype(dtype), tta=tta)
+  replicated = sharding.replicated(mesh)
+  padded = jax.device_put(_padded(images, batch_size), replicated)
+  return np.asarray(predict(jax.device_put(state, replicated), padded))[:, : len(images)]
+
+
+def classification_metrics(predictions: np.ndarray, labels: np.ndarray, class_names) -> dict[str, Any]:
+  confusion = np.zeros((len(class_names), len(class_names)), np.int64)
+  np.add.at(confusion, (labels, predictions), 1)
+  per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+  return {
+    "accuracy": float(np.mean(predictions == labels)),
+    "per_class_accuracy": {name: float(a) for name, a in zip(class_names, per_class)},
+    "confusion_matrix": confusion.tolist(),  # rows: true class, columns: predicted
+  }
+
+
+def seconds_to_accuracy(
+  history: list[dict[str, Any]], targets, accuracy_key: str = "test_accuracy"
+) -> dict[str, float | None]:
+  """Training seconds (compilation excluded) until row[accuracy_key] first reached each target."""
+  reached = {}
+  for target in targets:
+    elapsed, reached[str(target)] = 0.0, None
+    for row in history:
+      elapsed += row["epoch_seconds"]
+      # .get: a workdir resumed with another evaluated split logs it under another name.
+      if row.get(accuracy_key, -1.0) >= target:
+        reached[str(target)] = elapsed
+        break
+  return reached
+
+
+def epoch_keys(seed_list: list[int], epoch: int) -> jax.Array:
+  """Each replica's key for `epoch` (data order, augmentation): [replicas, 2]."""
+  return jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s), epoch) for s in seed_list])
+
+
+def _replica_history(history: list[dict[str, Any]], r: int) -> list[dict[str, Any]]:
+  """One replica's rows (its own accuracy; epoch seconds are those of all replicas together)."""
+  return [{**row, **{k: v[r] for k, v in row["per_seed"].items()}} for row in history]
+
+
+def _padded(images: np.ndarray, multiple: int) -> np.ndarray:
+  fill = -len(images) % multiple
+  return np.concatenate([images, np.zeros((fill, *images.shape[1:]), images.dtype)]) if fill else images
+
+
+# --------------------------------------------------------------------------------------
+# The task
+# --------------------------------------------------------------------------------------
+class Cifar10Task(Task):
+  """CIFAR-10 classification: the whole split on the device(s), the last epoch reported.
+
+  The evaluated split is the study's test set: nothing is selected on it (no best
+  checkpoint), the last epoch is what results.json reports, as the study does.
+  """
+
+  def __init__(
+    self,
+    model: ModelConfig,
+    data: DataConfig,
+    optim_config: optim.OptimConfig,
+    *,
+    label_smoothing: float = 0.0,
+    epoch_loop: str = "auto",
+  ):
+    self.model, self.data, self.optim = model, data, optim_config
+    self.label_smoothing, self.epoch_loop = label_smoothing, epoch_loop
+    # Rows are logged as test_* when the evaluated split is (a slice of) the test split.
+    eval_name = "test" if tfds_split_name(data.eval_split) == "test" else "eval"
+    self.selection = loop.Selection(best_metric=None, plateau_metric="error", eval_name=eval_name)
+    self._run: RunConfig | None = None
+
+  @classmethod
+  def from_config(cls, config: dict[str, Any], **data_settings) -> "Cifar10Task":
+    """The task a workdir's config.json describes; `data_settings` replace data fields for
+    evaluation (data location and cache, the evaluated split, test-time augmentation)."""
+    data = {**config["data"], **data_settings}
+    data["augmentation"] = input_pipeline.Augmentation(**data.get("augmentation", {}))
+    return cls(
+      ModelConfig(**config["model"]),
+      DataConfig(**data),
+      optim.OptimConfig(**config["optim"]),  # the checkpoint's optimizer-state structure
+      label_smoothing=config["train"].get("label_smoothing", 0.0),
+    )
+
+  free_data_fields = ("data_dir", "cache_dir", "eval_split", "tta")
+
+  def train_settings(self) -> dict[str, Any]:
+    return {"label_smoothing": self.label_smoothing}
+
+  def prepare(self, workdir: str, config: RunConfig, *, resuming: bool) -> dict[str, Any]:
+    self._run = config
+    self.mesh = sharding.data_mesh()
+    sharding.check_batch_size(config.batch_size, self.mesh)
+    self.train_split = input_pipeline.load_split(
+      self.data.train_split, self.data.data_dir, self.data.cache_dir
+    )
+    self.eval_split = input_pipeline.load_split(self.data.eval_split, self.data.data_dir, self.data.cache_dir)
+    self.steps = len(self.train_split) // config.batch_size
+    if self.steps == 0:
+      raise ConfigError(
+        f"batch size {config.batch_size} is larger than the {len(self.train_split)} images of "
+        f"{self.data.train_split!r}: lower the batch size or use a larger train split",
+        settings=("batch_size", "train_split"),
+      )
+    replicated = sharding.replicated(self.mesh)
+    self.train_arrays = jax.device_put((self.train_split.images, self.train_split.labels), replicated)
+    devices = self.mesh.devices.size
+    self.eval_batch = min(config.batch_size, -(-len(self.eval_split) // devices) * devices)
+    self.eval_images = jax.device_put(_padded(self.eval_split.images, self.eval_batch), replicated)
+    return {"train": self.train_split.info, "eval": self.eval_split.info}
+
+  def create_train_state(self, seeds: list[int]) -> TrainState:
+    if self._run is None:  # eval / predict: the structure to restore into
+      return create_train_state(seeds, self.model, self.optim, steps_per_epoch=1, total_steps=1)
+    state = create_train_state(
+      seeds, self.model, self.optim, steps_per_epoch=self.steps, total_steps=self.steps * self._run.epochs
+    )
+    return jax.device_put(state, sharding.replicated(self.mesh))
+
+  def compile(self, state: TrainState) -> None:
+    replicated = sharding.replicated(self.mesh)
+    state = jax.device_put(state, replicated)
+    compute_dtype = jnp.dtype(self.model.dtype)
+    self._epoch = compile_train_epoch(
+      self.mesh,
+      state,
+      *self.train_arrays,
+      batch_size=self._run.batch_size,
+      steps=self.steps,
+      augmentation=self.data.augmentation,
+      label_smoothing=self.label_smoothing,
+      compute_dtype=compute_dtype,
+      fused={"auto": None, "scan": True, "host": False}[self.epoch_loop],
+    )
+    predict = make_predict(
+      self.mesh, batch_size=self.eval_batch, compute_dtype=compute_dtype, tta=self.data.tta
+    )
+    self._predict = predict.lower(state, self.eval_images).compile()
+    epoch_keys(self._run.seeds, 0).block_until_ready()  # eager ops of train_epoch
+
+  def train_epoch(self, state: TrainState, epoch: int) -> loop.EpochResult:
+    # Data order and augmentation depend only on (seed, epoch, step): resuming replays them.
+    replicated = sharding.replicated(self.mesh)
+    state, metrics = self._epoch(
+      jax.device_put(state, replicated), *self.train_arrays, epoch_keys(self._run.seeds, epoch)
+    )
+    metrics = jax.device_get(metrics)  # [steps, replicas]
+    return loop.EpochResult(
+      state,
+      np.asarray(metrics["loss"]),
+      {
+        "train_loss": np.mean(metrics["loss"], axis=0),
+        "train_accuracy": np.mean(metrics["accuracy"], axis=0),
+      },
+    )
+
+  def _classify(self, state: TrainState) -> list[dict[str, Any]]:
+    replicated = sharding.replicated(self.mesh)
+    predictions = np.asarray(self._predict(jax.device_put(state, replicated), self.eval_images))
+    split = self.eval_split
+    return [classification_metrics(p[: len(split)], split.labels, split.class_names) for p in predictions]
+
+  def evaluate(self, state: TrainState) -> list[dict[str, float]]:
+    # The per-epoch row keeps scalars only; "error" can drive the plateau schedule.
+    return [{"accuracy": m["accuracy"], "error": 1.0 - m["accuracy"]} for m in self._classify(state)]
+
+  def report(self, state: TrainState, fit: loop.FitResult) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    final = self._classify(state)  # the last epoch, as the study reports it (no selection on test)
+    accuracy_key = f"{self.selection.eval_name}_accuracy"
+    per_seed = [
+      {
+        "test": final[r],
+        "seconds_to_accuracy": seconds_to_accuracy(
+          _replica_history(fit.history, r), (0.8, 0.85, 0.9, 0.94), accuracy_key
+        ),
+      }
+      for r in range(len(final))
+    ]
+    images_trained = self.steps * self._run.batch_size * fit.epochs * len(final)
+    extras = {
+      "images_per_second": images_trained / fit.train_seconds if fit.train_seconds else None,
+      "seconds_per_epoch": float(np.median([row["epoch_seconds"] for row in fit.history])),
+      "devices": self.mesh.devices.size,
+    }
+    return per_seed, extras
+
+  def evaluate_trained(
+    self, state: TrainState, batch_size: int
+  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """eval from a workdir: accuracy on the evaluated split, with the task's test-time augmentation."""
+    split = input_pipeline.load_split(self.data.eval_split, self.data.data_dir, self.data.cache_dir)
+    predictions = predict_classes(state, split.images, batch_size, self.model.dtype, tta=self.data.tta)
+    per_seed = [{"test": classification_metrics(p, split.labels, split.class_names)} for p in predictions]
+    return per_seed, {"tta": self.data.tta, "data": {"eval": split.info}}
+
+
+def tfds_split_name(split: str) -> str:
+  """'test[:2000]' -> 'test' (the split a TFDS slice is taken from)."""
+  return split.split("[", 1)[0].strip()
+
+
+def train_and_evaluate(
+  model_config: ModelConfig,
+  data_config: DataConfig,
+  optim_config: optim.OptimConfig,
+  train_config: TrainConfig,
+  workdir: str,
+  *,
+  flags: dict[str, Any] | None = None,
+  command: str | None = None,
+  on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
+) -> dict[str, Any]:
+  """Trains (or resumes) in `workdir` (see simjax.run); evaluates the last epoch on the eval split.
+
+  results.json: overall / per-class accuracy, confusion matrix, train and compile seconds,
+  images per second; with several seeds, each seed's results and their summary.
+  """
+  task = Cifar10Task(
+    model_config,
+    data_config,
+    optim_config,
+    label_smoothing=train_config.label_smoothing,
+    epoch_loop=train_config.epoch_loop,
+  )
+  return run.train_and_evaluate(
+    task, train_config.run, workdir, flags=flags, command=command, on_epoch=on_epoch
+  )
+
+
+def load_trained(workdir: str, **data_settings) -> tuple[TrainState, dict[str, Any], Cifar10Task]:
+  """The last-epoch state of every seed of a trained workdir (what results.json reports),
+  its config.json and its task (`data_settings` as in Cifar10Task.from_config)."""
+  return run.load_trained(workdir, lambda config, _: Cifar10Task.from_config(config, **data_settings))

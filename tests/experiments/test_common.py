@@ -1,0 +1,18 @@
+from experiments import common
+from simjax import errors
+
+
+def test_every_library_error_becomes_one_line_naming_the_flags_to_change():
+  diverged = errors.TrainingDiverged("loss became nan at step 9 (epoch 3)", epoch=3, seed=None, kept_step=8)
+  assert common.error_line(diverged) == (
+    "loss became nan at step 9 (epoch 3); the last good checkpoint (step 8) is kept: lower --learning_rate "
+    "or set --grad_clip_norm in a new --workdir (a workdir with checkpoints resumes only with its own settings)"
+  )
+  memory = common.error_line(errors.OutOfDeviceMemory(8, "RESOURCE_EXHAUSTED"))
+  assert memory.startswith("8 stacked replicas do not fit") and "--sequential_seeds" in memory
+  mismatch = common.error_line(errors.ConfigMismatchError("w", ["model.width=8 there, 16 now"]))
+  assert "model.width=8 there, 16 now" in mismatch and mismatch.endswith("the original settings to resume")
+  assert common.error_line(errors.BatchSizeError(30, 4)).endswith("(e.g. --batch_size=28)")
+  data = common.error_line(errors.DataError("TFDS cifar10 is not prepared under x", settings=("data_dir",)))
+  assert data == "TFDS cifar10 is not prepared under x (flags: --data_dir (or TFDS_DATA_DIR))"
+  assert "\n" not in "".join([memory, mismatch, data])

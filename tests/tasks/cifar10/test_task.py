@@ -1,0 +1,246 @@
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from simjax import optim, run_records
+from simjax.train_state import TrainState
+from simjax.tasks.cifar10 import input_pipeline, task as train
+from simjax.tasks.cifar10.models import ModelConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+TINY_OPTIM = optim.OptimConfig(optimizer="nesterov", learning_rate=0.05)
+
+
+@pytest.fixture
+def data_config(cifar_data_dir, tmp_path_factory):
+  return train.DataConfig(
+    data_dir=cifar_data_dir,
+    cache_dir=str(tmp_path_factory.getbasetemp() / "cifar_cache"),
+    train_split="train[:512]",
+    eval_split="test[:256]",
+  )
+
+
+def _run(workdir, data_config, *, epochs, model=None, batch_size=64, optim_config=TINY_OPTIM):
+  return train.train_and_evaluate(
+    model or ModelConfig(architecture="resnet", width=8),
+    data_config,
+    optim_config,
+    train.TrainConfig(epochs=epochs, batch_size=batch_size, label_smoothing=0.1),
+    str(workdir),
+  )
+
+
+def test_short_run_lowers_the_loss_and_writes_results(tmp_path, data_config):
+  results = _run(tmp_path, data_config, epochs=4)
+  history = run_records.read_metrics(str(tmp_path))
+  assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.1
+  test = results["test"]
+  assert set(test["per_class_accuracy"]) == set(input_pipeline.CLASS_NAMES)
+  assert np.sum(test["confusion_matrix"]) == 256
+  assert results["images_per_second"] > 0 and results["compile_seconds"] > 0
+  assert set(results["seconds_to_accuracy"]) == {"0.8", "0.85", "0.9", "0.94"}
+  assert not os.listdir(tmp_path / "best")  # nothing is selected on the test split
+  assert len(os.listdir(tmp_path / "checkpoints")) == 3  # the latest 3 of 4 epochs
+  saved = json.load(open(tmp_path / "results.json"))
+  assert saved["test"]["accuracy"] == test["accuracy"] and "versions" in saved and "flags" in saved
+
+
+def test_fused_epoch_program_equals_the_host_loop(cifar_data_dir):
+  import jax.numpy as jnp
+
+  from simjax import sharding
+
+  split = input_pipeline.load_split("train[:256]", cifar_data_dir, None)
+  mesh = sharding.data_mesh()
+  results = []
+  for fused in (True, False):
+    state = train.create_train_state(
+      [0, 1],
+      ModelConfig(architecture="resnet", width=4),
+      TINY_OPTIM,
+      steps_per_epoch=4,
+      total_steps=4,
+    )
+    images, labels = jnp.asarray(split.images), jnp.asarray(split.labels)
+    epoch = train.compile_train_epoch(
+      mesh,
+      state,
+      images,
+      labels,
+      batch_size=64,
+      steps=4,
+      augmentation=input_pipeline.Augmentation(cutout=4),
+      label_smoothing=0.0,
+      compute_dtype=jnp.float32,
+      fused=fused,
+    )
+    state, metrics = epoch(state, images, labels, train.epoch_keys([0, 1], 5))
+    results.append(np.asarray(metrics["loss"]))
+  assert results[0].shape == (4, 2)  # [steps, replicas]
+  np.testing.assert_allclose(results[0], results[1], rtol=1e-5)
+
+
+def test_stacked_seeds_train_like_single_runs_with_their_own_batchnorm(cifar_data_dir):
+  import jax
+  import jax.numpy as jnp
+
+  from simjax import replicas, sharding
+
+  split = input_pipeline.load_split("train[:256]", cifar_data_dir, None)
+  images, labels = jnp.asarray(split.images), jnp.asarray(split.labels)
+  model = ModelConfig(architecture="resnet", width=4)
+
+  def one_epoch(seed_list):
+    state = train.create_train_state(seed_list, model, TINY_OPTIM, steps_per_epoch=4, total_steps=4)
+    epoch = train.compile_train_epoch(
+      sharding.data_mesh(),
+      state,
+      images,
+      labels,
+      batch_size=64,
+      steps=4,
+      augmentation=input_pipeline.Augmentation(),
+      label_smoothing=0.0,
+      compute_dtype=jnp.float32,
+    )
+    return epoch(state, images, labels, train.epoch_keys(seed_list, 1))
+
+  stacked, stacked_metrics = one_epoch([7, 8])
+  for r, seed in enumerate((7, 8)):
+    single, single_metrics = one_epoch([seed])
+    np.testing.assert_allclose(stacked_metrics["loss"][:, r], single_metrics["loss"][:, 0], rtol=1e-4)
+    for a, b in zip(
+      jax.tree_util.tree_leaves(replicas.replica(stacked.batch_stats, r)),
+      jax.tree_util.tree_leaves(replicas.replica(single.batch_stats, 0)),
+    ):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  # Each replica keeps its own running statistics.
+  mean = jax.tree_util.tree_leaves(stacked.batch_stats)[0]
+  assert not np.allclose(mean[0], mean[1])
+
+
+def test_bad_batch_sizes_are_explained(tmp_path, data_config):
+  with pytest.raises(ValueError, match="larger than the 512 images"):
+    _run(tmp_path, data_config, epochs=1, batch_size=1024)
+
+
+def test_classification_metrics():
+  metrics = train.classification_metrics(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), ("a", "b", "c"))
+  assert metrics["accuracy"] == 0.75
+  assert metrics["per_class_accuracy"] == {"a": 1.0, "b": 1.0, "c": 0.5}
+  assert metrics["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+
+
+MULTI_DEVICE_SCRIPT = r"""
+import json, sys
+import jax
+from simjax import optim
+from simjax.tasks.cifar10 import task as train
+from simjax.tasks.cifar10.models import ModelConfig
+data = train.DataConfig(data_dir=sys.argv[1], cache_dir=None, train_split="train[:256]", eval_split="test[:64]")
+config = train.TrainConfig(epochs=2, batch_size=32, seed=3)
+try:
+  train.train_and_evaluate(ModelConfig(architecture="resnet", width=4), data,
+                           optim.OptimConfig(optimizer="nesterov", learning_rate=0.05),
+                           train.TrainConfig(epochs=1, batch_size=30), sys.argv[2] + "/bad")
+except ValueError as e:
+  bad = str(e)
+else:
+  bad = None
+results = train.train_and_evaluate(ModelConfig(architecture="resnet", width=4), data,
+                                   optim.OptimConfig(optimizer="nesterov", learning_rate=0.05), config, sys.argv[2])
+from simjax import run_records
+print(json.dumps({"devices": jax.device_count(), "bad": bad,
+                  "losses": [r["train_loss"] for r in run_records.read_metrics(sys.argv[2])],
+                  "accuracy": results["test"]["accuracy"]}))
+"""
+
+
+def test_four_devices_give_the_losses_of_one(cifar_data_dir, tmp_path):
+  outputs = {}
+  for devices in (1, 4):
+    env = {
+      **os.environ,
+      "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+      "JAX_PLATFORMS": "cpu",  # the 4 devices are virtual CPU devices, also on a GPU machine
+      "PYTHONPATH": REPO,
+    }
+    done = subprocess.run(
+      [sys.executable, "-c", MULTI_DEVICE_SCRIPT, cifar_data_dir, str(tmp_path / str(devices))],
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    outputs[devices] = json.loads(done.stdout.strip().splitlines()[-1])
+  assert outputs[4]["devices"] == 4 and outputs[1]["devices"] == 1
+  np.testing.assert_allclose(outputs[4]["losses"], outputs[1]["losses"], rtol=1e-4)
+  assert abs(outputs[4]["accuracy"] - outputs[1]["accuracy"]) <= 2 / 64  # argmax ties may flip
+  assert outputs[1]["bad"] is None
+  assert "does not split evenly over 4 devices" in outputs[4]["bad"]
+  # Trained on 4 devices, used on this process's single device.
+  state, config, _ = train.load_trained(str(tmp_path / "4"))
+  images = input_pipeline.load_split("test[:64]", cifar_data_dir, None).images
+  predictions = train.predict_classes(state, images, 32, config["model"]["dtype"])
+  assert predictions.shape == (1, 64) and set(predictions[0]) <= set(range(10))
+
+
+def test_seconds_to_accuracy_counts_training_time_until_first_reached():
+  history = [
+    {"epoch": 1, "epoch_seconds": 10.0, "train_accuracy": 0.99, "test_accuracy": 0.5},
+    {"epoch": 2, "epoch_seconds": 5.0, "train_accuracy": 0.99, "test_accuracy": 0.91},
+    {"epoch": 3, "epoch_seconds": 5.0, "train_accuracy": 0.99, "test_accuracy": 0.89},
+  ]
+  assert train.seconds_to_accuracy(history, (0.5, 0.9, 0.95)) == {"0.5": 10.0, "0.9": 15.0, "0.95": None}
+
+
+class _PixelScores(nn.Module):
+  """Per-pixel class scores averaged over the image (flip-invariant), or read from the flattened
+  image (not flip-invariant)."""
+
+  invariant: bool
+
+  @nn.compact
+  def __call__(self, images, *, train):
+    if self.invariant:
+      return jnp.mean(nn.Dense(10)(images), axis=(1, 2))
+    return nn.Dense(10)(images.reshape(images.shape[0], -1))
+
+
+def _stacked_state(module, seed=0):
+  variables = module.init(jax.random.PRNGKey(seed), jnp.zeros((1, 32, 32, 3)), train=False)
+  state = TrainState.create(
+    apply_fn=module.apply,
+    params=variables["params"],
+    tx=optax.sgd(0.1),
+    plateau=optim.plateau_transform(TINY_OPTIM),
+    rng=jax.random.PRNGKey(seed),
+  )
+  return jax.tree_util.tree_map(lambda x: x[None], state)  # one replica
+
+
+def test_tta_averages_the_views_logits_and_leaves_a_flip_invariant_model_unchanged():
+  images = np.random.default_rng(0).integers(0, 255, (64, 32, 32, 3)).astype(np.uint8)
+  invariant = _stacked_state(_PixelScores(invariant=True))
+  plain = train.predict_classes(invariant, images, 32, "float32")
+  np.testing.assert_array_equal(train.predict_classes(invariant, images, 32, "float32", tta="flip"), plain)
+  sensitive = _stacked_state(_PixelScores(invariant=False))
+  normalized = input_pipeline.normalize(jnp.asarray(images))
+  params = jax.tree_util.tree_map(lambda x: x[0], sensitive.params)
+  logits = [
+    sensitive.apply_fn({"params": params}, x, train=False) for x in (normalized, normalized[:, :, ::-1])
+  ]
+  expected = np.argmax((logits[0] + logits[1]) / 2, axis=-1)
+  got = train.predict_classes(sensitive, images, 32, "float32", tta="flip")[0]
+  np.testing.assert_array_equal(got, expected)
+  assert (got != train.predict_classes(sensitive, images, 32, "float32")[0]).any()  # the mirror counted

@@ -1,0 +1,123 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from simjax.tasks.similarity.models import ModelConfig, SiameseSimilarity, with_pretrained_embeddings
+
+VOCAB = 20
+
+
+def _init(config, length=7, seed=0):
+  model = SiameseSimilarity(config)
+  ids = jnp.ones((2, length), jnp.int32)
+  lengths = jnp.array([3, length], jnp.int32)
+  return model, model.init(jax.random.PRNGKey(seed), ids, lengths, ids, lengths)
+
+
+def _tiny(**overrides):
+  return ModelConfig(vocab_size=VOCAB, embedding_dim=6, hidden_size=5, mlp_hidden=4, **overrides)
+
+
+@pytest.mark.parametrize(
+  "cell,bidirectional,pooling",
+  [
+    ("rnn", False, "last"),
+    ("gru", False, "last"),
+    ("lstm", False, "last"),
+    ("lstm", True, "last"),
+    ("gru", True, "mean"),
+    ("rnn", True, "max"),
+  ],
+)
+def test_sentence_vector_ignores_padding(cell, bidirectional, pooling):
+  config = _tiny(cell=cell, bidirectional=bidirectional, pooling=pooling, num_layers=2)
+  model, variables = _init(config)
+  sentence = np.array([4, 7, 2, 9])
+  short = np.zeros((1, 8), np.int32)
+  short[0, :4] = sentence
+  long = np.full((1, 32), 3, np.int32)  # padding filled with real word ids on purpose
+  long[0, :4] = sentence
+  lengths = jnp.array([4])
+  vector_short = model.apply(variables, short, lengths, method=SiameseSimilarity.encode)
+  vector_long = model.apply(variables, long, lengths, method=SiameseSimilarity.encode)
+  assert vector_short.shape == (1, 5 * (2 if bidirectional else 1))
+  np.testing.assert_allclose(vector_short, vector_long, rtol=1e-5, atol=1e-6)
+
+
+def test_both_sentences_go_through_one_set_of_encoder_parameters():
+  model, variables = _init(_tiny())
+  params = variables["params"]
+  assert set(params) == {"encoder"}  # the manhattan head has no parameters
+  # Changing the single encoder changes the encoding of both sides identically.
+  ids = jnp.array([[4, 5, 6, 0]])
+  lengths = jnp.array([3])
+  u = model.apply(variables, ids, lengths, method=SiameseSimilarity.encode)
+  score = model.apply(variables, ids, lengths, ids, lengths)
+  np.testing.assert_allclose(score, 5.0 * jnp.exp(-jnp.sum(jnp.abs(u - u))), rtol=1e-6)
+  np.testing.assert_allclose(score, [5.0], rtol=1e-6)  # identical sentences: maximal similarity
+
+
+@pytest.mark.parametrize("head", ["manhattan", "cosine", "mlp"])
+def test_scores_are_symmetric_and_in_range(head):
+  config = _tiny(head=head, score_min=1.0, score_max=5.0)
+  model, variables = _init(config)
+  rng = np.random.default_rng(0)
+  a, b = rng.integers(2, VOCAB, (2, 6, 9))
+  la, lb = rng.integers(1, 10, (2, 6))
+  ab = model.apply(variables, a, la, b, lb)
+  ba = model.apply(variables, b, lb, a, la)
+  np.testing.assert_allclose(ab, ba, rtol=1e-6)
+  assert ab.shape == (6,)
+  assert np.all((ab >= 1.0) & (ab <= 5.0))
+
+
+def test_empty_and_unknown_sentences_get_finite_scores():
+  model, variables = _init(_tiny(pooling="mean"))
+  ids = jnp.array([[0, 0, 0], [1, 1, 0]])  # empty; only <unk>
+  lengths = jnp.array([0, 2])
+  assert np.all(np.isfinite(model.apply(variables, ids, lengths, ids[::-1], lengths[::-1])))
+
+
+@pytest.mark.parametrize("head", ["manhattan", "cosine", "mlp"])
+def test_empty_sentence_gives_finite_gradients(head):
+  model, variables = _init(_tiny(head=head))
+  params = jax.tree_util.tree_map(jnp.zeros_like, variables["params"])  # zero vectors: the worst case
+  ids = jnp.zeros((1, 8), jnp.int32)
+  lengths = jnp.array([0])
+
+  def loss(p):
+    return jnp.sum((model.apply({"params": p}, ids, lengths, ids, lengths) - 2.0) ** 2)
+
+  grads = jax.grad(loss)(params)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_dropout_only_between_layers_and_only_in_training():
+  config = _tiny(num_layers=3, dropout=0.5)
+  model, variables = _init(config)
+  ids = jnp.array([[4, 5, 6, 7]])
+  lengths = jnp.array([4])
+  deterministic = [model.apply(variables, ids, lengths, ids[:, ::-1], lengths) for _ in range(2)]
+  np.testing.assert_array_equal(*deterministic)
+  noisy = [
+    model.apply(
+      variables, ids, lengths, ids[:, ::-1], lengths, train=True, rngs={"dropout": jax.random.PRNGKey(k)}
+    )
+    for k in range(2)
+  ]
+  assert not np.allclose(*noisy)
+
+
+def test_pretrained_embeddings_are_loaded_and_shape_checked():
+  _, variables = _init(_tiny())
+  matrix = np.arange(VOCAB * 6, dtype=np.float32).reshape(VOCAB, 6)
+  params = with_pretrained_embeddings(variables["params"], matrix)
+  np.testing.assert_array_equal(params["encoder"]["embedding"]["embedding"], matrix)
+  with pytest.raises(ValueError, match="shape"):
+    with_pretrained_embeddings(variables["params"], matrix[:, :3])
+
+
+def test_bad_config_is_one_clear_error():
+  with pytest.raises(ValueError, match="cell must be one of"):
+    _tiny(cell="transformer")

@@ -1,0 +1,174 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from simjax import optim, run_records
+from simjax.tasks.similarity import task as train
+from simjax.tasks.similarity.models import ModelConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def _tiny_model(data, **overrides):
+  settings = dict(embedding_dim=8, hidden_size=8, head="mlp", mlp_hidden=8)
+  return ModelConfig(vocab_size=len(data.vocab), **{**settings, **overrides})
+
+
+@pytest.fixture
+def data_config(prepared, manual_dir):
+  return train.DataConfig(
+    dataset="stsb",
+    data_dir=prepared("stsb"),
+    manual_dir=str(manual_dir),
+    train_split="train[:256]",
+    eval_split="validation[:64]",
+    test_split="test[:64]",
+    max_length=16,
+  )
+
+
+def _run(workdir, data_config, *, epochs=3, optim_config=None, model=_tiny_model, seed=0, **train_settings):
+  return train.train_and_evaluate(
+    model,
+    data_config,
+    optim_config or optim.OptimConfig(optimizer="adam", learning_rate=3e-3),
+    train.TrainConfig(epochs=epochs, batch_size=32, seed=seed, **train_settings),
+    str(workdir),
+  )
+
+
+def _params(workdir):
+  import jax
+
+  state, _, _ = train.load_trained(str(workdir))
+  return jax.tree_util.tree_leaves(jax.device_get(state.params))
+
+
+def test_loss_goes_down_and_outputs_are_written(tmp_path, data_config):
+  results = _run(tmp_path, data_config, epochs=4, optim_config=optim.OptimConfig(learning_rate=1e-2))
+  history = run_records.read_metrics(str(tmp_path))
+  assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+  assert history[-1]["train_mse"] < 0.8 * history[0]["train_mse"]
+  for split in ("dev", "test"):
+    assert set(results[split]) == {"pearson", "spearman", "mse"}
+  saved = json.load(open(tmp_path / "results.json"))
+  assert saved["test"] == pytest.approx(results["test"])
+  assert saved["versions"]["jax"] and saved["device"]["count"] >= 1
+  assert saved["data"]["source_sha256"]["sts-train.csv"].startswith("0f71910b")
+  assert os.listdir(tmp_path / "tensorboard")
+
+
+def test_same_seed_same_numbers(tmp_path, data_config):
+  first = _run(tmp_path / "a", data_config, epochs=1)
+  again = _run(tmp_path / "b", data_config, epochs=1)
+  assert first["test"] == again["test"]  # bit-identical on CPU (other seeds differ: next test)
+  for a, b in zip(_params(tmp_path / "a"), _params(tmp_path / "b")):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_stacked_seeds_train_like_single_runs_and_are_summarized(tmp_path, data_config):
+  dropout = lambda d: _tiny_model(d, num_layers=2, dropout=0.3)  # per-seed dropout keys matter too
+  stacked = _run(tmp_path / "stacked", data_config, epochs=2, model=dropout, seed=3, num_seeds=2)
+  singles = [_run(tmp_path / f"seed{s}", data_config, epochs=2, model=dropout, seed=s) for s in (3, 4)]
+  assert stacked["seeds"] == [3, 4]
+  # Replica r is seed 3 + r: the same numbers as its own run, up to float summation order.
+  for replica, single in zip(stacked["per_seed"], singles):
+    for split in ("dev", "test"):
+      assert replica[split] == pytest.approx(single[split], rel=1e-4, abs=1e-5)
+    assert replica["best_epoch"] == single["best_epoch"]
+  rows = run_records.read_metrics(str(tmp_path / "stacked"))
+  for r, s in enumerate((3, 4)):
+    single_rows = run_records.read_metrics(str(tmp_path / f"seed{s}"))
+    got = [row["per_seed"]["train_mse"][r] for row in rows]
+    assert got == pytest.approx([row["train_mse"] for row in single_rows], rel=1e-4)
+  # Seeds differ from each other, and the summary is their statistics.
+  pearsons = [r["test"]["pearson"] for r in stacked["per_seed"]]
+  assert len(set(pearsons)) == 2
+  summary = stacked["summary"]["test.pearson"]
+  assert summary["n"] == 2
+  assert summary["mean"] == pytest.approx(np.mean(pearsons))
+  assert summary["std"] == pytest.approx(np.std(pearsons, ddof=1))
+  assert (summary["min"], summary["max"]) == (min(pearsons), max(pearsons))
+  assert stacked["test"]["pearson"] == pytest.approx(np.mean(pearsons))
+  assert json.load(open(tmp_path / "stacked" / "results.json"))["summary"] == stacked["summary"]
+  # Seeds run one after another give the same numbers: tests/test_run.py (fake task).
+
+
+def test_frozen_embeddings_do_not_move(tmp_path, data_config):
+  import dataclasses
+
+  glove_config = dataclasses.replace(data_config, embeddings="glove")
+  results = train.train_and_evaluate(
+    lambda d: _tiny_model(d, embedding_dim=50, freeze_embeddings=True),
+    glove_config,
+    optim.OptimConfig(),
+    train.TrainConfig(epochs=1, batch_size=32),
+    str(tmp_path),
+  )
+  assert results["data"]["glove_coverage_of_train_vocab"] > 0.9
+  state, _, task = train.load_trained(str(tmp_path))
+  prepared = train.prepare_data(glove_config, seeds=[0], vocab=task.vocab)
+  np.testing.assert_array_equal(
+    state.params["encoder"]["embedding"]["embedding"], prepared.embedding_matrices
+  )
+  # Not frozen: the same run moves them.
+  results = train.train_and_evaluate(
+    lambda d: _tiny_model(d, embedding_dim=50),
+    glove_config,
+    optim.OptimConfig(),
+    train.TrainConfig(epochs=1, batch_size=32),
+    str(tmp_path / "tuned"),
+  )
+  state, _, _ = train.load_trained(str(tmp_path / "tuned"))
+  assert not np.allclose(state.params["encoder"]["embedding"]["embedding"], prepared.embedding_matrices)
+
+
+MULTI_DEVICE_SCRIPT = r"""
+import json, sys
+import jax
+from simjax import optim, run_records
+from simjax.tasks.similarity import task as train
+from simjax.tasks.similarity.models import ModelConfig
+data = train.DataConfig(dataset="stsb", data_dir=sys.argv[1], manual_dir=sys.argv[2], train_split="train[:256]",
+                        eval_split="validation[:64]", test_split="test[:64]", max_length=16)
+results = train.train_and_evaluate(
+  lambda d: ModelConfig(vocab_size=len(d.vocab), embedding_dim=8, hidden_size=8, head="mlp", mlp_hidden=8),
+  data, optim.OptimConfig(learning_rate=1e-2), train.TrainConfig(epochs=2, batch_size=32), sys.argv[3])
+print(json.dumps({"devices": jax.device_count(), "test": results["test"],
+                  "losses": [r["train_mse"] for r in run_records.read_metrics(sys.argv[3])]}))
+"""
+
+
+def test_four_devices_give_the_losses_of_one(prepared, manual_dir, tmp_path):
+  import subprocess
+  import sys
+
+  outputs = {}
+  for devices in (1, 4):
+    env = {
+      **os.environ,
+      "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+      "JAX_PLATFORMS": "cpu",  # the 4 devices are virtual CPU devices, also on a GPU machine
+      "PYTHONPATH": REPO,
+    }
+    done = subprocess.run(
+      [
+        sys.executable,
+        "-c",
+        MULTI_DEVICE_SCRIPT,
+        prepared("stsb"),
+        str(manual_dir),
+        str(tmp_path / str(devices)),
+      ],
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    outputs[devices] = json.loads(done.stdout.strip().splitlines()[-1])
+  assert outputs[4]["devices"] == 4
+  np.testing.assert_allclose(outputs[4]["losses"], outputs[1]["losses"], rtol=1e-4)
+  np.testing.assert_allclose(outputs[4]["test"]["pearson"], outputs[1]["test"]["pearson"], rtol=1e-4)

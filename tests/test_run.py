@@ -1,0 +1,182 @@
+"""The run module (simjax/run.py + loop.py) on a fake task: a linear model on synthetic data,
+so resume, best epochs, the NaN stop, plateau and seeds are tested in seconds."""
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from tests.example_task import LinearTask
+from simjax import errors, optim, run, run_records
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SGD = optim.OptimConfig(optimizer="sgd", learning_rate=0.02)
+
+
+class Scripted(LinearTask):
+  """LinearTask whose dev "score" follows a script per (seed, epoch), and which can be made to
+  meet NaN data or an interrupt in a given epoch (the machinery's reactions are under test)."""
+
+  def __init__(self, optim_config=SGD, *, script=None, poison_epoch=None, interrupt_epoch=None, oom=False):
+    super().__init__(optim_config)
+    self.script, self.poison_epoch, self.interrupt_epoch, self.oom = (
+      script,
+      poison_epoch,
+      interrupt_epoch,
+      oom,
+    )
+    if script:
+      self.selection = run.loop.Selection(best_metric="score", higher_is_better=False, plateau_metric="score")
+
+  def train_epoch(self, state, epoch):
+    if epoch == self.interrupt_epoch:
+      raise KeyboardInterrupt  # as if the process were killed in the middle of this epoch
+    if self.oom:
+      raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 80.00GiB.")
+    clean = self.y.copy()
+    if epoch == self.poison_epoch:
+      self.y[: self.rows] = np.nan  # bad data in this epoch only
+    try:
+      return super().train_epoch(state, epoch)
+    finally:
+      self.y = clean
+
+  def evaluate(self, state):
+    rows = super().evaluate(state)
+    if self.script:
+      epoch = int(state.step[0]) // self.steps
+      for row, seed in zip(rows, self.config.seeds):
+        row["score"] = self.script[seed][epoch - 1]
+    return rows
+
+
+def train(workdir, task=None, **config):
+  settings = dict(epochs=4, batch_size=16)
+  return run.train_and_evaluate(task or Scripted(), run.RunConfig(**{**settings, **config}), str(workdir))
+
+
+def load(workdir):
+  make = lambda config, _: LinearTask(optim.OptimConfig(**config["optim"]), rows=config["data"]["rows"])
+  return run.load_trained(str(workdir), make)[0]
+
+
+def latest_params(workdir):
+  task = LinearTask(SGD)
+  make = lambda config, _: task
+  task.selection = run.loop.Selection(best_metric=None)  # -> the latest checkpoint
+  return run.load_trained(str(workdir), make)[0].params["w"]
+
+
+def rows_without_time(workdir):
+  drop = ("epoch_seconds", "compile_seconds")
+  return [{k: v for k, v in row.items() if k not in drop} for row in run_records.read_metrics(str(workdir))]
+
+
+def test_a_run_writes_its_records_and_its_numbers_do_not_depend_on_the_workdir(tmp_path):
+  first = train(tmp_path / "a", num_seeds=2)
+  second = train(tmp_path / "b", num_seeds=2)
+  for name in ("config.json", "run_info.json", "metrics.jsonl", "results.json"):
+    assert (tmp_path / "a" / name).exists()
+  assert first["per_seed"] == second["per_seed"]
+  assert first["per_seed"][0] != first["per_seed"][1]  # the seeds differ
+  assert first["summary"]["dev.mse"]["n"] == 2
+  assert json.loads((tmp_path / "a" / "config.json").read_text())["train"] == {
+    "seed": 0,
+    "num_seeds": 2,
+    "batch_size": 16,
+  }
+
+
+def test_a_killed_run_resumes_to_the_same_numbers(tmp_path):
+  reference = train(tmp_path / "reference", num_seeds=2)
+  with pytest.raises(KeyboardInterrupt):
+    train(tmp_path / "killed", Scripted(interrupt_epoch=3), num_seeds=2)
+  assert len(run_records.read_metrics(str(tmp_path / "killed"))) == 2
+  resumed = train(tmp_path / "killed", num_seeds=2)
+  assert resumed["per_seed"] == reference["per_seed"]  # bit-identical
+  assert rows_without_time(tmp_path / "killed") == rows_without_time(tmp_path / "reference")
+
+
+def test_each_seed_keeps_its_own_best_epoch(tmp_path):
+  script = {0: [3.0, 1.0, 2.0, 4.0], 1: [4.0, 3.0, 2.0, 1.0]}  # lower is better: epochs 2 and 4
+  results = train(tmp_path / "run", Scripted(script=script), num_seeds=2)
+  assert [r["best_epoch"] for r in results["per_seed"]] == [2, 4]
+  best = load(tmp_path / "run").params["w"]
+  train(tmp_path / "two_epochs", epochs=2, num_seeds=2)  # constant learning rate: epoch 2 of any run
+  np.testing.assert_array_equal(best[0], latest_params(tmp_path / "two_epochs")[0])
+  np.testing.assert_array_equal(best[1], latest_params(tmp_path / "run")[1])
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  with pytest.raises(
+    errors.TrainingDiverged, match=r"loss became nan at step 9 \(epoch 3\) \(seed 0\)"
+  ) as error:
+    train(tmp_path / "run", Scripted(poison_epoch=3), num_seeds=2)
+  assert (error.value.epoch, error.value.seed, error.value.kept_step) == (3, 0, 8)
+  train(tmp_path / "two_epochs", epochs=2, num_seeds=2)
+  np.testing.assert_array_equal(latest_params(tmp_path / "run"), latest_params(tmp_path / "two_epochs"))
+  assert len(run_records.read_metrics(str(tmp_path / "run"))) == 2  # nothing logged from the bad epoch
+
+
+def test_a_workdir_whose_first_epoch_diverged_takes_new_settings(tmp_path):
+  with pytest.raises(errors.TrainingDiverged, match="no checkpoint was written yet"):
+    train(tmp_path / "run", Scripted(poison_epoch=1))
+  fixed = Scripted(optim.OptimConfig(optimizer="sgd", learning_rate=0.01))
+  assert train(tmp_path / "run", fixed)["epochs"] == 4
+
+
+def test_plateau_lowers_each_seeds_learning_rate_on_its_own(tmp_path):
+  plateau = optim.OptimConfig(optimizer="sgd", learning_rate=0.02, lr_schedule="plateau", plateau_patience=1)
+  script = {0: [1.0, 0.5, 0.5, 0.5, 0.5], 1: [5.0, 4.0, 3.0, 2.0, 1.0]}
+  train(tmp_path / "run", Scripted(plateau, script=script), epochs=5, num_seeds=2)
+  scales = [row["per_seed"]["learning_rate_scale"] for row in run_records.read_metrics(str(tmp_path / "run"))]
+  assert [s[0] for s in scales] == [1.0, 1.0, 1.0, 0.5, 0.25]  # stalled after epoch 2, patience 1
+  assert [s[1] for s in scales] == [1.0] * 5
+  # Without the plateau schedule the same script changes nothing.
+  train(tmp_path / "constant", Scripted(script=script), epochs=5, num_seeds=2)
+  assert all(
+    row["learning_rate_scale"] == 1.0 for row in run_records.read_metrics(str(tmp_path / "constant"))
+  )
+
+
+def test_seeds_stacked_or_one_after_another_give_the_same_results(tmp_path):
+  stacked = train(tmp_path / "stacked", num_seeds=3, seed=5)
+  sequential = train(tmp_path / "sequential", num_seeds=3, seed=5, sequential_seeds=True)
+  assert sequential["sequential_seeds"] == ["seed_5", "seed_6", "seed_7"]
+  assert sequential["seeds"] == stacked["seeds"] == [5, 6, 7]
+  for a, b in zip(stacked["per_seed"], sequential["per_seed"]):
+    assert a["best_epoch"] == b["best_epoch"]
+    np.testing.assert_allclose(a["dev"]["mse"], b["dev"]["mse"], rtol=1e-6)
+  np.testing.assert_allclose(
+    load(tmp_path / "sequential").params["w"], load(tmp_path / "stacked").params["w"], rtol=1e-6
+  )
+  rows = run_records.read_metrics(str(tmp_path / "sequential"))
+  assert len(rows) == 4 and len(rows[0]["per_seed"]["dev_mse"]) == 3
+  with pytest.raises(errors.WorkdirError, match="seeds were trained one after another"):
+    train(tmp_path / "sequential", num_seeds=3, seed=5)
+  with pytest.raises(errors.WorkdirError, match="holds a run with stacked seeds"):
+    train(tmp_path / "stacked", num_seeds=3, seed=5, sequential_seeds=True)
+
+
+def test_a_workdir_of_another_configuration_is_refused_and_longer_training_is_allowed(tmp_path):
+  train(tmp_path / "run", epochs=2)
+  with pytest.raises(errors.ConfigMismatchError, match=r"train\.batch_size=16 there, 32 now") as error:
+    train(tmp_path / "run", epochs=2, batch_size=32)
+  assert error.value.differences == ["train.batch_size=16 there, 32 now"]
+  assert train(tmp_path / "run", epochs=3)["epochs"] == 3  # a constant schedule does not depend on epochs
+
+
+def test_out_of_memory_of_stacked_seeds_becomes_advice(tmp_path):
+  with pytest.raises(errors.OutOfDeviceMemory, match="2 stacked replicas do not fit") as error:
+    train(tmp_path / "two", Scripted(oom=True), num_seeds=2)
+  assert "sequential_seeds" in error.value.settings
+  with pytest.raises(jax.errors.JaxRuntimeError):  # one seed: nothing to advise, the error as it was
+    train(tmp_path / "one", Scripted(oom=True))
+
+
+def test_the_readme_shows_the_example_task_these_tests_train():
+  source = (REPO / "tests" / "example_task.py").read_text()
+  example = source.split("# --- README example begins ---\n")[1].split("# --- README example ends ---")[0]
+  assert example.strip() in (REPO / "README.md").read_text()
