@@ -246,7 +246,7 @@ _ADVICE = {
   errors.OutOfDeviceMemory: "rerun with --sequential_seeds (the same seeds one after another, same "
   "results to float tolerance) or fewer --num_seeds",
   errors.ConfigMismatchError: "use a new --workdir, or the original settings to resume",
-  errors.WorkdirError: "use another --workdir (a new one starts afresh)",
+  errors.WorkdirError: "check --workdir (to train afresh, use a new one)",
 }
 
 
