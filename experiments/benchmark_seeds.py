@@ -21,7 +21,7 @@ from absl import app, flags
 import numpy as np
 
 from experiments import common
-from simjax import optim, run_records
+from simjax import optim, run, run_records
 from simjax.tasks.cifar10 import task as cifar10_task
 from simjax.tasks.cifar10.models import ModelConfig as CnnConfig
 from simjax.tasks.similarity import datasets, task as similarity_task
@@ -78,17 +78,18 @@ def _similarity_runner(train_split: str):
       score_max=high,
     )
 
-  def run(workdir: str, num_seeds: int, sequential: bool):
+  def train(workdir: str, num_seeds: int, sequential: bool):
     config = similarity_task.TrainConfig(
       epochs=FLAGS.epochs, batch_size=batch_size, num_seeds=num_seeds, sequential_seeds=sequential
     )
-    return similarity_task.train_and_evaluate(model, data, optim_config, config, workdir)
+    task = similarity_task.SimilarityTask(model, data, optim_config, **config.task_settings)
+    return run.train_and_evaluate(task, config, workdir)
 
   batch_size = FLAGS.batch_size or 64
   what = (
     f"Siamese BiLSTM (lstm.flags recipe, hidden {FLAGS.hidden_size}), STS-B {train_split}, batch {batch_size}"
   )
-  return what, run
+  return what, train
 
 
 def _cifar_runner(train_split: str):
@@ -102,7 +103,7 @@ def _cifar_runner(train_split: str):
   model = CnnConfig(architecture="resnet", width=FLAGS.width, dtype=FLAGS.dtype)
   batch_size = FLAGS.batch_size or 256
 
-  def run(workdir: str, num_seeds: int, sequential: bool):
+  def train(workdir: str, num_seeds: int, sequential: bool):
     config = cifar10_task.TrainConfig(
       epochs=FLAGS.epochs,
       batch_size=batch_size,
@@ -110,13 +111,14 @@ def _cifar_runner(train_split: str):
       sequential_seeds=sequential,
       epoch_loop=FLAGS.epoch_loop,
     )
-    return cifar10_task.train_and_evaluate(model, data, optim_config, config, workdir)
+    task = cifar10_task.Cifar10Task(model, data, optim_config, **config.task_settings)
+    return run.train_and_evaluate(task, config, workdir)
 
   what = (
     f"ResNet-style CNN (width {FLAGS.width}, {FLAGS.dtype}), CIFAR-10 (JPEG stand-in) {train_split}, "
     f"batch {batch_size}"
   )
-  return what, run
+  return what, train
 
 
 def _steady_epoch_seconds(workdir: str) -> float:
@@ -126,7 +128,7 @@ def _steady_epoch_seconds(workdir: str) -> float:
 
 def benchmark() -> dict:
   split = FLAGS.train_split or ("train" if FLAGS.task == "similarity" else "train[:2048]")
-  what, run = (_similarity_runner if FLAGS.task == "similarity" else _cifar_runner)(split)
+  what, train = (_similarity_runner if FLAGS.task == "similarity" else _cifar_runner)(split)
   n = FLAGS.num_seeds
   work = os.path.join(FLAGS.out, f"seeds_{FLAGS.task}_work")
   shutil.rmtree(work, ignore_errors=True)
@@ -139,7 +141,7 @@ def benchmark() -> dict:
     workdir = os.path.join(work, label.replace(" ", "_"))
     print(f"{label}...", flush=True)
     start = time.perf_counter()
-    run(workdir, num_seeds, sequential)
+    train(workdir, num_seeds, sequential)
     wall = time.perf_counter() - start
     steady = _steady_epoch_seconds(workdir)
     measured[label] = {"wall_seconds": wall, "steady_epoch_seconds": steady}
@@ -193,11 +195,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   common.quiet_library_logs()
 
-  def run():
+  def measure():
     common.apply_compilation_cache()
     benchmark()
 
-  common.run_mode(run)
+  common.run_mode(measure)
 
 
 if __name__ == "__main__":

@@ -72,28 +72,18 @@ def workdir() -> str:
 
 def train() -> None:
   config = data_config()
+  train_config = common.config_from_flags(training.TrainConfig)
+  task = training.Cifar10Task(model_config(), config, common.optim_config(), **train_config.task_settings)
   split = "test" if training.tfds_split_name(config.eval_split) == "test" else "eval"
-  table = common.EpochTable(
-    [
-      ("epoch", "epoch", "d"),
-      ("train loss", "train_loss", ".4f"),
-      ("train acc", "train_accuracy", ".4f"),
-      (f"{split} acc", f"{split}_accuracy", ".4f"),
-      ("lr scale", "learning_rate_scale", ".3g"),
-      ("seconds", "epoch_seconds", ".1f"),
-    ]
-  )
-  print(f"workdir: {workdir()}")
-  results = training.train_and_evaluate(
-    model_config(),
-    config,
-    common.optim_config(),
-    common.config_from_flags(training.TrainConfig),
-    workdir(),
-    flags=common.flag_values(),
-    command=common.command_line(),
-    on_epoch=table.print_row,
-  )
+  columns = [
+    ("epoch", "epoch", "d"),
+    ("train loss", "train_loss", ".4f"),
+    ("train acc", "train_accuracy", ".4f"),
+    (f"{split} acc", f"{split}_accuracy", ".4f"),
+    ("lr scale", "learning_rate_scale", ".3g"),
+    ("seconds", "epoch_seconds", ".1f"),
+  ]
+  results = common.train_workdir(task, train_config, workdir(), columns)
   if "sequential_seeds" in results:  # the seeds ran one after another, each compiled its own program
     print(
       f"\ntrain {results['train_seconds']:.1f} s for {len(results['per_seed'])} seeds run one after another"

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from experiments import flagfiles
 from simjax import compilation, errors, optim, run
+from simjax.tasks.base import Task
 
 FLAGS = flags.FLAGS
 
@@ -125,6 +126,16 @@ def seed_summary_lines(results: dict[str, Any], keys: list[tuple[str, str]]) -> 
         f"  {label:18s} {s['mean']:.4f} ± {s['std']:.4f}  (min {s['min']:.4f}, max {s['max']:.4f}, n={s['n']})"
       )
   return lines
+
+
+def train_workdir(task: Task, config: run.RunConfig, workdir: str, columns: list[tuple[str, str, str]]):
+  """--mode=train: trains (or resumes) `task` in `workdir` through simjax.run, printing one
+  row of `columns` (see EpochTable) per epoch; records the flags and the command line."""
+  print(f"workdir: {workdir}")
+  table = EpochTable(columns)
+  return run.train_and_evaluate(
+    task, config, workdir, flags=flag_values(), command=command_line(), on_epoch=table.print_row
+  )
 
 
 def evaluate_workdir(workdir: str, load: Callable[[str], tuple]) -> dict[str, Any]:

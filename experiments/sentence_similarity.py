@@ -83,29 +83,24 @@ def workdir() -> str:
 
 
 def train() -> None:
-  table = common.EpochTable(
-    [
-      ("epoch", "epoch", "d"),
-      ("train MSE", "train_mse", ".4f"),
-      ("dev MSE", "dev_mse", ".4f"),
-      ("dev Pearson", "dev_pearson", ".4f"),
-      ("dev Spearman", "dev_spearman", ".4f"),
-      ("lr scale", "learning_rate_scale", ".3g"),
-      ("seconds", "epoch_seconds", ".1f"),
-    ]
-  )
-  print(f"workdir: {workdir()}")
-  results = training.train_and_evaluate(
+  train_config = common.config_from_flags(training.TrainConfig)
+  task = training.SimilarityTask(
     model_config_for,
     data_config(),
     common.optim_config(),
-    common.config_from_flags(training.TrainConfig),
-    workdir(),
-    flags=common.flag_values(),
-    command=common.command_line(),
-    on_epoch=table.print_row,
     progress=common.progress_bar,
+    **train_config.task_settings,
   )
+  columns = [
+    ("epoch", "epoch", "d"),
+    ("train MSE", "train_mse", ".4f"),
+    ("dev MSE", "dev_mse", ".4f"),
+    ("dev Pearson", "dev_pearson", ".4f"),
+    ("dev Spearman", "dev_spearman", ".4f"),
+    ("lr scale", "learning_rate_scale", ".3g"),
+    ("seconds", "epoch_seconds", ".1f"),
+  ]
+  results = common.train_workdir(task, train_config, workdir(), columns)
   coverage = results["data"].get("glove_coverage_of_train_vocab")  # known when the vocabulary is built
   if coverage is not None:
     print(f"GloVe coverage of the train vocabulary: {coverage:.1%}")

@@ -36,6 +36,7 @@ class CheckpointStore:
     self.workdir = os.path.abspath(workdir)
     self._latest = self._manager("checkpoints", keep, read_only)
     self._best = self._manager("best", 1, read_only)
+    self._open = True
 
   def _manager(self, name: str, keep: int, read_only: bool) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
@@ -113,8 +114,11 @@ class CheckpointStore:
     return restored["state"], dict(restored["meta"])
 
   def close(self) -> None:
-    self._latest.close()
-    self._best.close()
+    """Idempotent: a second call does nothing."""
+    if self._open:
+      self._open = False
+      self._latest.close()
+      self._best.close()
 
 
 def read_config(workdir: str) -> dict[str, Any]:

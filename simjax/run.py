@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from typing import Any, Callable
 
 import jax
@@ -67,9 +68,11 @@ class RunConfig:
     return replicas.seed_list(self.seed, self.num_seeds)
 
   @property
-  def run(self) -> "RunConfig":
-    """Only the shared settings (of a task's TrainConfig, which subclasses this one)."""
-    return RunConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(RunConfig)})
+  def task_settings(self) -> dict[str, Any]:
+    """The fields a task's TrainConfig adds to these, as keyword arguments of its Task:
+    run.train_and_evaluate(Cifar10Task(model, data, optim, **config.task_settings), config, workdir)."""
+    shared = {f.name for f in dataclasses.fields(RunConfig)}
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in shared}
 
 
 def train_and_evaluate(
@@ -103,13 +106,20 @@ def train_and_evaluate(
 def _train_stacked(task: Task, config: RunConfig, workdir: str, records, on_epoch) -> dict[str, Any]:
   """`records`: {"flags", "command"}, written with the provenance to run_info.json and results.json."""
   seeds = config.seeds
+  new_workdir = not os.path.isdir(workdir) or not os.listdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   store = CheckpointStore(workdir, keep=config.keep_checkpoints)
   try:
     # A workdir without checkpoints (say, a run that diverged in its first epoch) takes the
     # new settings; one with checkpoints only resumes with the settings it was trained with.
     resuming = store.latest_step() is not None
-    data_info = task.prepare(workdir, config, resuming=resuming)
+    try:
+      data_info = task.prepare(workdir, config, resuming=resuming)
+    except Exception:
+      if new_workdir:  # e.g. data missing: leave no empty workdir behind (this call made it)
+        store.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+      raise
     store.guard_config(workdir_config(task, config), replace=not resuming)
     run_records.write_json(
       os.path.join(workdir, run_records.RUN_INFO_FILE),

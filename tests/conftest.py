@@ -2,17 +2,32 @@
 
 import os
 import pathlib
+import shutil
 import tempfile
 
 import pytest
 
+from simjax import compilation
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # On a GPU machine, tests start JAX subprocesses beside this one: none may grab 75% of the memory.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-# The command lines the tests start (experiments.main, reproduce) share one JAX compilation
-# cache per test worker, so a program compiled by one test is loaded by the next (the tiny
-# models repeat). In-process tests compile afresh: some check compile times.
-os.environ.setdefault("SIMJAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="simjax-test-jax-cache-"))
+# The tests and the command lines they start (experiments.main, reproduce) share one JAX
+# compilation cache, so a program compiled by one test is loaded by the next
+# (the tiny models repeat). Tests of the cache itself use folders of their own.
+# The xdist workers inherit the folder from the controller (their environment is its copy), so
+# all workers share it; the process that made it removes it at the end of the session.
+_MADE_CACHE_DIR = None
+if not os.environ.get("SIMJAX_COMPILATION_CACHE_DIR"):
+  _MADE_CACHE_DIR = os.environ["SIMJAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
+    prefix="simjax-test-jax-cache-"
+  )
+compilation.enable_persistent_cache(os.environ["SIMJAX_COMPILATION_CACHE_DIR"])
+
+
+def pytest_sessionfinish(session, exitstatus):
+  if _MADE_CACHE_DIR:
+    shutil.rmtree(_MADE_CACHE_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

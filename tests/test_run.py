@@ -176,6 +176,22 @@ def test_out_of_memory_of_stacked_seeds_becomes_advice(tmp_path):
     train(tmp_path / "one", Scripted(oom=True))
 
 
+class NoData(LinearTask):
+  def prepare(self, workdir, config, *, resuming):
+    raise errors.DataError("no data here", settings=("data_dir",))
+
+
+def test_a_run_whose_data_is_missing_leaves_no_new_workdir_and_keeps_an_old_one(tmp_path):
+  with pytest.raises(errors.DataError, match="no data here"):
+    train(tmp_path / "new", NoData(SGD))
+  assert not (tmp_path / "new").exists()
+  train(tmp_path / "old", epochs=1)
+  before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "old").rglob("*"))
+  with pytest.raises(errors.DataError):
+    train(tmp_path / "old", NoData(SGD), epochs=2)
+  assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "old").rglob("*")) == before
+
+
 def test_the_readme_shows_the_example_task_these_tests_train():
   source = (REPO / "tests" / "example_task.py").read_text()
   example = source.split("# --- README example begins ---\n")[1].split("# --- README example ends ---")[0]

@@ -15,11 +15,9 @@ from experiments import fold_gpu_session, reproduce
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def smoke_session(prepared, cifar_data_dir, tmp_path_factory):
-  """Runs `SIMJAX_SMOKE=1 bash benchmarks/gpu_session.sh` once; returns (its $OUT, its console)."""
-  tmp = tmp_path_factory.mktemp("gpu_session")
-  data_dir = pathlib.Path(prepared("stsb"))
+def _smoke_session(data_dir: pathlib.Path, cifar_data_dir: str, tmp: pathlib.Path):
+  """Runs `SIMJAX_SMOKE=1 bash benchmarks/gpu_session.sh`; returns (its $OUT, its console)."""
+  tmp.mkdir(parents=True, exist_ok=True)
   if not (data_dir / "cifar10").exists():
     (data_dir / "cifar10").symlink_to(pathlib.Path(cifar_data_dir) / "cifar10")
   env = {
@@ -43,8 +41,11 @@ def smoke_session(prepared, cifar_data_dir, tmp_path_factory):
   return tmp / "out", done.stdout
 
 
-def test_smoke_session_runs_every_step_and_packs_what_a_device_run_returns(smoke_session):
-  out, console = smoke_session
+def test_smoke_session_runs_every_step_packs_what_a_device_run_returns_and_folds(
+  prepared, cifar_data_dir, tmp_path
+):
+  # One test, so that the session (about 2 minutes) runs once whichever worker takes it.
+  out, console = _smoke_session(pathlib.Path(prepared("stsb")), cifar_data_dir, tmp_path / "session")
   files = sorted(p.name for p in out.iterdir())
   assert files == ["session.json", "session.log", "session.tar.gz"]  # a device returns at most 8 files
   session = json.loads((out / "session.json").read_text())
@@ -65,10 +66,12 @@ def test_smoke_session_runs_every_step_and_packs_what_a_device_run_returns(smoke
   assert run["flags"]["epoch_loop"] == "scan" and run["flags"]["dtype"] == "bfloat16"
   assert len(run["per_seed"]) == 2 and run["compile_seconds"] > 0
   assert {"benchmarks/deterministic.json", "logs/cnn_resnet.log"} <= set(names)
+  _check_fold(out, tmp_path / "repo")
 
 
-def test_fold_writes_report_benchmarks_and_readme_section(smoke_session, tmp_path):
-  out, _ = smoke_session
+def _check_fold(out: pathlib.Path, tmp_path: pathlib.Path) -> None:
+  """The fold writes the report, the benchmarks and the README section into a repo copy."""
+  tmp_path.mkdir()
   readme = tmp_path / "README.md"
   shutil.copy(REPO / "README.md", readme)
   before = readme.read_text()

@@ -112,14 +112,23 @@ def test_killed_multi_seed_run_resumed_equals_uninterrupted(tiny, tmp_path):
   assert [json.loads(line)["epoch"] for line in open(workdir / "metrics.jsonl")] == list(range(1, epochs + 1))
 
 
-def test_eval_and_predict_use_the_trained_workdir(tiny, tmp_path, prepared, manual_dir):
+def test_eval_and_predict_use_the_trained_workdir_and_another_configuration_is_refused(
+  tiny, tmp_path, prepared, manual_dir
+):
   workdir = tmp_path / "run"
-  trained = _run(*tiny(workdir, epochs=1), "--num_seeds=2")
+  trained = _run(*tiny(workdir, epochs=1), "--num_seeds=2", "--deterministic")
   assert trained.returncode == 0, trained.stderr
   assert "dev Pearson" in trained.stdout and "test Pearson" in trained.stdout
   results = json.load(open(workdir / "results.json"))
+  # --deterministic reaches XLA (set before JAX starts) and is recorded with the run.
+  assert "--xla_gpu_deterministic_ops=true" in json.load(open(workdir / "run_info.json"))["xla_flags"]
+
+  other = _run(*tiny(workdir, epochs=1), "--num_seeds=2", "--deterministic", "--hidden_size=16")
+  assert other.returncode == 1
+  assert "model.hidden_size=8 there, 16 now" in other.stderr and "Traceback" not in other.stderr
 
   eval_flags = [
+    "--deterministic",  # the XLA flags of the training run: eval warns about nothing
     "--mode=eval",
     f"--workdir={workdir}",
     f"--data_dir={prepared('stsb')}",
@@ -154,16 +163,6 @@ def test_eval_and_predict_use_the_trained_workdir(tiny, tmp_path, prepared, manu
   assert malformed.stderr.strip() == (
     "error: stdin, line 1: expected 'sentence1<TAB>sentence2', found 1 tab-separated field(s)"
   )
-
-
-def test_workdir_of_another_configuration_is_refused_on_the_command_line(tiny, tmp_path):
-  workdir = tmp_path / "run"
-  assert _run(*tiny(workdir, epochs=1), "--deterministic").returncode == 0
-  # --deterministic reaches XLA (set before JAX starts) and is recorded with the run.
-  assert "--xla_gpu_deterministic_ops=true" in json.load(open(workdir / "run_info.json"))["xla_flags"]
-  other = _run(*tiny(workdir, epochs=1), "--hidden_size=16")
-  assert other.returncode == 1
-  assert "model.hidden_size=8 there, 16 now" in other.stderr and "Traceback" not in other.stderr
 
 
 def test_cifar_train_eval_and_predict_on_the_command_line(cifar_data_dir, tmp_path):

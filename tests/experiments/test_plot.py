@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -5,26 +6,36 @@ from absl import app, flags
 from PIL import Image
 
 from experiments import plot
-from simjax import optim
-from simjax.tasks.cifar10 import task as train
-from simjax.tasks.cifar10.models import ModelConfig
+from simjax import run_records
+from simjax.tasks.cifar10.input_pipeline import CLASS_NAMES
 
 
-def test_comparison_and_per_class_figures_from_real_runs(cifar_data_dir, tmp_path):
-  data = train.DataConfig(
-    data_dir=cifar_data_dir, cache_dir=None, train_split="train[:128]", eval_split="test[:64]"
-  )
-  workdirs = []
-  for head in ("fc", "gap"):
-    workdir = str(tmp_path / f"cnn_{head}")
-    train.train_and_evaluate(
-      ModelConfig(architecture="cnn", head=head, width=4, fc_units=(8,)),
-      data,
-      optim.OptimConfig(optimizer="nesterov", learning_rate=0.01),
-      train.TrainConfig(epochs=2, batch_size=32),
-      workdir,
-    )
-    workdirs.append(workdir)
+def _workdir(path, name, accuracy, seeds=1):
+  """A finished CIFAR-10 workdir's two files as the plot reads them (results.json,
+  metrics.jsonl). The real runs' files are plotted by the smoke device session's report
+  (tests/experiments/test_gpu_session.py) and by reproduce (tests/experiments/test_reproduce.py)."""
+  os.makedirs(path)
+  per_class = {c: accuracy + 0.01 * i for i, c in enumerate(CLASS_NAMES)}
+  results = {
+    "test": {"accuracy": accuracy, "per_class_accuracy": per_class},
+    "data": {"eval": {"label": "CIFAR-10 (JPEG stand-in)"}},
+    "flags": {"experiment": name},
+  }
+  if seeds > 1:
+    results["summary"] = {f"test.per_class_accuracy.{c}": {"std": 0.02} for c in CLASS_NAMES}
+  with open(os.path.join(path, run_records.RESULTS_FILE), "w") as f:
+    json.dump(results, f)
+  with open(os.path.join(path, run_records.METRICS_FILE), "w") as f:
+    for epoch in (1, 2, 3):
+      row = {"epoch": epoch, "train_loss": 2.0 / epoch, "test_accuracy": accuracy * epoch / 3}
+      if seeds > 1:
+        row["per_seed"] = {k: [v - 0.01, v + 0.01] for k, v in row.items() if k != "epoch"}
+      f.write(json.dumps(row) + "\n")
+  return str(path)
+
+
+def test_comparison_and_per_class_figures(tmp_path):
+  workdirs = [_workdir(tmp_path / "fc", "cnn_fc", 0.6), _workdir(tmp_path / "gap", "cnn_gap", 0.7, seeds=2)]
   paths = plot.plot(workdirs, str(tmp_path / "plots"))
   assert [os.path.basename(p) for p in paths] == ["comparison.png", "per_class_accuracy.png"]
   for path in paths:

@@ -296,7 +296,11 @@ class Cifar10Task(Task):
   """CIFAR-10 classification: the whole split on the device(s), the last epoch reported.
 
   The evaluated split is the study's test set: nothing is selected on it (no best
-  checkpoint), the last epoch is what results.json reports, as the study does.
+  checkpoint), the last epoch is what results.json reports, as the study does: overall and
+  per-class accuracy, confusion matrix, train and compile seconds, images per second.
+
+      run.train_and_evaluate(Cifar10Task(model, data, optim, **train_config.task_settings),
+                             train_config, workdir)
   """
 
   def __init__(
@@ -443,34 +447,6 @@ class Cifar10Task(Task):
 def tfds_split_name(split: str) -> str:
   """'test[:2000]' -> 'test' (the split a TFDS slice is taken from)."""
   return split.split("[", 1)[0].strip()
-
-
-def train_and_evaluate(
-  model_config: ModelConfig,
-  data_config: DataConfig,
-  optim_config: optim.OptimConfig,
-  train_config: TrainConfig,
-  workdir: str,
-  *,
-  flags: dict[str, Any] | None = None,
-  command: str | None = None,
-  on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
-) -> dict[str, Any]:
-  """Trains (or resumes) in `workdir` (see simjax.run); evaluates the last epoch on the eval split.
-
-  results.json: overall / per-class accuracy, confusion matrix, train and compile seconds,
-  images per second; with several seeds, each seed's results and their summary.
-  """
-  task = Cifar10Task(
-    model_config,
-    data_config,
-    optim_config,
-    label_smoothing=train_config.label_smoothing,
-    epoch_loop=train_config.epoch_loop,
-  )
-  return run.train_and_evaluate(
-    task, train_config.run, workdir, flags=flags, command=command, on_epoch=on_epoch
-  )
 
 
 def load_trained(workdir: str, **data_settings) -> tuple[TrainState, dict[str, Any], Cifar10Task]:

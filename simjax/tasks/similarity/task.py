@@ -235,7 +235,11 @@ def evaluate(
 # The task
 # --------------------------------------------------------------------------------------
 class SimilarityTask(Task):
-  """Sentence-pair similarity: each seed's best epoch on dev, evaluated on dev and test."""
+  """Sentence-pair similarity: each seed's best epoch on dev, evaluated on dev and test.
+
+  run.train_and_evaluate(SimilarityTask(model_fn, data, optim, **train_config.task_settings),
+                         train_config, workdir)   # also writes vocab.txt
+  """
 
   def __init__(
     self,
@@ -379,29 +383,6 @@ def _median_step_seconds(history, steps_per_epoch) -> float | None:
   # Epoch 1 includes compilation; later epochs measure the steady state.
   times = [row["epoch_seconds"] for row in history[1:]] or [row["epoch_seconds"] for row in history]
   return float(np.median(times)) / steps_per_epoch if times else None
-
-
-def train_and_evaluate(
-  model_config_fn: Callable[[PreparedData], ModelConfig],
-  data_config: DataConfig,
-  optim_config: optim.OptimConfig,
-  train_config: TrainConfig,
-  workdir: str,
-  *,
-  flags: dict[str, Any] | None = None,
-  command: str | None = None,
-  on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
-  progress: Callable[[int, str], Any] | None = None,
-) -> dict[str, Any]:
-  """Trains (or resumes) in `workdir` (see simjax.run), then evaluates each seed's best-on-dev
-  checkpoint on dev and test. Writes metrics.jsonl, results.json, run_info.json, vocab.txt
-  and checkpoints; with several seeds, results.json holds each seed's results and their summary."""
-  task = SimilarityTask(
-    model_config_fn, data_config, optim_config, best_metric=train_config.best_metric, progress=progress
-  )
-  return run.train_and_evaluate(
-    task, train_config.run, workdir, flags=flags, command=command, on_epoch=on_epoch
-  )
 
 
 def load_trained(workdir: str, **data_settings) -> tuple[TrainState, dict[str, Any], SimilarityTask]:
