@@ -1,7 +1,5 @@
 import json
 import os
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -11,11 +9,11 @@ import optax
 import pytest
 
 from simjax import optim, run, run_records
+from tests.multi_device import run_on_devices
 from simjax.train_state import TrainState
 from simjax.tasks.cifar10 import input_pipeline, task as train
 from simjax.tasks.cifar10.models import ModelConfig
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 TINY_OPTIM = optim.OptimConfig(optimizer="nesterov", learning_rate=0.05)
 
 
@@ -165,23 +163,10 @@ print(json.dumps({"devices": jax.device_count(), "bad": bad,
 
 
 def test_four_devices_give_the_losses_of_one(cifar_data_dir, tmp_path):
-  outputs = {}
-  for devices in (1, 4):
-    env = {
-      **os.environ,
-      "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-      "JAX_PLATFORMS": "cpu",  # the 4 devices are virtual CPU devices, also on a GPU machine
-      "PYTHONPATH": REPO,
-    }
-    done = subprocess.run(
-      [sys.executable, "-c", MULTI_DEVICE_SCRIPT, cifar_data_dir, str(tmp_path / str(devices))],
-      capture_output=True,
-      text=True,
-      env=env,
-      timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    outputs[devices] = json.loads(done.stdout.strip().splitlines()[-1])
+  outputs = {
+    devices: run_on_devices(MULTI_DEVICE_SCRIPT, devices, cifar_data_dir, str(tmp_path / str(devices)))
+    for devices in (1, 4)
+  }
   assert outputs[4]["devices"] == 4 and outputs[1]["devices"] == 1
   np.testing.assert_allclose(outputs[4]["losses"], outputs[1]["losses"], rtol=1e-4)
   assert abs(outputs[4]["accuracy"] - outputs[1]["accuracy"]) <= 2 / 64  # argmax ties may flip

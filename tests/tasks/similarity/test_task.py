@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 
 from simjax import optim, run, run_records
+from tests.multi_device import run_on_devices
 from simjax.tasks.similarity import task as train
 from simjax.tasks.similarity.models import ModelConfig
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def _tiny_model(data, **overrides):
@@ -125,33 +124,13 @@ print(json.dumps({"devices": jax.device_count(), "test": results["test"],
 
 
 def test_four_devices_give_the_losses_of_one(prepared, manual_dir, tmp_path):
-  import subprocess
-  import sys
-
-  outputs = {}
-  for devices in (1, 4):
-    env = {
-      **os.environ,
-      "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-      "JAX_PLATFORMS": "cpu",  # the 4 devices are virtual CPU devices, also on a GPU machine
-      "PYTHONPATH": REPO,
-    }
-    done = subprocess.run(
-      [
-        sys.executable,
-        "-c",
-        MULTI_DEVICE_SCRIPT,
-        prepared("stsb"),
-        str(manual_dir),
-        str(tmp_path / str(devices)),
-      ],
-      capture_output=True,
-      text=True,
-      env=env,
-      timeout=300,
+  data_dir = prepared("stsb")
+  outputs = {
+    devices: run_on_devices(
+      MULTI_DEVICE_SCRIPT, devices, data_dir, str(manual_dir), str(tmp_path / str(devices))
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    outputs[devices] = json.loads(done.stdout.strip().splitlines()[-1])
+    for devices in (1, 4)
+  }
   assert outputs[4]["devices"] == 4
   np.testing.assert_allclose(outputs[4]["losses"], outputs[1]["losses"], rtol=1e-4)
   np.testing.assert_allclose(outputs[4]["test"]["pearson"], outputs[1]["test"]["pearson"], rtol=1e-4)
