@@ -49,6 +49,13 @@ def define_flags() -> None:
   flags.DEFINE_integer(
     "hidden_size", 128, "Sentences: LSTM hidden size (smaller for a smoke test).", lower_bound=1
   )
+  flags.DEFINE_integer(
+    "max_length",
+    None,
+    "Sentences: tokens kept per sentence (default: the recipe's 64; 8 for a smoke test compiles "
+    "one length bucket instead of four).",
+    lower_bound=1,
+  )
   flags.DEFINE_string("eval_split", None, "Evaluated split (default: validation / test[:1000]).")
   flags.DEFINE_enum("epoch_loop", "auto", ["auto", "scan", "host"], "CIFAR: see experiments.main --helpfull.")
   common.define_compilation_cache_flag()
@@ -62,6 +69,7 @@ def _similarity_runner(train_split: str):
     manual_dir=FLAGS.manual_dir,
     train_split=train_split,
     **({"eval_split": FLAGS.eval_split, "test_split": FLAGS.eval_split} if FLAGS.eval_split else {}),
+    **({"max_length": FLAGS.max_length} if FLAGS.max_length else {}),
   )
   optim_config = optim.OptimConfig(optimizer="adam", learning_rate=1e-3, grad_clip_norm=5.0)
 
@@ -87,7 +95,8 @@ def _similarity_runner(train_split: str):
 
   batch_size = FLAGS.batch_size or 64
   what = (
-    f"Siamese BiLSTM (lstm.flags recipe, hidden {FLAGS.hidden_size}), STS-B {train_split}, batch {batch_size}"
+    f"Siamese BiLSTM (lstm.flags recipe, hidden {FLAGS.hidden_size}, {data.max_length} tokens), "
+    f"STS-B {train_split}, batch {batch_size}"
   )
   return what, train
 

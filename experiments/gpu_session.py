@@ -153,6 +153,7 @@ SMOKE = Sizes(
     "--train_split=train[:64]",
     "--eval_split=validation[:32]",
     "--hidden_size=8",
+    "--max_length=8",  # one length bucket: a quarter of the programs to compile
   ),
   deterministic=(),  # _SMOKE_CIFAR already has --epochs=1
   caps={"cnn_seeds": 300, "cnn_resnet": 300, "lstm_seeds": 300, "deterministic": 300, "classic": 300},

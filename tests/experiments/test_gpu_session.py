@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -60,7 +61,20 @@ def test_smoke_session_runs_every_step_packs_what_a_device_run_returns_and_folds
   with tarfile.open(out / "session.tar.gz") as tar:
     names = tar.getnames()
     run = json.load(tar.extractfile("reports/smoke/runs/cnn_resnet/results.json"))
-  assert "reports/smoke/report.md" in names and "reports/smoke/comparison.png" in names
+    report = tar.extractfile("reports/smoke/report.md").read().decode()
+    log = tar.extractfile("reports/smoke/logs/cnn_resnet.log").read().decode()
+    figure_bytes = {
+      f: tar.getmember(f"reports/smoke/{f}").size for f in ("comparison.png", "per_class_accuracy.png")
+    }
+  # The CIFAR half of reproduce's report (its sentence half: tests/experiments/test_reproduce.py).
+  for heading in ("## CIFAR-10 CNNs: test accuracy", "### Per-class test accuracy", "## Figures"):
+    assert heading in report
+  assert "CIFAR-10 here is the JPEG stand-in" in report
+  resnet_row = next(line for line in report.splitlines() if line.startswith("| cnn_resnet | – |"))
+  assert "%" in resnet_row.split("|")[3] and "--num_seeds=2" in resnet_row
+  for figure, size in figure_bytes.items():
+    assert size > 10_000 and f"![{figure}]({figure})" in report
+  assert log.startswith("$ python -m experiments.main --flagfile=cnn_resnet.flags")
   assert not [n for n in names if "/checkpoints" in n or "/best" in n]  # checkpoints stay on the device
   # The device's code path: the fused lax.scan epoch, bf16, several seeds.
   assert run["flags"]["epoch_loop"] == "scan" and run["flags"]["dtype"] == "bfloat16"
@@ -92,7 +106,8 @@ def _check_fold(out: pathlib.Path, tmp_path: pathlib.Path) -> None:
   assert "| cnn_fc, study | 86 | 96 | 73 | 65 | 77 | 71 | 90 | 84 | 95 | 93 |" in section  # study.json
   assert "| cnn_gap | 87% | not run |" in section  # the smoke run skips the classic structures
   assert "| cnn_resnet, ours |" in section
-  assert "`--deterministic` (`--xla_gpu_deterministic_ops=true`)" in section
+  # The deterministic run's XLA flags as recorded (here after the tests' own, tests/conftest.py).
+  assert re.search(r"`--deterministic` \(`[^`]*--xla_gpu_deterministic_ops=true`\)", section)
   assert "| 2 stacked |" in section
   # Folding the same session again replaces its section, not appends.
   assert _python(*fold).returncode == 0 and readme.read_text() == text

@@ -20,6 +20,9 @@ FLAGFILES = sorted(
 )
 
 
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
 def _command(*args):
   return [sys.executable, "-m", "experiments.main", *args]
 
@@ -85,45 +88,39 @@ def test_unknown_flag_and_missing_flagfile_are_one_clear_line():
   assert bad_value.returncode != 0 and "--cell" in bad_value.stderr and "Traceback" not in bad_value.stderr
 
 
-def test_killed_multi_seed_run_resumed_equals_uninterrupted(tiny, tmp_path):
-  epochs = 4
-  seeds = ["--num_seeds=2", "--seed=4"]
-  reference = _run(*tiny(tmp_path / "reference", epochs), *seeds)
-  assert reference.returncode == 0, reference.stderr
-  assert "Mean ± std over 2 seeds [4, 5]" in reference.stdout
-
-  workdir = tmp_path / "killed"
-  process = subprocess.Popen(
-    _command(*tiny(workdir, epochs), *seeds), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-  )
-  deadline = time.time() + 240
-  # Kill once a few epochs are saved, so the resumed run also inherits an earlier best.
-  while len(glob.glob(str(workdir / "checkpoints" / "[0-9]*"))) < 2 and time.time() < deadline:
-    time.sleep(0.02)
-  process.send_signal(signal.SIGKILL)
-  assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
-
-  resumed = _run(*tiny(workdir, epochs), *seeds)
-  assert resumed.returncode == 0, resumed.stderr
-  want = json.load(open(tmp_path / "reference" / "results.json"))
-  got = json.load(open(workdir / "results.json"))
-  assert got["per_seed"] == want["per_seed"] and got["summary"] == want["summary"]  # bit-identical
-  assert want["seeds"] == [4, 5] and want["per_seed"][0]["test"] != want["per_seed"][1]["test"]
-  assert [json.loads(line)["epoch"] for line in open(workdir / "metrics.jsonl")] == list(range(1, epochs + 1))
-
-
-def test_eval_and_predict_use_the_trained_workdir_and_another_configuration_is_refused(
+def test_a_killed_run_resumes_to_the_same_numbers_and_eval_and_predict_use_a_trained_workdir(
   tiny, tmp_path, prepared, manual_dir
 ):
-  workdir = tmp_path / "run"
-  trained = _run(*tiny(workdir, epochs=1), "--num_seeds=2", "--deterministic")
-  assert trained.returncode == 0, trained.stderr
-  assert "dev Pearson" in trained.stdout and "test Pearson" in trained.stdout
+  # One trained workdir serves the resume check and the eval/predict checks (one training fewer).
+  epochs = 4
+  seeds = ["--num_seeds=2", "--seed=4", "--deterministic"]
+  workdir = tmp_path / "reference"
+  reference = _run(*tiny(workdir, epochs), *seeds)
+  assert reference.returncode == 0, reference.stderr
+  assert "Mean ± std over 2 seeds [4, 5]" in reference.stdout
+  assert "dev Pearson" in reference.stdout and "test Pearson" in reference.stdout
   results = json.load(open(workdir / "results.json"))
+  assert results["seeds"] == [4, 5] and results["per_seed"][0]["test"] != results["per_seed"][1]["test"]
   # --deterministic reaches XLA (set before JAX starts) and is recorded with the run.
   assert "--xla_gpu_deterministic_ops=true" in json.load(open(workdir / "run_info.json"))["xla_flags"]
 
-  other = _run(*tiny(workdir, epochs=1), "--num_seeds=2", "--deterministic", "--hidden_size=16")
+  # kill -9 once a few epochs are saved, so the resumed run also inherits an earlier best.
+  killed = tmp_path / "killed"
+  process = subprocess.Popen(
+    _command(*tiny(killed, epochs), *seeds), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
+  deadline = time.time() + 240
+  while len(glob.glob(str(killed / "checkpoints" / "[0-9]*"))) < 2 and time.time() < deadline:
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+  resumed = _run(*tiny(killed, epochs), *seeds)
+  assert resumed.returncode == 0, resumed.stderr
+  got = json.load(open(killed / "results.json"))
+  assert got["per_seed"] == results["per_seed"] and got["summary"] == results["summary"]  # bit-identical
+  assert [json.loads(line)["epoch"] for line in open(killed / "metrics.jsonl")] == list(range(1, epochs + 1))
+
+  other = _run(*tiny(workdir, epochs), *seeds, "--hidden_size=16")
   assert other.returncode == 1
   assert "model.hidden_size=8 there, 16 now" in other.stderr and "Traceback" not in other.stderr
 
@@ -173,34 +170,33 @@ def test_cifar_train_eval_and_predict_on_the_command_line(cifar_data_dir, tmp_pa
   trained = _run(
     "--flagfile=cnn_gap.flags",
     *common,
-    "--train_split=train[:128]",
+    "--train_split=train[:256]",
     "--eval_split=test[:64]",
     "--width=4",
-    "--epochs=1",
+    "--epochs=4",
     "--batch_size=32",
   )
   assert trained.returncode == 0, trained.stderr
   assert "accuracy (test[:64], last epoch)" in trained.stdout and "images/s" in trained.stdout
+  history = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.1
+  results = json.load(open(workdir / "results.json"))
+  assert set(results["test"]["per_class_accuracy"]) == set(CIFAR_CLASSES)
+  assert np.sum(results["test"]["confusion_matrix"]) == 64
+  assert results["images_per_second"] > 0 and results["compile_seconds"] > 0
+  assert set(results["seconds_to_accuracy"]) == {"0.8", "0.85", "0.9", "0.94"}
+  assert results["versions"]["jax"] and results["flags"]["width"] == 4
+  assert not os.listdir(workdir / "best")  # nothing is selected on the test split
+  assert len(os.listdir(workdir / "checkpoints")) == 3  # the latest 3 of 4 epochs
   evaluated = _run("--task=cifar10", "--mode=eval", *common, "--eval_split=test[:64]")
   assert evaluated.returncode == 0, evaluated.stderr
-  assert json.load(open(workdir / "eval.json"))["test"] == json.load(open(workdir / "results.json"))["test"]
+  assert json.load(open(workdir / "eval.json"))["test"] == results["test"]
 
   Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "black.png")
   predicted = _run("--task=cifar10", "--mode=predict", *common, str(tmp_path / "black.png"))
   assert predicted.returncode == 0, predicted.stderr
   path, label = predicted.stdout.strip().split("\t")
-  assert path.endswith("black.png") and label in (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-  )
+  assert path.endswith("black.png") and label in CIFAR_CLASSES
   (tmp_path / "notes.txt").write_text("hello")
   bad = _run("--task=cifar10", "--mode=predict", *common, str(tmp_path / "notes.txt"))
   assert (

@@ -1,6 +1,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -24,7 +25,7 @@ def data_config(prepared, manual_dir):
     train_split="train[:256]",
     eval_split="validation[:64]",
     test_split="test[:64]",
-    max_length=16,
+    max_length=8,  # one length bucket, so one program per step to compile
   )
 
 
@@ -52,18 +53,21 @@ def test_loss_goes_down_and_outputs_are_written(tmp_path, data_config):
 def test_stacked_seeds_train_like_single_runs_and_are_summarized(tmp_path, data_config):
   dropout = lambda d: _tiny_model(d, num_layers=2, dropout=0.3)  # per-seed dropout keys matter too
   stacked = _run(tmp_path / "stacked", data_config, epochs=2, model=dropout, seed=3, num_seeds=2)
-  singles = [_run(tmp_path / f"seed{s}", data_config, epochs=2, model=dropout, seed=s) for s in (3, 4)]
-  assert stacked["seeds"] == [3, 4]
+  # The same seeds one after another: each trains alone, as a one-seed run of its own would.
+  singles = _run(
+    tmp_path / "singles", data_config, epochs=2, model=dropout, seed=3, num_seeds=2, sequential_seeds=True
+  )
+  assert stacked["seeds"] == singles["seeds"] == [3, 4]
   # Replica r is seed 3 + r: the same numbers as its own run, up to float summation order.
-  for replica, single in zip(stacked["per_seed"], singles):
+  for replica, single in zip(stacked["per_seed"], singles["per_seed"]):
     for split in ("dev", "test"):
       assert replica[split] == pytest.approx(single[split], rel=1e-4, abs=1e-5)
     assert replica["best_epoch"] == single["best_epoch"]
   rows = run_records.read_metrics(str(tmp_path / "stacked"))
-  for r, s in enumerate((3, 4)):
-    single_rows = run_records.read_metrics(str(tmp_path / f"seed{s}"))
+  single_rows = run_records.read_metrics(str(tmp_path / "singles"))
+  for r in range(2):
     got = [row["per_seed"]["train_mse"][r] for row in rows]
-    assert got == pytest.approx([row["train_mse"] for row in single_rows], rel=1e-4)
+    assert got == pytest.approx([row["per_seed"]["train_mse"][r] for row in single_rows], rel=1e-4)
   # Seeds differ from each other, and the summary is their statistics.
   pearsons = [r["test"]["pearson"] for r in stacked["per_seed"]]
   assert len(set(pearsons)) == 2
@@ -74,8 +78,7 @@ def test_stacked_seeds_train_like_single_runs_and_are_summarized(tmp_path, data_
   assert (summary["min"], summary["max"]) == (min(pearsons), max(pearsons))
   assert stacked["test"]["pearson"] == pytest.approx(np.mean(pearsons))
   assert json.load(open(tmp_path / "stacked" / "results.json"))["summary"] == stacked["summary"]
-  # Seeds run one after another give the same numbers: tests/test_run.py (fake task). The same
-  # seed gives bit-identical numbers: tests/experiments/test_main.py (a killed and resumed run).
+  # The same seed gives bit-identical numbers: tests/experiments/test_main.py (a killed and resumed run).
 
 
 def test_frozen_embeddings_do_not_move(tmp_path, data_config):
@@ -107,28 +110,27 @@ def test_frozen_embeddings_do_not_move(tmp_path, data_config):
   assert not np.allclose(state.params["encoder"]["embedding"]["embedding"], prepared.embedding_matrices)
 
 
-MULTI_DEVICE_SCRIPT = r"""
-import json, sys
-import jax
-from simjax import optim, run, run_records
-from simjax.tasks.similarity import task as train
-from simjax.tasks.similarity.models import ModelConfig
-data = train.DataConfig(dataset="stsb", data_dir=sys.argv[1], manual_dir=sys.argv[2], train_split="train[:256]",
-                        eval_split="validation[:64]", test_split="test[:64]", max_length=16)
-results = run.train_and_evaluate(train.SimilarityTask(
-  lambda d: ModelConfig(vocab_size=len(d.vocab), embedding_dim=8, hidden_size=8, head="mlp", mlp_hidden=8),
-  data, optim.OptimConfig(learning_rate=1e-2)), train.TrainConfig(epochs=2, batch_size=32), sys.argv[3])
-print(json.dumps({"devices": jax.device_count(), "test": results["test"],
-                  "losses": [r["train_mse"] for r in run_records.read_metrics(sys.argv[3])]}))
-"""
+def train_tiny(data_dir: str, manual_dir: str, workdir: str) -> dict:
+  """A tiny run on this process's devices (tests.multi_device runs it on 1 and on 4)."""
+  data = train.DataConfig(
+    dataset="stsb",
+    data_dir=data_dir,
+    manual_dir=manual_dir,
+    train_split="train[:256]",
+    eval_split="validation[:64]",
+    test_split="test[:64]",
+    max_length=8,
+  )
+  task = train.SimilarityTask(_tiny_model, data, optim.OptimConfig(learning_rate=1e-2))
+  results = run.train_and_evaluate(task, train.TrainConfig(epochs=2, batch_size=32), workdir)
+  losses = [r["train_mse"] for r in run_records.read_metrics(workdir)]
+  return {"devices": jax.device_count(), "test": results["test"], "losses": losses}
 
 
 def test_four_devices_give_the_losses_of_one(prepared, manual_dir, tmp_path):
   data_dir = prepared("stsb")
   outputs = {
-    devices: run_on_devices(
-      MULTI_DEVICE_SCRIPT, devices, data_dir, str(manual_dir), str(tmp_path / str(devices))
-    )
+    devices: run_on_devices(train_tiny, devices, data_dir, str(manual_dir), str(tmp_path / str(devices)))
     for devices in (1, 4)
   }
   assert outputs[4]["devices"] == 4
