@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging as std_logging  # absl's logging is `logging` here
 import os
 import sys
 from typing import Any, Callable, Iterable
@@ -243,6 +244,14 @@ def quiet_library_logs() -> None:
   the user asked for more with -v / --verbosity. Real failures arrive as exceptions."""
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.ERROR)
+  # simjax's own warnings (e.g. a stale workdir lock taken over) are for the user: one line each.
+  simjax_log = std_logging.getLogger("simjax")
+  if not simjax_log.handlers:
+    handler = std_logging.StreamHandler(sys.stderr)
+    handler.setFormatter(std_logging.Formatter("warning: %(message)s"))
+    simjax_log.addHandler(handler)
+    simjax_log.setLevel(std_logging.WARNING)
+    simjax_log.propagate = False
 
 
 # What to change for each kind of failure, in flag names (the library names none).
@@ -257,6 +266,7 @@ _ADVICE = {
   errors.OutOfDeviceMemory: "rerun with --sequential_seeds (the same seeds one after another, same "
   "results to float tolerance) or fewer --num_seeds",
   errors.ConfigMismatchError: "use a new --workdir, or the original settings to resume",
+  errors.WorkdirLocked: "wait for that run to end, or use another --workdir",
   errors.WorkdirError: "check --workdir (to train afresh, use a new one)",
 }
 

@@ -69,6 +69,25 @@ class ConfigMismatchError(WorkdirError):
     )
 
 
+class WorkdirLocked(WorkdirError):
+  """Another process holds the workdir's lock (it trains or evaluates there); `holder` is
+  what its lock file records: pid, host, started, command."""
+
+  def __init__(self, workdir: str, lock_path: str, holder: dict, *, same_host: bool):
+    self.lock_path, self.holder = lock_path, holder
+    who = (
+      f"process {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('started', '?')}"
+      if holder
+      else "a process that is writing its lock file"
+    )
+    gone = (
+      ""
+      if same_host
+      else f"; that host's process cannot be checked from here: delete {lock_path} once that run is over"
+    )
+    super().__init__(f"workdir {workdir} is in use by {who}{gone}", workdir)
+
+
 class TrainingDiverged(SimjaxError, RuntimeError):
   """The loss or the parameters became NaN or infinite. The last good checkpoint is kept."""
 

@@ -18,6 +18,7 @@ Workdir:  config.json     what the checkpoints were trained as (see Task.run_con
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -27,7 +28,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from simjax import loop, optim, replicas, run_records, summary
+from simjax import loop, optim, replicas, run_records, summary, workdir_lock
 from simjax.checkpoints import (
   CONFIG_FILE,
   CheckpointStore,
@@ -91,22 +92,49 @@ def train_and_evaluate(
   metrics row.
   """
   records = {"flags": flags or {}, "command": command}
-  if config.sequential_seeds and config.num_seeds > 1:
-    return _train_sequentially(task, config, workdir, records, on_epoch)
-  if sequential_seed_dirs(workdir):
-    raise WorkdirError(f"{workdir} holds a run whose seeds were trained one after another", workdir)
+  new_workdir = not _has_files(workdir)
   try:
-    return _train_stacked(task, config, workdir, records, on_epoch)
-  except jax.errors.JaxRuntimeError as e:
-    if config.num_seeds > 1 and _is_resource_exhausted(e):
-      raise OutOfDeviceMemory(config.num_seeds, _first_line(e)) from None
-    raise
+    with workdir_lock.hold(workdir):  # one process at a time writes here
+      if config.sequential_seeds and config.num_seeds > 1:
+        return _train_sequentially(task, config, workdir, records, on_epoch)
+      if sequential_seed_dirs(workdir):
+        raise WorkdirError(f"{workdir} holds a run whose seeds were trained one after another", workdir)
+      try:
+        return _train_stacked(task, config, workdir, records, on_epoch, new_workdir)
+      except jax.errors.JaxRuntimeError as e:
+        if config.num_seeds > 1 and _is_resource_exhausted(e):
+          raise OutOfDeviceMemory(config.num_seeds, _first_line(e)) from None
+        raise
+  finally:
+    if new_workdir and not _has_files(workdir):  # e.g. data missing: leave no empty workdir behind
+      with contextlib.suppress(OSError):
+        os.rmdir(workdir)  # only if empty: another process's new lock keeps it
 
 
-def _train_stacked(task: Task, config: RunConfig, workdir: str, records, on_epoch) -> dict[str, Any]:
-  """`records`: {"flags", "command"}, written with the provenance to run_info.json and results.json."""
+def _empty(workdir: str) -> None:
+  """Removes what `workdir` holds but its lock (the lock's holder removes that), and the
+  workdir itself if nothing is left (a seed_<s> folder has no lock of its own)."""
+  for name in set(os.listdir(workdir)) - {workdir_lock.LOCK_FILE}:
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    else:
+      os.remove(path)
+  with contextlib.suppress(OSError):
+    os.rmdir(workdir)
+
+
+def _has_files(workdir: str) -> bool:
+  """Whether `workdir` holds anything but (maybe) its lock."""
+  return os.path.isdir(workdir) and bool(set(os.listdir(workdir)) - {workdir_lock.LOCK_FILE})
+
+
+def _train_stacked(
+  task: Task, config: RunConfig, workdir: str, records, on_epoch, new_workdir: bool
+) -> dict[str, Any]:
+  """`records`: {"flags", "command"}, written with the provenance to run_info.json and results.json;
+  `new_workdir`: whether the caller found `workdir` empty (then a failed start removes it)."""
   seeds = config.seeds
-  new_workdir = not os.path.isdir(workdir) or not os.listdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   store = CheckpointStore(workdir, keep=config.keep_checkpoints)
   try:
@@ -118,7 +146,7 @@ def _train_stacked(task: Task, config: RunConfig, workdir: str, records, on_epoc
     except Exception:
       if new_workdir:  # e.g. data missing: leave no empty workdir behind (this call made it)
         store.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        _empty(workdir)
       raise
     store.guard_config(workdir_config(task, config), replace=not resuming)
     run_records.write_json(
@@ -190,7 +218,12 @@ def _train_sequentially(task: Task, config: RunConfig, workdir: str, records, on
   seed_dirs = [os.path.join(workdir, SEED_DIR.format(s)) for s in config.seeds]
   runs = [
     _train_stacked(
-      task, dataclasses.replace(config, seed=s, num_seeds=1, sequential_seeds=False), d, records, on_epoch
+      task,
+      dataclasses.replace(config, seed=s, num_seeds=1, sequential_seeds=False),
+      d,
+      records,
+      on_epoch,
+      new_workdir=not _has_files(d),
     )
     for s, d in zip(config.seeds, seed_dirs)
   ]
@@ -282,13 +315,16 @@ def evaluate_trained(
   `load_trained` does, and `task.evaluate_trained(state, batch_size)` every replica's
   metrics and the run-level fields. Writes eval.json; returns it and what differs from the
   training run's provenance (versions, device, code, data checksums)."""
-  state, config, task = load(workdir)
-  per_seed_metrics, extras = task.evaluate_trained(state, batch_size)
-  seeds = replicas.from_config(config, workdir)
-  per_seed = [{"seed": s, **m} for s, m in zip(seeds, per_seed_metrics)]
-  results = {**summary.combine(per_seed), **extras, **run_records.provenance(command)}
-  differences = _differences_from_training(workdir, results)
-  run_records.write_json(os.path.join(workdir, EVAL_FILE), results)
+  if not os.path.isdir(workdir):
+    raise WorkdirError(f"workdir {workdir} not found", workdir)
+  with workdir_lock.hold(workdir):  # not while a run trains there, nor two evaluations at once
+    state, config, task = load(workdir)
+    per_seed_metrics, extras = task.evaluate_trained(state, batch_size)
+    seeds = replicas.from_config(config, workdir)
+    per_seed = [{"seed": s, **m} for s, m in zip(seeds, per_seed_metrics)]
+    results = {**summary.combine(per_seed), **extras, **run_records.provenance(command)}
+    differences = _differences_from_training(workdir, results)
+    run_records.write_json(os.path.join(workdir, EVAL_FILE), results)
   return results, differences
 
 

@@ -185,6 +185,9 @@ def test_a_run_whose_data_is_missing_leaves_no_new_workdir_and_keeps_an_old_one(
   with pytest.raises(errors.DataError, match="no data here"):
     train(tmp_path / "new", NoData(SGD))
   assert not (tmp_path / "new").exists()
+  with pytest.raises(errors.DataError, match="no data here"):
+    train(tmp_path / "new", NoData(SGD), num_seeds=2, sequential_seeds=True)
+  assert not (tmp_path / "new").exists()
   train(tmp_path / "old", epochs=1)
   before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "old").rglob("*"))
   with pytest.raises(errors.DataError):

@@ -116,6 +116,7 @@ def test_a_killed_run_resumes_to_the_same_numbers_and_eval_and_predict_use_a_tra
   assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
   resumed = _run(*tiny(killed, epochs), *seeds)
   assert resumed.returncode == 0, resumed.stderr
+  assert f"warning: took over the stale lock {killed / '.lock'} of process {process.pid}" in resumed.stderr
   got = json.load(open(killed / "results.json"))
   assert got["per_seed"] == results["per_seed"] and got["summary"] == results["summary"]  # bit-identical
   assert [json.loads(line)["epoch"] for line in open(killed / "metrics.jsonl")] == list(range(1, epochs + 1))

@@ -1,0 +1,106 @@
+"""The workdir lock: one writing process per workdir; stale locks taken over, foreign ones not."""
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import pytest
+
+from experiments import common
+from tests.example_task import LinearTask
+from simjax import errors, optim, run, workdir_lock
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SGD = optim.OptimConfig(optimizer="sgd", learning_rate=0.02)
+
+_HOLD = """
+import sys, time
+from simjax import workdir_lock
+with workdir_lock.hold(sys.argv[1]):
+  print("held", flush=True)
+  time.sleep(60)
+"""
+
+
+def _train(workdir, **config):
+  settings = dict(epochs=2, batch_size=16)
+  return run.train_and_evaluate(LinearTask(SGD), run.RunConfig(**{**settings, **config}), str(workdir))
+
+
+def _write_lock(workdir, **holder):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, workdir_lock.LOCK_FILE), "w") as f:
+    json.dump(holder, f)
+
+
+def _gone_pid() -> int:
+  """The pid of a process that has ended."""
+  done = subprocess.run(
+    [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+  )
+  return int(done.stdout)
+
+
+def test_a_second_process_is_refused_at_once_naming_the_holder_and_the_workdir_is_untouched(tmp_path):
+  workdir = tmp_path / "run"
+  holder = subprocess.Popen(
+    [sys.executable, "-c", _HOLD, str(workdir)],
+    cwd=REPO,
+    env={**os.environ, "PYTHONPATH": REPO},
+    stdout=subprocess.PIPE,
+    text=True,
+  )
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    started = time.perf_counter()
+    with pytest.raises(
+      errors.WorkdirLocked, match=f"in use by process {holder.pid} on {platform.node()}"
+    ) as e:
+      _train(workdir)
+    assert time.perf_counter() - started < 5  # refused before any work
+    assert os.listdir(workdir) == [workdir_lock.LOCK_FILE]  # nothing written
+    line = common.error_line(e.value)
+    assert line.endswith("wait for that run to end, or use another --workdir") and "\n" not in line
+    with pytest.raises(errors.WorkdirLocked):  # evaluation writes eval.json: locked out too
+      run.evaluate_trained(str(workdir), lambda w: None, 16)
+  finally:
+    holder.kill()
+    holder.wait()
+  # Its process killed, the lock is stale: the next run takes it over and trains.
+  results = _train(workdir)
+  assert results["per_seed"][0]["dev"]["mse"] >= 0
+  assert workdir_lock.LOCK_FILE not in os.listdir(workdir)  # released at the end
+
+
+def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path, caplog):
+  workdir = tmp_path / "run"
+  _write_lock(workdir, pid=_gone_pid(), host=platform.node(), started="2026-01-01T00:00:00+00:00")
+  with caplog.at_level(logging.WARNING, logger="simjax"):
+    _train(workdir)
+  assert "took over the stale lock" in caplog.text and "2026-01-01T00:00:00+00:00" in caplog.text
+  assert workdir_lock.LOCK_FILE not in os.listdir(workdir)
+
+
+def test_a_lock_from_another_host_is_never_taken_over(tmp_path):
+  workdir = tmp_path / "run"
+  _write_lock(workdir, pid=1, host="elsewhere-" + platform.node(), started="2026-01-01T00:00:00+00:00")
+  with pytest.raises(errors.WorkdirLocked, match="delete .*\\.lock once that run is over"):
+    _train(workdir)
+  assert os.path.exists(os.path.join(workdir, workdir_lock.LOCK_FILE))  # still theirs
+
+
+class Failing(LinearTask):
+  def train_epoch(self, state, epoch):
+    raise errors.DataError("an unreadable batch")
+
+
+def test_the_lock_is_released_when_a_run_fails(tmp_path):
+  workdir = tmp_path / "run"
+  with pytest.raises(errors.DataError):
+    run.train_and_evaluate(Failing(SGD), run.RunConfig(epochs=2, batch_size=16), str(workdir))
+  assert workdir_lock.LOCK_FILE not in os.listdir(workdir)
+  _train(workdir)  # free again
