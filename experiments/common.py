@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import logging as std_logging  # absl's logging is `logging` here
 import os
 import sys
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from absl import flags, logging
 from tqdm.auto import tqdm
@@ -221,10 +222,19 @@ def progress_bar(total: int, description: str):
   return tqdm(total=total, desc=description, leave=False, unit="step", disable=None, file=sys.stderr)
 
 
-def read_sentence_pairs(stream: Iterable[str], name: str) -> tuple[list[str], list[str]]:
+def read_sentence_pairs(data: bytes, name: str) -> tuple[list[str], list[str]]:
+  """'sentence1<TAB>sentence2' lines of a file's (or stdin's) bytes: UTF-8, a leading byte-order
+  mark dropped (spreadsheet exports write one), any line ending (\\n, \\r\\n, \\r)."""
   first, second = [], []
-  for line_number, line in enumerate(stream, 1):
-    line = line.rstrip("\r\n")
+  data = data.removeprefix(codecs.BOM_UTF8)
+  for line_number, raw in enumerate(data.splitlines(), 1):
+    try:
+      line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise ValueError(
+        f"{name}, line {line_number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+        "save the file as UTF-8"
+      ) from None
     if not line:  # a blank line holds no pair; "\t" alone is a pair of empty sentences
       continue
     parts = line.split("\t")

@@ -129,10 +129,13 @@ def predict(paths: list[str]) -> None:
   if len(paths) > 1:
     raise ValueError("predict reads one TSV file (or stdin): pass one path, '-' or nothing")
   path = paths[0] if paths else "-"
-  stream = sys.stdin if path == "-" else open(path, encoding="utf-8")
   name = "stdin" if path == "-" else path
-  with stream:
-    first, second = common.read_sentence_pairs(stream, name)
+  if path == "-":
+    data = sys.stdin.buffer.read()
+  else:
+    with open(path, "rb") as f:
+      data = f.read()
+  first, second = common.read_sentence_pairs(data, name)
   if not first:
     raise ValueError(f"{name}: no sentence pairs to score (expected 'sentence1<TAB>sentence2' lines)")
   encoded = input_pipeline.encode_pairs(

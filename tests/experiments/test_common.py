@@ -1,3 +1,5 @@
+import pytest
+
 from experiments import common
 from simjax import errors
 
@@ -16,3 +18,19 @@ def test_every_library_error_becomes_one_line_naming_the_flags_to_change():
   data = common.error_line(errors.DataError("TFDS cifar10 is not prepared under x", settings=("data_dir",)))
   assert data == "TFDS cifar10 is not prepared under x (flags: --data_dir (or TFDS_DATA_DIR))"
   assert "\n" not in "".join([memory, mismatch, data])
+
+
+def test_sentence_pairs_read_the_same_whatever_the_line_endings_and_byte_order_mark():
+  want = (["A man plays.", ""], ["A man is playing.", "x"])
+  for data in (
+    b"A man plays.\tA man is playing.\n\n\tx\n",
+    b"\xef\xbb\xbfA man plays.\tA man is playing.\r\n\tx",  # spreadsheet export: BOM, CRLF
+    b"A man plays.\tA man is playing.\r\tx\r",  # old Mac line endings
+  ):
+    assert common.read_sentence_pairs(data, "pairs.tsv") == want
+
+
+def test_sentence_pairs_that_are_not_utf8_name_the_file_line_and_byte():
+  with pytest.raises(ValueError) as e:
+    common.read_sentence_pairs("ok\tfine\nCaf\xe9\tcoffee\n".encode("latin-1"), "pairs.tsv")
+  assert str(e.value) == ("pairs.tsv, line 2: not UTF-8 text (byte 0xe9 at column 4); save the file as UTF-8")

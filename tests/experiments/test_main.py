@@ -1,6 +1,7 @@
 """The command line: flagfiles, bad input, kill -9 + resume, eval and predict."""
 
 import glob
+import hashlib
 import json
 import os
 import signal
@@ -21,6 +22,18 @@ FLAGFILES = sorted(
 
 
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _venv_with_requirements() -> str:
+  """The virtual environment running the tests, if run.sh installed requirements.txt into it
+  (then run.sh uses it as it is); else the test is skipped rather than install anything."""
+  venv = os.path.dirname(os.path.dirname(sys.executable))
+  stamp = os.path.join(venv, ".requirements.sha256")
+  with open(os.path.join(REPO, "requirements.txt"), "rb") as f:
+    wanted = hashlib.sha256(f.read()).hexdigest()
+  if not os.path.exists(stamp) or open(stamp).read().strip() != wanted:
+    pytest.skip(f"{venv} was not set up by run.sh (no matching {stamp})")
+  return venv
 
 
 def _command(*args):
@@ -198,6 +211,17 @@ def test_cifar_train_eval_and_predict_on_the_command_line(cifar_data_dir, tmp_pa
   assert predicted.returncode == 0, predicted.stderr
   path, label = predicted.stdout.strip().split("\t")
   assert path.endswith("black.png") and label in CIFAR_CLASSES
+  # run.sh from another folder: relative paths are the caller's, not the repository's.
+  via_run_sh = subprocess.run(
+    ["bash", os.path.join(REPO, "run.sh"), "--task=cifar10", "--mode=predict", "--workdir=cnn", "black.png"],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    env={**os.environ, "SIMJAX_VENV": _venv_with_requirements()},
+    timeout=300,
+  )
+  assert via_run_sh.returncode == 0, via_run_sh.stderr
+  assert via_run_sh.stdout == f"black.png\t{label}\n"
   (tmp_path / "notes.txt").write_text("hello")
   bad = _run("--task=cifar10", "--mode=predict", *common, str(tmp_path / "notes.txt"))
   assert (

@@ -146,21 +146,52 @@ def _cache_path(cache_dir: str | None, prepared_dir: str, split: str) -> str | N
   return os.path.join(cache_dir, f"{DATASET}-{key}-{safe_split}.npz")
 
 
+# Larger images are refused before decoding (PIL's own bomb check allows ~178 megapixels):
+# a 32x32 classifier gains nothing from them, and decoding one takes seconds and gigabytes.
+MAX_IMAGE_PIXELS = 40_000_000
+
+
 def read_images(paths: list[str]) -> np.ndarray:
-  """Image files -> uint8 [N, 32, 32, 3] (RGB; other sizes are resized to 32x32)."""
+  """Image files -> uint8 [N, 32, 32, 3] (RGB; other sizes are resized to 32x32). Every PIL
+  mode is converted by its value range: 16- and 32-bit greyscale are scaled to 8 bits (PIL's
+  own RGB conversion clips them, so that a 16-bit photo reads as almost all white)."""
   images = []
   for path in paths:
     try:
       with Image.open(path) as image:
-        image = image.convert("RGB")
-        if image.size != (32, 32):
-          image = image.resize((32, 32), Image.BILINEAR)
-        images.append(np.asarray(image, np.uint8))
-    except (UnidentifiedImageError, OSError) as e:
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+          raise DataError(
+            f"{path}: {width}x{height} pixels is larger than the {MAX_IMAGE_PIXELS // 1_000_000} "
+            "megapixels read here; downscale it first (the model sees 32x32)"
+          )
+        rgb = _to_rgb(image)
+        if rgb.size != (32, 32):
+          rgb = rgb.resize((32, 32), Image.BILINEAR)
+        images.append(np.asarray(rgb, np.uint8))
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
       raise DataError(
         f"{path}: not a readable image ({e.__class__.__name__}); pass PNG or JPEG files"
       ) from None
   return np.stack(images)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+  if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+    values = np.asarray(image, np.float64)
+    if image.mode.startswith("I;16"):
+      scale = 65535.0
+    else:  # 32-bit: no fixed range; its own maximum is white
+      values = values - min(values.min(), 0.0)
+      scale = max(values.max(), 1.0)
+    grey = np.clip(np.round(values / scale * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, "L").convert("RGB")
+  if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    # Transparent pixels over white, as a viewer shows them (PIL's RGB conversion drops alpha).
+    rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+  return image.convert("RGB")
 
 
 # --------------------------------------------------------------------------------------

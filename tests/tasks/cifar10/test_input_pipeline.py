@@ -94,6 +94,21 @@ def test_read_images_resizes_and_reports_a_non_image_by_name(tmp_path):
     input_pipeline.read_images([str(tmp_path / "notes.txt")])
 
 
+def test_read_images_converts_every_mode_by_its_range_and_refuses_huge_images(tmp_path, monkeypatch):
+  Image.fromarray(np.full((32, 32), 32768, np.uint16)).save(tmp_path / "grey16.png")  # mid-grey, 16 bits
+  rgba = np.zeros((32, 32, 4), np.uint8)  # fully transparent black: white, as a viewer shows it
+  Image.fromarray(rgba, "RGBA").save(tmp_path / "clear.png")
+  Image.fromarray(np.full((32, 32), 7, np.uint8)).convert("P").save(tmp_path / "palette.png")
+  grey16, clear, palette = input_pipeline.read_images(
+    [str(tmp_path / n) for n in ("grey16.png", "clear.png", "palette.png")]
+  )
+  assert Image.open(tmp_path / "grey16.png").mode.startswith("I")
+  assert np.all(grey16 == 128) and np.all(clear == 255) and np.all(palette == 7)
+  monkeypatch.setattr(input_pipeline, "MAX_IMAGE_PIXELS", 1000)
+  with pytest.raises(DataError, match=r"grey16\.png: 32x32 pixels is larger than .*downscale it first"):
+    input_pipeline.read_images([str(tmp_path / "grey16.png")])
+
+
 def test_tta_views_are_the_image_its_mirror_and_their_one_pixel_shifts():
   images = np.random.default_rng(0).integers(0, 255, (2, 8, 8, 3)).astype(np.float32)
   assert input_pipeline.tta_views(images, "none").shape == (1, 2, 8, 8, 3)
