@@ -73,7 +73,9 @@ def workdir() -> str:
 def train() -> None:
   config = data_config()
   train_config = common.config_from_flags(training.TrainConfig)
-  task = training.Cifar10Task(model_config(), config, common.optim_config(), **train_config.task_settings)
+  task = training.Cifar10Task(
+    model_config(), config, common.optim_config(), progress=common.progress_bar, **train_config.task_settings
+  )
   split = "test" if training.tfds_split_name(config.eval_split) == "test" else "eval"
   columns = [
     ("epoch", "epoch", "d"),

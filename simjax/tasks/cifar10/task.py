@@ -186,7 +186,16 @@ def compile_train_epoch(
       return jax.lax.scan(lambda s, indices: step(s, images, labels, indices), state, epoch_order(epoch_keys))
 
     jitted = jax.jit(epoch, out_shardings=(replicated, replicated), donate_argnums=(0,))
-    return jitted.lower(state, images, labels, example_keys).compile()
+    compiled = jitted.lower(state, images, labels, example_keys).compile()
+
+    def fused_epoch(state, images, labels, epoch_keys, on_step=None):
+      out = compiled(state, images, labels, epoch_keys)
+      if on_step is not None:  # one program: all its steps are done at once
+        jax.block_until_ready(out)
+        on_step(steps)
+      return out
+
+    return fused_epoch
 
   order_fn = jax.jit(epoch_order).lower(example_keys).compile()
   example_indices = jax.ShapeDtypeStruct((num_replicas, batch_size), jnp.int32)
@@ -196,12 +205,15 @@ def compile_train_epoch(
     .compile()
   )
 
-  def host_loop_epoch(state, images, labels, epoch_keys):
+  def host_loop_epoch(state, images, labels, epoch_keys, on_step=None):
     order = order_fn(epoch_keys)
     metrics = []
     for i in range(steps):
       state, step_metrics = step_fn(state, images, labels, order[i])
       metrics.append(step_metrics)
+      if on_step is not None:  # count steps computed, not dispatched ahead
+        jax.block_until_ready(step_metrics)
+        on_step(1)
     return state, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *metrics)
 
   return host_loop_epoch
@@ -311,9 +323,12 @@ class Cifar10Task(Task):
     *,
     label_smoothing: float = 0.0,
     epoch_loop: str = "auto",
+    progress: Callable[[int, str], Any] | None = None,
   ):
+    """`progress(total, description)` may return a tqdm-like object with update()/close():
+    it counts an epoch's steps (a fused epoch's all at once, when its program ends)."""
     self.model, self.data, self.optim = model, data, optim_config
-    self.label_smoothing, self.epoch_loop = label_smoothing, epoch_loop
+    self.label_smoothing, self.epoch_loop, self.progress = label_smoothing, epoch_loop, progress
     # Rows are logged as test_* when the evaluated split is (a slice of) the test split.
     eval_name = "test" if tfds_split_name(data.eval_split) == "test" else "eval"
     self.selection = loop.Selection(best_metric=None, plateau_metric="error", eval_name=eval_name)
@@ -391,9 +406,17 @@ class Cifar10Task(Task):
   def train_epoch(self, state: TrainState, epoch: int) -> loop.EpochResult:
     # Data order and augmentation depend only on (seed, epoch, step): resuming replays them.
     replicated = sharding.replicated(self.mesh)
-    state, metrics = self._epoch(
-      jax.device_put(state, replicated), *self.train_arrays, epoch_keys(self._run.seeds, epoch)
-    )
+    bar = self.progress(self.steps, f"epoch {epoch}") if self.progress else None
+    try:
+      state, metrics = self._epoch(
+        jax.device_put(state, replicated),
+        *self.train_arrays,
+        epoch_keys(self._run.seeds, epoch),
+        on_step=bar.update if bar is not None else None,
+      )
+    finally:
+      if bar is not None:
+        bar.close()
     metrics = jax.device_get(metrics)  # [steps, replicas]
     return loop.EpochResult(
       state,

@@ -32,7 +32,7 @@ def _run(workdir, data_config, *, epochs, model=None, batch_size=64, optim_confi
   return run.train_and_evaluate(task, config, str(workdir))
 
 
-def test_fused_epoch_program_equals_the_host_loop(cifar_data_dir):
+def test_fused_epoch_program_equals_the_host_loop_and_both_report_progress(cifar_data_dir):
   import jax.numpy as jnp
 
   from simjax import sharding
@@ -61,7 +61,9 @@ def test_fused_epoch_program_equals_the_host_loop(cifar_data_dir):
       compute_dtype=jnp.float32,
       fused=fused,
     )
-    state, metrics = epoch(state, images, labels, train.epoch_keys([0, 1], 5))
+    progress = []  # a progress bar's updates: every step (host loop) or all at once (fused)
+    state, metrics = epoch(state, images, labels, train.epoch_keys([0, 1], 5), on_step=progress.append)
+    assert progress == ([4] if fused else [1, 1, 1, 1])
     results.append(np.asarray(metrics["loss"]))
   assert results[0].shape == (4, 2)  # [steps, replicas]
   np.testing.assert_allclose(results[0], results[1], rtol=1e-5)
