@@ -70,6 +70,11 @@ def workdir() -> str:
   return FLAGS.workdir or os.path.join("workdirs", FLAGS.experiment)
 
 
+def owns(config: dict) -> bool:
+  """Whether a workdir's config.json describes a run of this task."""
+  return "architecture" in config.get("model", {})
+
+
 def train() -> None:
   config = data_config()
   train_config = common.config_from_flags(training.TrainConfig)

@@ -5,16 +5,22 @@ r"""simjax entry point: absl flags (and flagfiles) -> the library.
   printf 'A man plays.\tA man is playing.\n' | \
       python -m experiments.main --mode=predict --workdir=workdirs/lstm_glove_stsb
   python -m experiments.main --flagfile=cnn_resnet.flags            # CIFAR-10
-  python -m experiments.main --task=cifar10 --mode=predict --workdir=workdirs/cnn_resnet a.png b.jpg
+  python -m experiments.main --mode=predict --workdir=workdirs/cnn_resnet a.png b.jpg
 
-A bare flagfile name is looked up in the current directory, then next to this file.
+A bare flagfile name is looked up in the current directory, then next to this file. Eval and
+predict read the task (sentences or CIFAR-10) from the workdir's config.json.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+
 from absl import app, flags
 
 from experiments import cifar10, common, sentence_similarity
+from simjax import checkpoints, run
 
 FLAGS = flags.FLAGS
 common.define_training_flags()
@@ -24,7 +30,7 @@ TASKS = {"similarity": sentence_similarity, "cifar10": cifar10}
 
 
 def main(argv):
-  task = TASKS[FLAGS.task]
+  task = TASKS[_task_name()]
   inputs = argv[1:]
   if inputs and FLAGS.mode != "predict":
     raise app.UsageError(f"unexpected arguments: {' '.join(inputs)} (only --mode=predict takes inputs)")
@@ -37,6 +43,27 @@ def main(argv):
     modes[FLAGS.mode]()
 
   common.run_mode(run)
+
+
+def _task_name() -> str:
+  """--task; for eval and predict, the task of the trained --workdir (its config.json tells),
+  so that --task need not be repeated there, and a contradicting one is one error line."""
+  if FLAGS.mode == "train" or not FLAGS.workdir:
+    return FLAGS.task
+  seed_dirs = run.sequential_seed_dirs(FLAGS.workdir) if os.path.isdir(FLAGS.workdir) else None
+  path = os.path.join((seed_dirs or [FLAGS.workdir])[0], checkpoints.CONFIG_FILE)
+  try:
+    with open(path) as f:
+      config = json.load(f)
+  except (OSError, ValueError):
+    return FLAGS.task  # no usable config.json: the task's own loading says what is wrong
+  trained = next((name for name, module in TASKS.items() if module.owns(config)), FLAGS.task)
+  if FLAGS["task"].present and FLAGS.task != trained:
+    sys.exit(
+      f"error: {FLAGS.workdir} holds a {trained} run, not {FLAGS.task}: drop --task "
+      "(eval and predict read it from the workdir)"
+    )
+  return trained
 
 
 if __name__ == "__main__":

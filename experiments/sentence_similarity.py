@@ -82,6 +82,11 @@ def workdir() -> str:
   return FLAGS.workdir or os.path.join("workdirs", f"{FLAGS.experiment}_{FLAGS.dataset}")
 
 
+def owns(config: dict) -> bool:
+  """Whether a workdir's config.json describes a run of this task."""
+  return "cell" in config.get("model", {})
+
+
 def train() -> None:
   train_config = common.config_from_flags(training.TrainConfig)
   task = training.SimilarityTask(

@@ -202,12 +202,17 @@ def test_cifar_train_eval_and_predict_on_the_command_line(cifar_data_dir, tmp_pa
   assert results["versions"]["jax"] and results["flags"]["width"] == 4
   assert not os.listdir(workdir / "best")  # nothing is selected on the test split
   assert len(os.listdir(workdir / "checkpoints")) == 3  # the latest 3 of 4 epochs
-  evaluated = _run("--task=cifar10", "--mode=eval", *common, "--eval_split=test[:64]")
+  # Eval and predict read the task from the workdir: no --task=cifar10 needed, a wrong one refused.
+  evaluated = _run("--mode=eval", *common, "--eval_split=test[:64]")
   assert evaluated.returncode == 0, evaluated.stderr
   assert json.load(open(workdir / "eval.json"))["test"] == results["test"]
+  wrong = _run("--task=similarity", "--mode=eval", f"--workdir={workdir}")
+  assert wrong.returncode == 1 and wrong.stderr.strip() == (
+    f"error: {workdir} holds a cifar10 run, not similarity: drop --task (eval and predict read it from the workdir)"
+  )
 
   Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "black.png")
-  predicted = _run("--task=cifar10", "--mode=predict", *common, str(tmp_path / "black.png"))
+  predicted = _run("--mode=predict", *common, str(tmp_path / "black.png"))
   assert predicted.returncode == 0, predicted.stderr
   path, label = predicted.stdout.strip().split("\t")
   assert path.endswith("black.png") and label in CIFAR_CLASSES
