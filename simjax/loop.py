@@ -123,6 +123,7 @@ def fit(
         )
         state = result.state
         dev = evaluate(state)
+        _check_finite_metrics(dev, epoch=epoch, eval_name=selection.eval_name, store=store, seeds=seeds)
       per_seed = {
         **{k: [float(v) for v in values] for k, values in result.metrics.items()},
         **{f"{selection.eval_name}_{k}": [d[k] for d in dev] for k in dev[0]},
@@ -168,6 +169,25 @@ def fit(
     return FitResult.from_meta(state, meta)
   finally:
     log.close()
+
+
+def _check_finite_metrics(
+  dev: list[dict[str, float]], *, epoch: int, eval_name: str, store: CheckpointStore, seeds: list[int]
+) -> None:
+  """An evaluation metric that is NaN or infinite stops the run like a NaN loss, before
+  anything of this epoch is saved: the loss can stay finite while the model has collapsed
+  (constant predictions leave a correlation undefined)."""
+  for r, metrics in enumerate(dev):
+    for name, value in metrics.items():
+      if not math.isfinite(value):
+        seed_text = f" (seed {seeds[r]})" if len(seeds) > 1 else ""
+        raise TrainingDiverged(
+          f"{eval_name} {name} became {value} in epoch {epoch}{seed_text}: the model's predictions "
+          "are constant or not finite (it collapsed)",
+          epoch=epoch,
+          seed=seeds[r] if len(seeds) > 1 else None,
+          kept_step=store.latest_step(),
+        )
 
 
 def _better(value: float, best: float, higher_is_better: bool) -> bool:

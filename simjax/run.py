@@ -240,7 +240,7 @@ def _train_sequentially(task: Task, config: RunConfig, workdir: str, records, on
   rows = _merge_rows([run_records.read_metrics(d) for d in seed_dirs])
   with open(os.path.join(workdir, run_records.METRICS_FILE), "w") as f:
     for row in rows:
-      f.write(json.dumps(row, sort_keys=True) + "\n")
+      f.write(run_records.dumps(row) + "\n")
   run_records.write_json(os.path.join(workdir, run_records.RESULTS_FILE), results)
   return results
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import subprocess
@@ -29,19 +30,31 @@ _PACKAGES = (
 
 
 def write_json(path: str, obj: Any) -> None:
-  """Writes JSON atomically (temporary file + rename), so a kill never leaves half a file."""
+  """Writes strict JSON (see `dumps`) atomically (temporary file + rename), so a kill never
+  leaves half a file."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable)
-    f.write("\n")
+    f.write(dumps(obj, indent=2) + "\n")
   os.replace(tmp, path)
 
 
-def _jsonable(value: Any) -> Any:
+def dumps(obj: Any, **kwargs) -> str:
+  """Strict JSON, as every parser reads it: an undefined number (NaN, infinity; e.g. the
+  correlation of constant predictions) is null, numpy and jax values are plain numbers."""
+  return json.dumps(_strict(obj), sort_keys=True, allow_nan=False, default=str, **kwargs)
+
+
+def _strict(value: Any) -> Any:
+  if isinstance(value, dict):
+    return {k: _strict(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_strict(v) for v in value]
   if hasattr(value, "tolist"):  # numpy / jax scalars and arrays
-    return value.tolist()
-  return str(value)
+    return _strict(value.tolist())
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
 
 
 def versions() -> dict[str, str]:
@@ -163,12 +176,12 @@ class MetricsLog:
     tmp = self.path + ".tmp"
     with open(tmp, "w") as f:
       for row in history:
-        f.write(json.dumps(row, sort_keys=True, default=_jsonable) + "\n")
+        f.write(dumps(row) + "\n")
     os.replace(tmp, self.path)
 
   def write(self, row: dict[str, Any]) -> None:
     with open(self.path, "a") as f:
-      f.write(json.dumps(row, sort_keys=True, default=_jsonable) + "\n")
+      f.write(dumps(row) + "\n")
     writer = self._tensorboard()
     if writer is not None:
       for key, value in row.items():

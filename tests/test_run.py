@@ -120,6 +120,27 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   assert len(run_records.read_metrics(str(tmp_path / "run"))) == 2  # nothing logged from the bad epoch
 
 
+def test_a_collapsed_model_stops_the_run_though_its_loss_is_finite(tmp_path):
+  # Constant predictions: the loss is finite, the correlation undefined (NaN).
+  script = {0: [3.0, 2.0, 1.0, 0.5], 1: [3.0, 2.0, float("nan"), 0.5]}
+  with pytest.raises(errors.TrainingDiverged, match=r"dev score became nan in epoch 3 \(seed 1\)") as error:
+    train(tmp_path / "run", Scripted(script=script), num_seeds=2)
+  assert (error.value.epoch, error.value.seed, error.value.kept_step) == (3, 1, 8)
+  assert len(run_records.read_metrics(str(tmp_path / "run"))) == 2  # nothing logged from epoch 3
+
+
+def test_records_are_strict_json_with_undefined_numbers_as_null(tmp_path):
+  run_records.write_json(
+    str(tmp_path / "r.json"), {"pearson": float("nan"), "x": np.float32(0.5), "n": [np.inf]}
+  )
+  text = (tmp_path / "r.json").read_text()
+
+  def refuse(constant):
+    raise ValueError(f"not strict JSON: {constant}")
+
+  assert json.loads(text, parse_constant=refuse) == {"pearson": None, "x": 0.5, "n": [None]}
+
+
 def test_a_workdir_whose_first_epoch_diverged_takes_new_settings(tmp_path):
   with pytest.raises(errors.TrainingDiverged, match="no checkpoint was written yet"):
     train(tmp_path / "run", Scripted(poison_epoch=1))
