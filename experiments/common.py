@@ -268,6 +268,7 @@ def quiet_library_logs() -> None:
 _FLAG_OF_SETTING = {
   "data_dir": "--data_dir (or TFDS_DATA_DIR)",
   "manual_dir": "--manual_dir (or SIMJAX_MANUAL_DIR)",
+  "cache_dir": "--cache_dir (or SIMJAX_CACHE_DIR; '' disables the cache)",
   "head": "--cnn_head",
 }
 _ADVICE = {

@@ -11,8 +11,10 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,8 @@ import tensorflow_datasets as tfds
 from PIL import Image, UnidentifiedImageError
 
 from simjax import errors
+
+log = logging.getLogger("simjax")
 
 DATASET = "cifar10"
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -74,9 +78,9 @@ def load_split(split: str, data_dir: str | None, cache_dir: str | None) -> Image
     "label": "CIFAR-10 (JPEG stand-in)" if encoding == "jpeg" else "CIFAR-10",
   }
   cache = _cache_path(cache_dir, builder.data_dir, split)
-  if cache and os.path.exists(cache):
-    with np.load(cache) as saved:
-      images, labels = saved["images"], saved["labels"]
+  cached = _read_cache(cache) if cache and os.path.exists(cache) else None
+  if cached is not None:
+    images, labels = cached
   else:
     try:
       source = builder.as_data_source(split=split)
@@ -100,13 +104,34 @@ def load_split(split: str, data_dir: str | None, cache_dir: str | None) -> Image
     images = np.stack([r["image"] for r in records]).astype(np.uint8)
     labels = np.array([r["label"] for r in records], np.int32)
     if cache:
-      os.makedirs(os.path.dirname(cache), exist_ok=True)
       tmp = f"{cache}.{os.getpid()}.tmp.npz"  # concurrent first runs never share a temporary file
-      np.savez(tmp, images=images, labels=labels)
-      os.replace(tmp, cache)
+      try:
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        np.savez(tmp, images=images, labels=labels)
+        os.replace(tmp, cache)
+      except OSError as e:
+        raise DataError(
+          f"cannot write the decoded-image cache {cache} ({e.strerror or e}): choose a writable cache folder",
+          settings=("cache_dir",),
+        ) from None
   info["rows"] = len(labels)
   info["source_sha256"] = _prepared_checksums(builder.data_dir)
   return ImageSplit(images, labels, names, info)
+
+
+def _read_cache(path: str) -> tuple[np.ndarray, np.ndarray] | None:
+  """The cached (images, labels); None, with a warning, if the file is damaged (it is then
+  decoded again and rewritten)."""
+  try:
+    with np.load(path) as saved:
+      images, labels = saved["images"], saved["labels"]
+    if images.dtype == np.uint8 and images.ndim == 4 and len(images) == len(labels):
+      return images, labels
+    problem = f"images {images.dtype}{list(images.shape)}, {len(labels)} labels"
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    problem = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+  log.warning("the decoded-image cache %s is damaged (%s): decoding the split again", path, problem)
+  return None
 
 
 @functools.lru_cache(maxsize=8)

@@ -26,6 +26,26 @@ def test_split_loads_decoded_with_provenance_and_is_cached(cifar_data_dir, tmp_p
   np.testing.assert_array_equal(again.labels, split.labels)
 
 
+def test_a_damaged_cache_is_decoded_again_with_a_warning_and_an_unwritable_one_is_named(
+  cifar_data_dir, tmp_path, caplog
+):
+  split = input_pipeline.load_split("train[:16]", cifar_data_dir, str(tmp_path))
+  (cache,) = tmp_path.iterdir()
+  cache.write_bytes(cache.read_bytes()[:100])  # truncated, as by a full disk
+  with caplog.at_level("WARNING", logger="simjax"):
+    again = input_pipeline.load_split("train[:16]", cifar_data_dir, str(tmp_path))
+  assert f"the decoded-image cache {cache} is damaged" in caplog.text
+  np.testing.assert_array_equal(again.images, split.images)
+  with np.load(cache) as rewritten:
+    np.testing.assert_array_equal(rewritten["labels"], split.labels)
+  (tmp_path / "a_file").write_text("not a folder")
+  with pytest.raises(
+    DataError, match=r"cannot write the decoded-image cache .*a_file.*writable cache folder"
+  ) as e:
+    input_pipeline.load_split("train[:16]", cifar_data_dir, str(tmp_path / "a_file"))
+  assert e.value.settings == ("cache_dir",)
+
+
 def test_the_offline_jpeg_copy_is_labelled_as_a_stand_in(cifar_data_dir):
   split = input_pipeline.load_split("test[:8]", cifar_data_dir, None)
   features = open(os.path.join(split.info["data_dir"], "features.json")).read()
