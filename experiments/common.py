@@ -6,6 +6,7 @@ import codecs
 import dataclasses
 import logging as std_logging  # absl's logging is `logging` here
 import os
+import signal
 import sys
 from typing import Any, Callable
 
@@ -297,8 +298,19 @@ def error_line(error: BaseException) -> str:
   return str(error)
 
 
+class Terminated(KeyboardInterrupt):
+  """SIGTERM (what Colab, spot VMs and job schedulers send before they stop a process),
+  raised in the main thread like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame) -> None:
+  raise Terminated()
+
+
 def run_mode(fn: Callable[[], None]) -> None:
-  """Runs `fn`; expected failures become one line on stderr and exit status 1."""
+  """Runs `fn`; expected failures become one line on stderr and exit status 1; Ctrl-C and
+  SIGTERM stop it with one line (exit status 130 and 143)."""
+  signal.signal(signal.SIGTERM, _raise_terminated)
   try:
     fn()
   except (errors.SimjaxError, ValueError, OSError, MemoryError) as e:
@@ -306,6 +318,11 @@ def run_mode(fn: Callable[[], None]) -> None:
       raise
     print(f"error: {error_line(e)}", file=sys.stderr)
     sys.exit(1)
-  except KeyboardInterrupt:
-    print("\ninterrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
-    sys.exit(130)
+  except KeyboardInterrupt as e:
+    terminated = isinstance(e, Terminated)
+    print(
+      f"\n{'terminated (SIGTERM)' if terminated else 'interrupted'}: the epoch in progress is lost; "
+      "rerun the same command to resume from the last checkpoint",
+      file=sys.stderr,
+    )
+    sys.exit(143 if terminated else 130)

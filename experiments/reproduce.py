@@ -19,6 +19,7 @@ import dataclasses
 import datetime
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -62,6 +63,20 @@ def define_flags() -> None:
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDY_SOURCE = study.SOURCE
 MSE_TABLE_EPOCHS = (1, 5, 10, 20, 30, 40, 50, 85, 100)  # and every epoch the study printed
+
+
+def _stop_child(process: subprocess.Popen, sig: int) -> None:
+  """Passes `sig` on to a training run and waits for it to end (it saves nothing more than
+  its last checkpoint), so that no training outlives this command."""
+  for signal_, wait in ((sig, 120), (signal.SIGKILL, 30)):
+    try:
+      process.send_signal(signal_)
+      process.wait(timeout=wait)
+      return
+    except ProcessLookupError:
+      return
+    except subprocess.TimeoutExpired:
+      continue
 
 
 class ExperimentFailed(RuntimeError):
@@ -204,10 +219,14 @@ def run_experiment(experiment: Experiment, argv: list[str], report_dir: str) -> 
       bufsize=1,
       env=env,
     )
-    for line in process.stdout:
-      sys.stdout.write(f"  {line}")
-      log.write(line)
-    code = process.wait()
+    try:
+      for line in process.stdout:
+        sys.stdout.write(f"  {line}")
+        log.write(line)
+      code = process.wait()
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the training stops too, then this
+      _stop_child(process, signal.SIGTERM if isinstance(e, common.Terminated) else signal.SIGINT)
+      raise
   if code != 0:
     raise ExperimentFailed(f"{experiment.name} failed (exit {code}); see {log_path}. Rerun to resume.")
   return time.perf_counter() - start

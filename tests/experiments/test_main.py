@@ -24,6 +24,24 @@ FLAGFILES = sorted(
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
+def _start_and_signal_after(workdir, checkpoints: int, sig: int, *args) -> subprocess.Popen:
+  """Starts a training run, sends `sig` once `workdir` holds `checkpoints` epoch checkpoints,
+  and waits for it to end."""
+  process = subprocess.Popen(
+    _command(*[a for group in args for a in group]),
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  deadline = time.time() + 240
+  while len(glob.glob(str(workdir / "checkpoints" / "[0-9]*"))) < checkpoints and time.time() < deadline:
+    time.sleep(0.02)
+  process.send_signal(sig)
+  process.wait(timeout=120)
+  return process
+
+
 def _venv_with_requirements() -> str:
   """The virtual environment running the tests, if run.sh installed requirements.txt into it
   (then run.sh uses it as it is); else the test is skipped rather than install anything."""
@@ -117,16 +135,20 @@ def test_a_killed_run_resumes_to_the_same_numbers_and_eval_and_predict_use_a_tra
   # --deterministic reaches XLA (set before JAX starts) and is recorded with the run.
   assert "--xla_gpu_deterministic_ops=true" in json.load(open(workdir / "run_info.json"))["xla_flags"]
 
-  # kill -9 once a few epochs are saved, so the resumed run also inherits an earlier best.
+  # A preemption (SIGTERM) once an epoch is saved: one line, exit status 143.
   killed = tmp_path / "killed"
-  process = subprocess.Popen(
-    _command(*tiny(killed, epochs), *seeds), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  process = _start_and_signal_after(killed, 1, signal.SIGTERM, tiny(killed, epochs), seeds)
+  assert process.returncode == 143, "the run ended before it could be stopped"
+  assert (
+    process.stderr.read()
+    .strip()
+    .endswith(
+      "terminated (SIGTERM): the epoch in progress is lost; rerun the same command to resume from the last checkpoint"
+    )
   )
-  deadline = time.time() + 240
-  while len(glob.glob(str(killed / "checkpoints" / "[0-9]*"))) < 2 and time.time() < deadline:
-    time.sleep(0.02)
-  process.send_signal(signal.SIGKILL)
-  assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+  # Rerun; kill -9 once more epochs are saved, so the resumed run also inherits an earlier best.
+  process = _start_and_signal_after(killed, 2, signal.SIGKILL, tiny(killed, epochs), seeds)
+  assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
   resumed = _run(*tiny(killed, epochs), *seeds)
   assert resumed.returncode == 0, resumed.stderr
   assert f"warning: took over the stale lock {killed / '.lock'} of process {process.pid}" in resumed.stderr

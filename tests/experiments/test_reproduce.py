@@ -7,8 +7,10 @@ which runs reproduce as well."""
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -57,7 +59,20 @@ def test_quick_report_is_complete_resumable_and_never_mixed_with_another_study(
   def run(*extra):
     return subprocess.run([*command, *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
-  first = run()
+  # SIGTERM (a preemption) reaches the training run too: none is left running.
+  checkpoints = tmp_path / "reports" / "check" / "runs" / "rnn_stsb" / "checkpoints"
+  stopped = subprocess.Popen(
+    command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+  )
+  deadline = time.time() + 240
+  while not list(checkpoints.glob("[0-9]*")) and time.time() < deadline:
+    time.sleep(0.05)
+  stopped.send_signal(signal.SIGTERM)
+  assert stopped.wait(timeout=180) == 143
+  assert "terminated (SIGTERM)" in stopped.stderr.read()
+  assert not _commands_mentioning(str(checkpoints.parent)), "a training run outlived reproduce"
+
+  first = run()  # resumes the stopped experiment
   assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
   report_dir = tmp_path / "reports" / "check"
   report = (report_dir / "report.md").read_text()
@@ -88,3 +103,17 @@ def test_quick_report_is_complete_resumable_and_never_mixed_with_another_study(
   assert other.returncode == 1
   assert "holds a different study" in other.stderr and "Traceback" not in other.stderr
   assert (report_dir / "report.md").read_text() == report  # untouched
+
+
+def _commands_mentioning(text: str) -> list[str]:
+  """Command lines of this machine's running processes that contain `text` (Linux /proc)."""
+  found = []
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{pid}/cmdline", "rb") as f:
+        command = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+      continue
+    if text in command:
+      found.append(command)
+  return found
