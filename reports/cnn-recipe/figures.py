@@ -69,5 +69,47 @@ def classic(out: str) -> None:
   print(out)
 
 
+# cnn_dropout at dropout 0.25: the 3-epoch proxy and the 6-epoch one (session 4).
+DROPOUT_SCHEDULES = [
+  ("proxy_cnn_dropout_3ep_d0.25", "3-epoch schedule"),
+  ("proxy_cnn_dropout_6ep_d0.25", "6-epoch schedule"),
+]
+
+
+def dropout_schedules(out: str) -> None:
+  runs = [(folder, label) for folder, label in DROPOUT_SCHEDULES if os.path.isdir(os.path.join(HERE, folder))]
+  figure, axes = plt.subplots(figsize=(8, 4.8))
+  for folder, label in runs:
+    rows = _rows(folder)
+    epochs = [r["epoch"] for r in rows]
+    (line,) = axes.plot(epochs, [100 * r["test_accuracy"] for r in rows], marker="o", label=f"{label}: test")
+    axes.plot(
+      epochs,
+      [100 * r["train_accuracy"] for r in rows],
+      linestyle="--",
+      color=line.get_color(),
+      label=f"{label}: train (augmented, with dropout)",
+    )
+    axes.plot(
+      [epochs[-1]],
+      [100 * _clean_train(folder)],
+      marker="*",
+      markersize=14,
+      color=line.get_color(),
+      label=f"{label}: clean train, end",
+    )
+  axes.set(xlabel="epoch", ylabel="accuracy (%)")
+  axes.set_title(
+    "cnn_dropout (dropout 0.25), CIFAR-10 (JPEG stand-in), 2-core CPU, seed 0", fontsize="medium"
+  )
+  axes.grid(alpha=0.3)
+  axes.legend(fontsize="x-small")
+  figure.tight_layout()
+  figure.savefig(out, dpi=110)
+  plt.close(figure)
+  print(out)
+
+
 if __name__ == "__main__":
   classic(os.path.join(HERE, "proxy_classic_3ep.png"))
+  dropout_schedules(os.path.join(HERE, "proxy_cnn_dropout_6ep.png"))

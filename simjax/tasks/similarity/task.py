@@ -291,6 +291,13 @@ class SimilarityTask(Task):
     if not resuming:
       self.prepared.vocab.save(vocab_path)
     self.vocab = self.prepared.vocab
+    pairs = len(self.prepared.splits["train"].score)
+    if config.batch_size > pairs:  # padding a batch that large only spends memory (or runs out)
+      raise ConfigError(
+        f"batch size {config.batch_size} is larger than the {pairs} sentence pairs of "
+        f"{self.data.train_split!r}: lower the batch size or use a larger train split",
+        settings=("batch_size", "train_split"),
+      )
     self.model = self.model_config_fn(self.prepared)
     self.mesh = sharding.data_mesh()  # data parallel over every local device
     sharding.check_batch_size(config.batch_size, self.mesh)

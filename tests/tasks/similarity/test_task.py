@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from simjax import optim, run, run_records
+from simjax import errors, optim, run, run_records
 from tests.multi_device import run_on_devices
 from simjax.tasks.similarity import task as train
 from simjax.tasks.similarity.models import ModelConfig
@@ -29,8 +29,18 @@ def data_config(prepared, manual_dir):
   )
 
 
-def _run(workdir, data_config, *, epochs=3, optim_config=None, model=_tiny_model, seed=0, **train_settings):
-  config = train.TrainConfig(epochs=epochs, batch_size=32, seed=seed, **train_settings)
+def _run(
+  workdir,
+  data_config,
+  *,
+  epochs=3,
+  optim_config=None,
+  model=_tiny_model,
+  seed=0,
+  batch_size=32,
+  **train_settings,
+):
+  config = train.TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, **train_settings)
   optim_config = optim_config or optim.OptimConfig(optimizer="adam", learning_rate=3e-3)
   task = train.SimilarityTask(model, data_config, optim_config, **config.task_settings)
   return run.train_and_evaluate(task, config, str(workdir))
@@ -79,6 +89,12 @@ def test_stacked_seeds_train_like_single_runs_and_are_summarized(tmp_path, data_
   assert stacked["test"]["pearson"] == pytest.approx(np.mean(pearsons))
   assert json.load(open(tmp_path / "stacked" / "results.json"))["summary"] == stacked["summary"]
   # The same seed gives bit-identical numbers: tests/experiments/test_main.py (a killed and resumed run).
+
+
+def test_a_batch_larger_than_the_train_split_is_refused_before_any_work(tmp_path, data_config):
+  with pytest.raises(errors.ConfigError, match="batch size 100000 is larger than the 256 sentence pairs"):
+    _run(tmp_path / "run", data_config, batch_size=100_000)
+  assert not (tmp_path / "run").exists()
 
 
 def test_frozen_embeddings_do_not_move(tmp_path, data_config):
