@@ -249,12 +249,23 @@ def read_sentence_pairs(data: bytes, name: str) -> tuple[list[str], list[str]]:
   return first, second
 
 
+def _quiet_unraisable(unraisable) -> None:
+  """Drops one known noise: when orbax fails to restore a damaged checkpoint (simjax then
+  warns and falls back), tensorstore's late callbacks reach event loops orbax has already
+  closed, and Python would print each as a traceback. Anything else is printed as usual."""
+  error = unraisable.exc_value
+  if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    return
+  sys.__unraisablehook__(unraisable)
+
+
 def quiet_library_logs() -> None:
   """Orbax and TFDS log every step of every save at INFO, and routine notes (e.g. a
   read-only checkpoint folder during eval) at WARNING; keep the console for results unless
   the user asked for more with -v / --verbosity. Real failures arrive as exceptions."""
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.ERROR)
+  sys.unraisablehook = _quiet_unraisable
   # simjax's own warnings (e.g. a stale workdir lock taken over) are for the user: one line each.
   simjax_log = std_logging.getLogger("simjax")
   if not simjax_log.handlers:

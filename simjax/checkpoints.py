@@ -16,6 +16,7 @@ checkpoints by one metric and cannot keep a per-replica mixture.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -23,10 +24,11 @@ import jax
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from simjax.errors import ConfigMismatchError, WorkdirError
+from simjax.errors import ConfigMismatchError, DamagedCheckpoints, WorkdirError
 from simjax.run_records import write_json
 
 CONFIG_FILE = "config.json"
+log = logging.getLogger("simjax")
 
 
 class CheckpointStore:
@@ -34,6 +36,7 @@ class CheckpointStore:
     """`read_only` (eval, predict): never write, and leave a running training's
     unfinished checkpoints alone."""
     self.workdir = os.path.abspath(workdir)
+    self._read_only = read_only
     self._latest = self._manager("checkpoints", keep, read_only)
     self._best = self._manager("best", 1, read_only)
     self._open = True
@@ -97,21 +100,41 @@ class CheckpointStore:
     return self._best.latest_step()
 
   def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
-    return self._restore(self._latest, abstract_state)
+    """The newest usable checkpoint (state, meta); None if there is none at all."""
+    return self._restore(self._latest, "checkpoints", abstract_state)
 
   def restore_best(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
-    return self._restore(self._best, abstract_state)
+    return self._restore(self._best, "best", abstract_state)
 
-  @staticmethod
-  def _restore(manager: ocp.CheckpointManager, abstract_state: Any):
-    step = manager.latest_step()
-    if step is None:
-      return None
-    restored = manager.restore(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
-    )
-    return restored["state"], dict(restored["meta"])
+  def _restore(self, manager: ocp.CheckpointManager, folder: str, abstract_state: Any):
+    """The newest step that restores whole. A damaged or incomplete one (a truncated array
+    file, missing metadata) is skipped with a warning naming it; when training, it is moved
+    aside to <step>.damaged so the rerun's own save of that step cannot collide with it.
+    Raises DamagedCheckpoints when steps exist but none restores."""
+    damaged = []
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        restored = manager.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+          ),
+        )
+        state, meta = restored["state"], dict(restored["meta"])
+      except Exception as e:  # orbax and tensorstore raise many types for damaged files
+        path = os.path.join(self.workdir, folder, str(step))
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        reason = f"{type(e).__name__}: {first_line[:160]}{'...' if len(first_line) > 160 else ''}"
+        damaged.append(f"{path} ({reason})")
+        log.warning("checkpoint %s is damaged or incomplete (%s): trying the one before", path, reason)
+        if not self._read_only:
+          os.rename(path, f"{path}.damaged")
+          manager.reload()
+        continue
+      return state, meta
+    if damaged:
+      raise DamagedCheckpoints(self.workdir, folder, damaged)
+    return None
 
   def close(self) -> None:
     """Idempotent: a second call does nothing."""

@@ -88,6 +88,19 @@ class WorkdirLocked(WorkdirError):
     super().__init__(f"workdir {workdir} is in use by {who}{gone}", workdir)
 
 
+class DamagedCheckpoints(WorkdirError):
+  """Every checkpoint in a workdir's folder ("checkpoints" or "best") failed to restore;
+  `damaged` lists each with its reason. Nothing is retrained over them."""
+
+  def __init__(self, workdir: str, folder: str, damaged: list[str]):
+    self.folder, self.damaged = folder, damaged
+    super().__init__(
+      f"no usable checkpoint in {workdir}/{folder}: {'; '.join(damaged)}; restore the workdir from a "
+      "copy, or train again in a new workdir",
+      workdir,
+    )
+
+
 class TrainingDiverged(SimjaxError, RuntimeError):
   """The loss or the parameters became NaN or infinite. The last good checkpoint is kept."""
 

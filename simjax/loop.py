@@ -21,7 +21,7 @@ import numpy as np
 from simjax import optim, replicas
 from simjax.checkpoints import CheckpointStore, abstract_state
 from simjax.compilation import CompileClock
-from simjax.errors import TrainingDiverged
+from simjax.errors import TrainingDiverged, WorkdirError
 from simjax.run_records import MetricsLog
 
 
@@ -101,8 +101,15 @@ def fit(
     restored = store.restore_latest(abstract_state(state))
     if restored is not None:
       state, meta = restored
-      if selection.best_metric is not None:
-        best_state = store.restore_best(abstract_state(state))[0]
+      if selection.best_metric is not None and any(meta["best"]):
+        best = store.restore_best(abstract_state(state))
+        if best is None:
+          raise WorkdirError(
+            f"{store.workdir}/best is missing, though its checkpoints record a best epoch: the run's "
+            "best epoch cannot be reported; restore best/ from a copy, or train again in a new workdir",
+            store.workdir,
+          )
+        best_state = best[0]
     log.reset(meta["history"])
     # Compiled once: run eagerly, optax's plateau update would recompile every epoch.
     advance_plateau = jax.jit(

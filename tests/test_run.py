@@ -3,6 +3,7 @@ so resume, best epochs, the NaN stop, plateau and seeds are tested in seconds.""
 
 import json
 import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -139,6 +140,42 @@ def test_records_are_strict_json_with_undefined_numbers_as_null(tmp_path):
     raise ValueError(f"not strict JSON: {constant}")
 
   assert json.loads(text, parse_constant=refuse) == {"pearson": None, "x": 0.5, "n": [None]}
+
+
+def _damage(step_dir: pathlib.Path) -> None:
+  """Truncates every array file of a checkpoint step, as a full disk or a bad copy would."""
+  for path in step_dir.glob("state/**/d/*"):
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def test_a_damaged_latest_checkpoint_is_skipped_and_the_resumed_run_ends_the_same(tmp_path, caplog):
+  train(tmp_path / "reference", num_seeds=2)
+  train(tmp_path / "run", epochs=3, num_seeds=2)
+  steps = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir())
+  _damage(tmp_path / "run" / "checkpoints" / str(steps[-1]))
+  with caplog.at_level("WARNING", logger="simjax"):
+    resumed = train(tmp_path / "run", num_seeds=2)
+  assert f"checkpoint {tmp_path / 'run' / 'checkpoints' / str(steps[-1])} is damaged" in caplog.text
+  assert (tmp_path / "run" / "checkpoints" / f"{steps[-1]}.damaged").is_dir()  # kept aside, not deleted
+  want = json.load(open(tmp_path / "reference" / "results.json"))
+  assert resumed["per_seed"] == want["per_seed"]  # epoch 3 trained again: the same numbers
+  assert rows_without_time(tmp_path / "run") == rows_without_time(tmp_path / "reference")
+
+
+def test_no_usable_checkpoint_is_one_error_never_a_silent_retrain(tmp_path):
+  train(tmp_path / "run", Scripted(script={0: [2.0, 1.0, 0.5, 0.2]}), epochs=2)
+  for step_dir in (tmp_path / "run" / "checkpoints").iterdir():
+    _damage(step_dir)
+  with pytest.raises(
+    errors.DamagedCheckpoints, match=r"no usable checkpoint in .*/run/checkpoints: .*restore"
+  ):
+    train(tmp_path / "run", Scripted(script={0: [2.0, 1.0, 0.5, 0.2]}))
+  # best/ lost: the run's best epoch cannot be reported, so it is not resumed either.
+  train(tmp_path / "other", Scripted(script={0: [2.0, 1.0, 0.5, 0.2]}), epochs=2)
+  for step_dir in (tmp_path / "other" / "best").iterdir():
+    shutil.rmtree(step_dir)
+  with pytest.raises(errors.WorkdirError, match="best is missing"):
+    train(tmp_path / "other", Scripted(script={0: [2.0, 1.0, 0.5, 0.2]}))
 
 
 def test_a_workdir_whose_first_epoch_diverged_takes_new_settings(tmp_path):
