@@ -7,6 +7,7 @@ import dataclasses
 import logging as std_logging  # absl's logging is `logging` here
 import os
 import signal
+import subprocess
 import sys
 from typing import Any, Callable
 
@@ -307,6 +308,22 @@ def error_line(error: BaseException) -> str:
   if settings:
     return f"{error} (flags: {', '.join(_FLAG_OF_SETTING.get(s, f'--{s}') for s in settings)})"
   return str(error)
+
+
+def stop_process(process: subprocess.Popen, sig: int, wait: float, *, group: bool = False) -> None:
+  """Sends `sig` to a child (to its whole process group with `group`) and waits up to `wait`
+  seconds for it to end; then SIGKILL and up to 30 seconds more."""
+  send = (lambda s: os.killpg(process.pid, s)) if group else process.send_signal
+  for signal_, timeout in ((sig, wait), (signal.SIGKILL, 30)):
+    try:
+      send(signal_)
+    except ProcessLookupError:
+      return
+    try:
+      process.wait(timeout=timeout)
+      return
+    except subprocess.TimeoutExpired:
+      continue
 
 
 class Terminated(KeyboardInterrupt):

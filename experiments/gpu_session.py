@@ -329,22 +329,9 @@ def run_command(argv: list[str], log_path: str, timeout: float, env: dict) -> tu
     try:
       code = process.wait(timeout=max(timeout, 1.0))
     except subprocess.TimeoutExpired:
-      _stop_group(process)
+      common.stop_process(process, signal.SIGTERM, 10, group=True)
       return f"timed out after {timeout:.0f} s", time.perf_counter() - start
   return ("ok" if code == 0 else f"failed (exit {code})"), time.perf_counter() - start
-
-
-def _stop_group(process: subprocess.Popen) -> None:
-  for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-    try:
-      os.killpg(process.pid, sig)
-    except ProcessLookupError:
-      return
-    try:
-      process.wait(timeout=wait)
-      return
-    except subprocess.TimeoutExpired:
-      continue
 
 
 def _tail(path: str, lines: int = 8) -> list[str]:

@@ -13,8 +13,6 @@ predict read the task (sentences or CIFAR-10) from the workdir's config.json.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 
 from absl import app, flags
@@ -50,13 +48,10 @@ def _task_name() -> str:
   so that --task need not be repeated there, and a contradicting one is one error line."""
   if FLAGS.mode == "train" or not FLAGS.workdir:
     return FLAGS.task
-  seed_dirs = run.sequential_seed_dirs(FLAGS.workdir) if os.path.isdir(FLAGS.workdir) else None
-  path = os.path.join((seed_dirs or [FLAGS.workdir])[0], checkpoints.CONFIG_FILE)
   try:
-    with open(path) as f:
-      config = json.load(f)
-  except (OSError, ValueError):
-    return FLAGS.task  # no usable config.json: the task's own loading says what is wrong
+    config = checkpoints.read_config((run.sequential_seed_dirs(FLAGS.workdir) or [FLAGS.workdir])[0])
+  except (OSError, ValueError):  # WorkdirError included: the task's own loading says what is wrong
+    return FLAGS.task
   trained = next((name for name, module in TASKS.items() if module.owns(config)), FLAGS.task)
   if FLAGS["task"].present and FLAGS.task != trained:
     sys.exit(

@@ -65,20 +65,6 @@ STUDY_SOURCE = study.SOURCE
 MSE_TABLE_EPOCHS = (1, 5, 10, 20, 30, 40, 50, 85, 100)  # and every epoch the study printed
 
 
-def _stop_child(process: subprocess.Popen, sig: int) -> None:
-  """Passes `sig` on to a training run and waits for it to end (it saves nothing more than
-  its last checkpoint), so that no training outlives this command."""
-  for signal_, wait in ((sig, 120), (signal.SIGKILL, 30)):
-    try:
-      process.send_signal(signal_)
-      process.wait(timeout=wait)
-      return
-    except ProcessLookupError:
-      return
-    except subprocess.TimeoutExpired:
-      continue
-
-
 class ExperimentFailed(RuntimeError):
   """An experiment's command exited with an error (its log says why)."""
 
@@ -225,7 +211,8 @@ def run_experiment(experiment: Experiment, argv: list[str], report_dir: str) -> 
         log.write(line)
       code = process.wait()
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the training stops too, then this
-      _stop_child(process, signal.SIGTERM if isinstance(e, common.Terminated) else signal.SIGINT)
+      # Passed on, then waited for (it keeps its last checkpoint): no training outlives this command.
+      common.stop_process(process, signal.SIGTERM if isinstance(e, common.Terminated) else signal.SIGINT, 120)
       raise
   if code != 0:
     raise ExperimentFailed(f"{experiment.name} failed (exit {code}); see {log_path}. Rerun to resume.")
