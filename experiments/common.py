@@ -352,5 +352,11 @@ def run_mode(fn: Callable[[], None]) -> None:
       f"\n{'terminated (SIGTERM)' if terminated else 'interrupted'}: the epoch in progress is lost; "
       "rerun the same command to resume from the last checkpoint",
       file=sys.stderr,
+      flush=True,
     )
-    sys.exit(143 if terminated else 130)
+    sys.stdout.flush()
+    # Exit now: the `finally` blocks on the way here have released the workdir and closed the
+    # logs, and checkpoints are committed atomically. A normal interpreter shutdown would run
+    # the exit hooks of whatever library work the signal cut short (e.g. orbax's thread pools,
+    # which then print errors after this line).
+    os._exit(143 if terminated else 130)
