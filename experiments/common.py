@@ -15,7 +15,7 @@ from absl import flags, logging
 from tqdm.auto import tqdm
 
 from experiments import flagfiles
-from simjax import compilation, errors, optim, run
+from simjax import compilation, errors, loop, optim, run
 from simjax.tasks.base import Task
 
 FLAGS = flags.FLAGS
@@ -138,7 +138,7 @@ def train_workdir(task: Task, config: run.RunConfig, workdir: str, columns: list
   print(f"workdir: {workdir}")
   table = EpochTable(columns)
   return run.train_and_evaluate(
-    task, config, workdir, flags=flag_values(), command=command_line(), on_epoch=table.print_row
+    task, config, workdir, flags=flag_values(), command=command_line(), on_epoch=table.print_row, stop=STOP
   )
 
 
@@ -331,16 +331,36 @@ class Terminated(KeyboardInterrupt):
   raised in the main thread like Ctrl-C."""
 
 
-def _raise_terminated(signum, frame) -> None:
-  raise Terminated()
+# Set by the first SIGTERM or Ctrl-C while a training loop runs (it saves, then stops).
+STOP = loop.StopRequest()
+_EXIT_STATUS = {"SIGTERM": 143, "SIGINT": 130}
+
+
+def _on_stop_signal(signum, frame) -> None:
+  """SIGTERM or Ctrl-C: while training, the first asks for a stop after the step in progress,
+  with a checkpoint of it; elsewhere (or a second signal) stops at once."""
+  name = signal.Signals(signum).name
+  if STOP.honoured and not STOP.requested:
+    STOP.request(name)
+    print(
+      f"\n{name}: stopping after the step in progress, with a checkpoint of it "
+      f"(send {'Ctrl-C' if name == 'SIGINT' else name} again to stop at once, losing the steps since the last checkpoint)",
+      file=sys.stderr,
+      flush=True,
+    )
+    return
+  raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def run_mode(fn: Callable[[], None]) -> None:
   """Runs `fn`; expected failures become one line on stderr and exit status 1; Ctrl-C and
-  SIGTERM stop it with one line (exit status 130 and 143)."""
-  signal.signal(signal.SIGTERM, _raise_terminated)
+  SIGTERM stop it with one line (exit status 130 and 143), a training run after saving
+  the step in progress (see _on_stop_signal)."""
+  handlers = {sig: signal.signal(sig, _on_stop_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
   try:
     fn()
+  except errors.Preempted as e:
+    _exit_at_once(f"{e}; rerun the same command to resume from there", _EXIT_STATUS.get(e.reason, 143))
   except (errors.SimjaxError, ValueError, OSError, MemoryError) as e:
     if os.environ.get("SIMJAX_TRACEBACK"):  # for debugging: the full stack instead of one line
       raise
@@ -348,15 +368,22 @@ def run_mode(fn: Callable[[], None]) -> None:
     sys.exit(1)
   except KeyboardInterrupt as e:
     terminated = isinstance(e, Terminated)
-    print(
-      f"\n{'terminated (SIGTERM)' if terminated else 'interrupted'}: the epoch in progress is lost; "
-      "rerun the same command to resume from the last checkpoint",
-      file=sys.stderr,
-      flush=True,
+    _exit_at_once(
+      str(e)  # the raiser's own account (e.g. reproduce's: its run saved and stopped)
+      or f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: the steps since the last checkpoint "
+      "are lost; rerun the same command to resume from the last checkpoint",
+      143 if terminated else 130,
     )
-    sys.stdout.flush()
-    # Exit now: the `finally` blocks on the way here have released the workdir and closed the
-    # logs, and checkpoints are committed atomically. A normal interpreter shutdown would run
-    # the exit hooks of whatever library work the signal cut short (e.g. orbax's thread pools,
-    # which then print errors after this line).
-    os._exit(143 if terminated else 130)
+  finally:
+    for sig, handler in handlers.items():
+      signal.signal(sig, handler)
+
+
+def _exit_at_once(line: str, status: int) -> None:
+  print(f"\n{line}", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  # Exit now: the `finally` blocks on the way here have released the workdir and closed the
+  # logs, and checkpoints are committed atomically. A normal interpreter shutdown would run
+  # the exit hooks of whatever library work the signal cut short (e.g. orbax's thread pools,
+  # which then print errors after this line).
+  os._exit(status)

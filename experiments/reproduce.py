@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 from absl import app, flags
@@ -204,16 +205,25 @@ def run_experiment(experiment: Experiment, argv: list[str], report_dir: str) -> 
       text=True,
       bufsize=1,
       env=env,
+      start_new_session=True,  # a terminal's Ctrl-C reaches this process only, which passes it on once
     )
     try:
       for line in process.stdout:
         sys.stdout.write(f"  {line}")
         log.write(line)
       code = process.wait()
-    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the training stops too, then this
-      # Passed on, then waited for (it keeps its last checkpoint): no training outlives this command.
-      common.stop_process(process, signal.SIGTERM if isinstance(e, common.Terminated) else signal.SIGINT, 120)
-      raise
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM
+      terminated = isinstance(e, common.Terminated)
+      # Passed on (the run saves the step in progress, then stops), then waited for: no
+      # training outlives this command.
+      common.stop_process(process, signal.SIGTERM if terminated else signal.SIGINT, 120)
+      rest = process.stdout.read()  # the run's last lines
+      sys.stdout.write(textwrap.indent(rest, "  "))
+      log.write(rest)
+      raise type(e)(
+        f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: {experiment.name} stopped (see its "
+        "last lines above); rerun the same command to resume"
+      ) from None
   if code != 0:
     raise ExperimentFailed(f"{experiment.name} failed (exit {code}); see {log_path}. Rerun to resume.")
   return time.perf_counter() - start

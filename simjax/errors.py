@@ -125,3 +125,22 @@ class OutOfDeviceMemory(SimjaxError, MemoryError):
   def __init__(self, num_seeds: int, detail: str):
     self.num_seeds, self.detail = num_seeds, detail
     super().__init__(f"{num_seeds} stacked replicas do not fit in device memory ({detail})")
+
+
+class Preempted(SimjaxError, RuntimeError):
+  """Training stopped on request (simjax.loop.StopRequest: e.g. SIGTERM from a scheduler)
+  after saving a checkpoint at `saved_step`; rerunning the same run resumes there and ends
+  with the numbers of an uninterrupted run. `steps_done` counts the steps of epoch `epoch`
+  done when it stopped in the middle of it (None: it stopped between epochs)."""
+
+  def __init__(self, reason: str, *, epoch: int, steps_done: int | None, saved_step: int | None):
+    self.reason, self.epoch, self.steps_done, self.saved_step = reason, epoch, steps_done, saved_step
+    saved = f"checkpoint step {saved_step} holds it" if saved_step is not None else "no checkpoint yet"
+    where = (
+      f"in epoch {epoch} after {steps_done} of its steps"
+      if steps_done is not None
+      else f"after epoch {epoch}"
+      if epoch
+      else "before the first epoch"
+    )
+    super().__init__(f"stopped ({reason}) {where}: {saved}")

@@ -1,14 +1,17 @@
 """The epoch loop every task uses: train, evaluate on dev, checkpoint, log, resume.
 
-A task supplies `train_epoch(state, epoch)` and `evaluate(state)`; this module owns what
-must be identical for all tasks: resuming from the latest checkpoint (a killed run
-restarted with the same command ends with the same numbers), each seed's best-on-dev
-checkpoint, reduce-on-plateau, stopping on a non-finite loss without losing the last good
-checkpoint, and metrics.jsonl / TensorBoard rows. `simjax.run` calls it.
+A task supplies `train_epoch(state, epoch, start_step=, stop=)`, `epoch_metrics(steps)`
+and `evaluate(state)`; this module owns what must be identical for all tasks: resuming
+from the latest checkpoint (a killed run restarted with the same command ends with the
+same numbers), stopping on request in the middle of an epoch with a checkpoint of the
+step reached (a preemption), each seed's best-on-dev checkpoint, reduce-on-plateau,
+stopping on a non-finite loss without losing the last good checkpoint, and metrics.jsonl
+/ TensorBoard rows. `simjax.run` calls it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -21,15 +24,45 @@ import numpy as np
 from simjax import optim, replicas
 from simjax.checkpoints import CheckpointStore, abstract_state
 from simjax.compilation import CompileClock
-from simjax.errors import TrainingDiverged, WorkdirError
+from simjax.errors import ConfigError, Preempted, TrainingDiverged, WorkdirError
 from simjax.run_records import MetricsLog
 
 
 @dataclasses.dataclass
 class EpochResult:
+  """What one call of a task's train_epoch did: the state after its last step, and each of
+  its steps' metrics [steps run, R] per name. "loss" is required (the first non-finite one is
+  reported); the task's epoch_metrics turns the whole epoch's steps into the logged values."""
+
   state: Any  # R stacked replicas (see simjax.replicas)
-  step_losses: np.ndarray  # [steps, R]: one loss per train step and replica, to find the first bad one
-  metrics: dict[str, np.ndarray]  # [R] per name, logged as-is, e.g. {"train_mse": ...}
+  step_metrics: dict[str, np.ndarray]  # [steps run, R] per name, e.g. {"loss": ..., "accuracy": ...}
+
+
+class StopRequest:
+  """A request to stop training cleanly (e.g. set by a SIGTERM handler): `fit` lets the task
+  finish the step in progress, saves a checkpoint of that step and raises errors.Preempted;
+  the rerun resumes from that step and ends as an uninterrupted run would.
+
+  `honoured` tells a signal handler whether a fit is running that will act on a request
+  (elsewhere, nothing is lost by stopping at once). Calling the object says whether a stop
+  was requested: tasks check it after every step."""
+
+  def __init__(self):
+    self.requested, self.reason, self.honoured = False, "", False
+
+  def request(self, reason: str = "stop requested") -> None:
+    self.requested, self.reason = True, reason
+
+  def __call__(self) -> bool:
+    return self.requested
+
+  @contextlib.contextmanager
+  def honouring(self):
+    before, self.honoured = self.honoured, True
+    try:
+      yield
+    finally:
+      self.honoured = before
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,24 +103,30 @@ def fit(
   *,
   store: CheckpointStore,
   epochs: int,
-  train_epoch: Callable[[Any, int], EpochResult],
+  train_epoch: Callable[..., EpochResult],
+  epoch_metrics: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
   evaluate: Callable[[Any], list[dict[str, float]]],
   selection: Selection,
   seeds: list[int],
   plateau: optim.optax.GradientTransformationExtraArgs | None = None,
   on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
+  stop: StopRequest | None = None,
 ) -> FitResult:
   """Trains until `epochs` are done (resuming if the workdir has a checkpoint).
 
-  `state` stacks one replica per seed; `evaluate` returns one metrics dict per replica.
-  Each replica has its own best epoch and plateau: the "best" checkpoint stacks every
-  replica at its own best epoch. Logged rows hold the mean over replicas under each name
-  and every replica's value under "per_seed".
+  `state` stacks one replica per seed; `train_epoch(state, epoch, start_step=, stop=)` runs
+  an epoch's steps from `start_step` on, returning early once `stop()` is true;
+  `epoch_metrics` turns an epoch's step metrics into its logged train metrics; `evaluate`
+  returns one metrics dict per replica. Each replica has its own best epoch and plateau:
+  the "best" checkpoint stacks every replica at its own best epoch. Logged rows hold the
+  mean over replicas under each name and every replica's value under "per_seed".
   Each row's "compile_seconds" is the time JAX spent building programs during that epoch's
   training and evaluation (a task that compiles on first use pays it inside "epoch_seconds").
   The checkpoints' JSON meta holds {"epoch", "history", "best" (one per replica),
-  "train_seconds", "compile_seconds"}, returned as a FitResult.
+  "train_seconds", "compile_seconds"}, returned as a FitResult, and in a checkpoint saved
+  in the middle of an epoch (on a `stop` request) "partial": that epoch's steps so far.
   """
+  stop = stop if stop is not None else StopRequest()
   log = MetricsLog(store.workdir)
   try:
     meta = {
@@ -110,6 +149,13 @@ def fit(
             store.workdir,
           )
         best_state = best[0]
+    partial = meta.pop("partial", None)  # a checkpoint saved in the middle of this epoch
+    if partial is not None and partial["epoch"] > epochs:
+      raise ConfigError(
+        f"{store.workdir} stopped in the middle of epoch {partial['epoch']}: train at least "
+        f"{partial['epoch']} epochs to finish it (asked for {epochs})",
+        settings=("epochs",),
+      )
     log.reset(meta["history"])
     # Compiled once: run eagerly, optax's plateau update would recompile every epoch.
     advance_plateau = jax.jit(
@@ -118,64 +164,112 @@ def fit(
     for row in meta["history"]:
       on_epoch(row)
 
-    for epoch in range(meta["epoch"] + 1, epochs + 1):
-      first_step = int(state.step[0])  # read now: train_epoch may donate `state`'s buffers
-      with CompileClock() as compile_clock:
-        start = time.perf_counter()
-        result = train_epoch(state, epoch)
-        jax.block_until_ready(result.state)
-        epoch_seconds = time.perf_counter() - start  # the check below compiles on first use: not timed
-        _check_finite(
-          result.step_losses, result.state, first_step=first_step, epoch=epoch, store=store, seeds=seeds
-        )
-        state = result.state
-        dev = evaluate(state)
-        _check_finite_metrics(dev, epoch=epoch, eval_name=selection.eval_name, store=store, seeds=seeds)
-      per_seed = {
-        **{k: [float(v) for v in values] for k, values in result.metrics.items()},
-        **{f"{selection.eval_name}_{k}": [d[k] for d in dev] for k in dev[0]},
-        "learning_rate_scale": [float(x) for x in np.asarray(state.plateau_state.scale)],
-      }
-      row = {
-        "epoch": epoch,
-        **{k: float(np.mean(v)) for k, v in per_seed.items()},
-        "epoch_seconds": epoch_seconds,
-        "compile_seconds": compile_clock.seconds,
-        "per_seed": per_seed,
-      }
-      if plateau is not None and selection.plateau_metric is not None:
-        values = jnp.asarray([d[selection.plateau_metric] for d in dev], jnp.float32)
-        state = state.replace(plateau_state=advance_plateau(state.plateau_state, values))
-      improved = np.zeros(len(seeds), bool)
-      if selection.best_metric is not None:
-        for r, d in enumerate(dev):
-          value, best = d[selection.best_metric], meta["best"][r]
-          if best is None or _better(value, best["value"], selection.higher_is_better):
-            improved[r] = True
-            meta["best"][r] = {
-              "epoch": epoch,
-              "step": int(state.step[r]),
-              "metric": selection.best_metric,
-              "value": value,
-            }
-        if improved.any():
-          # A copy, never `state` itself: a task may donate the state's buffers to the next epoch.
-          best_state = (
-            jax.tree_util.tree_map(jnp.copy, state)
-            if best_state is None
-            else replicas.select(improved, state, best_state)
+    with stop.honouring():
+      for epoch in range(meta["epoch"] + 1, epochs + 1):
+        if stop.requested:  # between epochs: the latest checkpoint holds everything done
+          raise Preempted(stop.reason, epoch=epoch - 1, steps_done=None, saved_step=store.latest_step())
+        done = _steps_from_json(partial["step_metrics"]) if partial else None
+        earlier_seconds = (partial["seconds"], partial["compile_seconds"]) if partial else (0.0, 0.0)
+        partial = None
+        start_step = len(done["loss"]) if done else 0
+        first_step = int(state.step[0]) - start_step  # read now: train_epoch may donate `state`'s buffers
+        with CompileClock() as compile_clock:
+          start = time.perf_counter()
+          result = train_epoch(state, epoch, start_step=start_step, stop=stop)
+          jax.block_until_ready(result.state)
+          epoch_seconds = earlier_seconds[0] + time.perf_counter() - start  # the checks below: not timed
+          steps = _concatenate_steps(done, result.step_metrics)
+          _check_finite(
+            steps["loss"], result.state, first_step=first_step, epoch=epoch, store=store, seeds=seeds
           )
-      meta["epoch"] = epoch
-      meta["history"].append(row)
-      meta["train_seconds"] += epoch_seconds
-      meta["compile_seconds"] = meta.get("compile_seconds", 0.0) + compile_clock.seconds  # older runs lack it
-      # before the log: see MetricsLog.reset
-      store.save(int(state.step[0]), state, meta, best_state=best_state if improved.any() else None)
-      log.write(row)
-      on_epoch(row)
+          state = result.state
+          if stop.requested:  # the step in progress is done: save it, evaluate on the rerun
+            saved_step = int(state.step[0])
+            meta["partial"] = {
+              "epoch": epoch,
+              "step_metrics": _steps_to_json(steps),
+              "seconds": epoch_seconds,
+              "compile_seconds": earlier_seconds[1] + compile_clock.seconds,
+            }
+            store.save(saved_step, state, meta)
+            raise Preempted(stop.reason, epoch=epoch, steps_done=len(steps["loss"]), saved_step=saved_step)
+          dev = evaluate(state)
+          _check_finite_metrics(dev, epoch=epoch, eval_name=selection.eval_name, store=store, seeds=seeds)
+        per_seed = {
+          **{k: [float(v) for v in values] for k, values in epoch_metrics(steps).items()},
+          **{f"{selection.eval_name}_{k}": [d[k] for d in dev] for k in dev[0]},
+          "learning_rate_scale": [float(x) for x in np.asarray(state.plateau_state.scale)],
+        }
+        row = {
+          "epoch": epoch,
+          **{k: float(np.mean(v)) for k, v in per_seed.items()},
+          "epoch_seconds": epoch_seconds,
+          "compile_seconds": earlier_seconds[1] + compile_clock.seconds,
+          "per_seed": per_seed,
+        }
+        if plateau is not None and selection.plateau_metric is not None:
+          values = jnp.asarray([d[selection.plateau_metric] for d in dev], jnp.float32)
+          state = state.replace(plateau_state=advance_plateau(state.plateau_state, values))
+        improved = np.zeros(len(seeds), bool)
+        if selection.best_metric is not None:
+          for r, d in enumerate(dev):
+            value, best = d[selection.best_metric], meta["best"][r]
+            if best is None or _better(value, best["value"], selection.higher_is_better):
+              improved[r] = True
+              meta["best"][r] = {
+                "epoch": epoch,
+                "step": int(state.step[r]),
+                "metric": selection.best_metric,
+                "value": value,
+              }
+          if improved.any():
+            # A copy, never `state` itself: a task may donate the state's buffers to the next epoch.
+            best_state = (
+              jax.tree_util.tree_map(jnp.copy, state)
+              if best_state is None
+              else replicas.select(improved, state, best_state)
+            )
+        meta["epoch"] = epoch
+        meta["history"].append(row)
+        meta["train_seconds"] += epoch_seconds
+        meta["compile_seconds"] = (
+          meta.get("compile_seconds", 0.0) + row["compile_seconds"]
+        )  # older runs lack it
+        # before the log: see MetricsLog.reset
+        store.save(int(state.step[0]), state, meta, best_state=best_state if improved.any() else None)
+        log.write(row)
+        on_epoch(row)
+      if stop.requested:  # during the last epoch's evaluation or save: all is saved
+        raise Preempted(stop.reason, epoch=meta["epoch"], steps_done=None, saved_step=store.latest_step())
     return FitResult.from_meta(state, meta)
   finally:
     log.close()
+
+
+def mean_of_steps(step_metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Each step metric's mean over the epoch's steps as "train_<name>" [R]: the usual epoch_metrics."""
+  return {f"train_{name}": np.mean(values, axis=0) for name, values in step_metrics.items()}
+
+
+def _concatenate_steps(
+  earlier: dict[str, np.ndarray] | None, later: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+  later = {k: np.asarray(v) for k, v in later.items()}
+  if earlier is None:
+    return later
+  # The earlier steps keep their dtype (an epoch resumed with no steps left may return empty arrays).
+  return {
+    k: np.concatenate([e, later[k].reshape(-1, *e.shape[1:]).astype(e.dtype)]) for k, e in earlier.items()
+  }
+
+
+def _steps_to_json(step_metrics: dict[str, np.ndarray]) -> dict[str, Any]:
+  """Exact: a float32 (or float64) value survives JSON as the same number."""
+  return {k: {"dtype": str(v.dtype), "values": v.tolist()} for k, v in step_metrics.items()}
+
+
+def _steps_from_json(saved: dict[str, Any]) -> dict[str, np.ndarray]:
+  return {k: np.asarray(v["values"], dtype=v["dtype"]) for k, v in saved.items()}
 
 
 def _check_finite_metrics(

@@ -84,14 +84,16 @@ def train_and_evaluate(
   flags: dict[str, Any] | None = None,
   command: str | None = None,
   on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
+  stop: loop.StopRequest | None = None,
 ) -> dict[str, Any]:
   """Trains (or resumes) `task` in `workdir`; returns (and writes) results.json.
 
   With several seeds, results.json holds each seed's results and their summary (see
   simjax.summary). `flags` and `command` are recorded as given; `on_epoch` sees every
-  metrics row.
+  metrics row. A request on `stop` (e.g. from a SIGTERM handler) ends training after the
+  step in progress with a checkpoint of it and raises errors.Preempted; rerunning resumes.
   """
-  records = {"flags": flags or {}, "command": command}
+  records = {"flags": flags or {}, "command": command, "stop": stop}
   new_workdir = not _has_files(workdir)
   try:
     with workdir_lock.hold(workdir):  # one process at a time writes here
@@ -132,7 +134,7 @@ def _has_files(workdir: str) -> bool:
 def _train_stacked(
   task: Task, config: RunConfig, workdir: str, records, on_epoch, new_workdir: bool
 ) -> dict[str, Any]:
-  """`records`: {"flags", "command"}, written with the provenance to run_info.json and results.json;
+  """`records`: {"flags", "command", "stop"}: flags and command written with the provenance to run_info.json and results.json;
   `new_workdir`: whether the caller found `workdir` empty (then a failed start removes it)."""
   seeds = config.seeds
   os.makedirs(workdir, exist_ok=True)
@@ -162,6 +164,7 @@ def _train_stacked(
       store=store,
       epochs=config.epochs,
       train_epoch=task.train_epoch,
+      epoch_metrics=task.epoch_metrics,
       evaluate=task.evaluate,
       selection=dataclasses.replace(
         task.selection, plateau_metric=task.selection.plateau_metric if plateau_active else None
@@ -169,6 +172,7 @@ def _train_stacked(
       seeds=seeds,
       plateau=optim.plateau_transform(task.optim),
       on_epoch=on_epoch,
+      stop=records["stop"],
     )
     selects = task.selection.best_metric is not None
     final_state = store.restore_best(abstract_state(fit.state))[0] if selects else fit.state

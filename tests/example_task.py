@@ -51,13 +51,17 @@ class LinearTask(Task):
       params, keys
     )
 
-  def train_epoch(self, state, epoch):  # the order depends on (seed, epoch) only: resumable
+  def train_epoch(self, state, epoch, *, start_step=0, stop=lambda: False):
+    # The order depends on (seed, epoch) only: a resumed run replays it, from any step.
     order = np.stack([np.random.default_rng([s, epoch]).permutation(self.rows) for s in self.config.seeds])
+    batches = np.split(order[:, : self.steps * self.config.batch_size], self.steps, axis=1)
     losses = []
-    for batch in np.split(order[:, : self.steps * self.config.batch_size], self.steps, axis=1):
+    for batch in batches[start_step:]:
       state, loss = _train_step(state, self.x[batch], self.y[batch])
       losses.append(loss)
-    return loop.EpochResult(state, np.stack(losses), {"train_mse": np.mean(losses, axis=0)})
+      if stop():  # e.g. SIGTERM: simjax saves this step's state
+        break
+    return loop.EpochResult(state, {"loss": np.asarray(losses).reshape(-1, len(self.config.seeds))})
 
   def evaluate(self, state):
     dev = jax.vmap(_mse, in_axes=(0, None, None))(state.params, self.x[self.rows :], self.y[self.rows :])

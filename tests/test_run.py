@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.example_task import LinearTask
+from tests.stop_at import StopAt
 from simjax import errors, optim, run, run_records
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -31,7 +32,7 @@ class Scripted(LinearTask):
     if script:
       self.selection = run.loop.Selection(best_metric="score", higher_is_better=False, plateau_metric="score")
 
-  def train_epoch(self, state, epoch):
+  def train_epoch(self, state, epoch, **steps):
     if epoch == self.interrupt_epoch:
       raise KeyboardInterrupt  # as if the process were killed in the middle of this epoch
     if self.oom:
@@ -40,7 +41,7 @@ class Scripted(LinearTask):
     if epoch == self.poison_epoch:
       self.y[: self.rows] = np.nan  # bad data in this epoch only
     try:
-      return super().train_epoch(state, epoch)
+      return super().train_epoch(state, epoch, **steps)
     finally:
       self.y = clean
 
@@ -53,9 +54,10 @@ class Scripted(LinearTask):
     return rows
 
 
-def train(workdir, task=None, **config):
+def train(workdir, task=None, stop=None, **config):
   settings = dict(epochs=4, batch_size=16)
-  return run.train_and_evaluate(task or Scripted(), run.RunConfig(**{**settings, **config}), str(workdir))
+  config = run.RunConfig(**{**settings, **config})
+  return run.train_and_evaluate(task or Scripted(), config, str(workdir), stop=stop)
 
 
 def load(workdir):
@@ -98,6 +100,45 @@ def test_a_killed_run_resumes_to_the_same_numbers(tmp_path):
   resumed = train(tmp_path / "killed", num_seeds=2)
   assert resumed["per_seed"] == reference["per_seed"]  # bit-identical
   assert rows_without_time(tmp_path / "killed") == rows_without_time(tmp_path / "reference")
+
+
+@pytest.mark.parametrize("stop_step", [6, 8])  # 4 steps per epoch: in the middle of epoch 2, at its end
+def test_a_stop_request_saves_the_step_reached_and_the_rerun_ends_bit_identical(tmp_path, stop_step):
+  reference = train(tmp_path / "reference", num_seeds=2)
+  workdir = tmp_path / "stopped"
+  with pytest.raises(
+    errors.Preempted,
+    match=f"stopped \\(SIGTERM\\) in epoch 2 after {stop_step - 4} of its steps: "
+    f"checkpoint step {stop_step} holds it",
+  ) as error:
+    train(workdir, num_seeds=2, stop=StopAt(stop_step))
+  assert (error.value.epoch, error.value.steps_done, error.value.saved_step) == (2, stop_step - 4, stop_step)
+  assert len(run_records.read_metrics(str(workdir))) == 1  # epoch 2 is logged once it is whole
+  assert not (workdir / ".lock").exists()
+  resumed = train(workdir, num_seeds=2, stop=StopAt(100))  # the rerun (a fresh request, never set)
+  assert resumed["per_seed"] == reference["per_seed"]  # bit-identical, train metrics included
+  assert rows_without_time(workdir) == rows_without_time(tmp_path / "reference")
+
+
+def test_a_stop_request_between_epochs_stops_after_the_epoch_is_saved(tmp_path):
+  class StopDuringEvaluation(Scripted):
+    def evaluate(self, state):
+      if int(state.step[0]) == 2 * self.steps:
+        stop.request("SIGINT")
+      return super().evaluate(state)
+
+  stop = run.loop.StopRequest()
+  with pytest.raises(errors.Preempted, match=r"stopped \(SIGINT\) after epoch 2: checkpoint step 8 holds it"):
+    train(tmp_path / "run", StopDuringEvaluation(), stop=stop)
+  assert len(run_records.read_metrics(str(tmp_path / "run"))) == 2
+  assert train(tmp_path / "run")["epochs"] == 4
+
+
+def test_a_run_stopped_in_an_epoch_is_not_reported_as_a_shorter_run(tmp_path):
+  with pytest.raises(errors.Preempted):
+    train(tmp_path / "run", stop=StopAt(10))  # in epoch 3
+  with pytest.raises(errors.ConfigError, match="stopped in the middle of epoch 3: train at least 3 epochs"):
+    train(tmp_path / "run", epochs=2)
 
 
 def test_each_seed_keeps_its_own_best_epoch(tmp_path):

@@ -94,7 +94,7 @@ def test_a_lock_from_another_host_is_never_taken_over(tmp_path):
 
 
 class Failing(LinearTask):
-  def train_epoch(self, state, epoch):
+  def train_epoch(self, state, epoch, **steps):
     raise errors.DataError("an unreadable batch")
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
-from simjax.loop import EpochResult, FitResult, Selection
+import numpy as np
+
+from simjax.loop import EpochResult, FitResult, Selection, mean_of_steps
 from simjax.optim import OptimConfig
 
 if TYPE_CHECKING:  # simjax.run imports this module: no import at run time
@@ -68,9 +70,19 @@ class Task(abc.ABC):
     this time as compile seconds, apart from training)."""
 
   @abc.abstractmethod
-  def train_epoch(self, state: Any, epoch: int) -> EpochResult:
-    """One epoch of every replica; the data order must depend only on (seed, epoch) so that a
-    resumed run replays it."""
+  def train_epoch(
+    self, state: Any, epoch: int, *, start_step: int = 0, stop: Callable[[], bool] = lambda: False
+  ) -> EpochResult:
+    """The steps `start_step`, `start_step + 1`, ... of `epoch` for every replica, with each
+    step's metrics ("loss" among them). After every step, if `stop()` is true, return at once
+    (the run module saves that state and the rerun continues from the next step; a task
+    whose epoch is one compiled program may finish it first). The data order must depend
+    only on (seed, epoch) so that a resumed run replays it, from any step."""
+
+  def epoch_metrics(self, step_metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """An epoch's logged train metrics [R] per name from all its steps' metrics [steps, R]
+    (also of steps done before a stop): by default each one's mean, as "train_<name>"."""
+    return mean_of_steps(step_metrics)
 
   @abc.abstractmethod
   def evaluate(self, state: Any) -> list[dict[str, float]]:

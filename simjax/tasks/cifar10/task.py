@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from simjax import loop, optim, replicas, run, sharding
+from simjax import checkpoints, loop, optim, replicas, run, sharding
 from simjax.errors import ConfigError
 from simjax.run import RunConfig
 from simjax.tasks.base import Task
@@ -144,8 +144,9 @@ def compile_train_epoch(
   compute_dtype,
   fused: bool | None = None,
 ) -> Callable:
-  """Compiles one epoch: (state, images, labels, epoch_keys) -> (state, {"loss", "accuracy"}
-  [steps, replicas]).
+  """Compiles one epoch: (state, images, labels, epoch_keys, *, start=0, stop=None,
+  on_step=None) -> (state, {"loss", "accuracy"} [steps run, replicas]): the steps from
+  `start` on, returning after a step once `stop()` is true; `on_step(n)` counts steps done.
 
   `state` stacks the replicas (seeds) and `epoch_keys` [replicas, 2] gives each its data
   order. `images`/`labels` are the whole (replicated) train split on the device(s), shared
@@ -156,13 +157,16 @@ def compile_train_epoch(
   trip between steps. XLA's CPU backend runs loop bodies without its fast convolution
   path (about 14x slower, measured here), so on CPU (fused=None picks) the epoch is a
   host loop over one compiled step instead; the data still never leaves the device.
-  Everything is compiled here, ahead of time, so epoch timings exclude compilation.
+  Everything is compiled here, ahead of time, so epoch timings exclude compilation (but a
+  fused epoch's one-step program, needed only to finish an epoch a host loop stopped in
+  the middle of).
   """
   fused = jax.default_backend() != "cpu" if fused is None else fused
   batch_sharding = sharding.batch_sharded(mesh, batch_axis=1)  # [replicas, batch, ...]
   replicated = sharding.replicated(mesh)
   num_replicas = replicas.num_replicas(state)
   example_keys = jnp.zeros((num_replicas, 2), jnp.uint32)
+  abstract_state = checkpoints.abstract_state(state)  # `state` may be donated before a late compile
   replica_step = jax.vmap(
     functools.partial(
       train_step, augmentation=augmentation, label_smoothing=label_smoothing, compute_dtype=compute_dtype
@@ -180,43 +184,54 @@ def compile_train_epoch(
 
     return jnp.swapaxes(jax.vmap(order)(epoch_keys), 0, 1)
 
-  if fused:
-
-    def epoch(state, images, labels, epoch_keys):
-      return jax.lax.scan(lambda s, indices: step(s, images, labels, indices), state, epoch_order(epoch_keys))
-
-    jitted = jax.jit(epoch, out_shardings=(replicated, replicated), donate_argnums=(0,))
-    compiled = jitted.lower(state, images, labels, example_keys).compile()
-
-    def fused_epoch(state, images, labels, epoch_keys, on_step=None):
-      out = compiled(state, images, labels, epoch_keys)
-      if on_step is not None:  # one program: all its steps are done at once
-        jax.block_until_ready(out)
-        on_step(steps)
-      return out
-
-    return fused_epoch
-
   order_fn = jax.jit(epoch_order).lower(example_keys).compile()
   example_indices = jax.ShapeDtypeStruct((num_replicas, batch_size), jnp.int32)
-  step_fn = (
-    jax.jit(step, out_shardings=(replicated, replicated), donate_argnums=(0,))
-    .lower(state, images, labels, example_indices)
-    .compile()
-  )
 
-  def host_loop_epoch(state, images, labels, epoch_keys, on_step=None):
+  @functools.cache  # a fused epoch needs it only to finish an epoch stopped in the middle
+  def step_fn():
+    return (
+      jax.jit(step, out_shardings=(replicated, replicated), donate_argnums=(0,))
+      .lower(abstract_state, images, labels, example_indices)
+      .compile()
+    )
+
+  def host_loop_epoch(state, images, labels, epoch_keys, *, start=0, stop=None, on_step=None):
     order = order_fn(epoch_keys)
     metrics = []
-    for i in range(steps):
-      state, step_metrics = step_fn(state, images, labels, order[i])
+    for i in range(start, steps):
+      state, step_metrics = step_fn()(state, images, labels, order[i])
       metrics.append(step_metrics)
       if on_step is not None:  # count steps computed, not dispatched ahead
         jax.block_until_ready(step_metrics)
         on_step(1)
+      if stop is not None and stop():
+        break
+    if not metrics:  # resumed after the epoch's last step
+      return state, {name: jnp.zeros((0, num_replicas), jnp.float32) for name in ("loss", "accuracy")}
     return state, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *metrics)
 
-  return host_loop_epoch
+  if not fused:
+    step_fn()  # ahead of time: epoch timings exclude compilation
+    return host_loop_epoch
+
+  def epoch(state, images, labels, epoch_keys):
+    return jax.lax.scan(lambda s, indices: step(s, images, labels, indices), state, epoch_order(epoch_keys))
+
+  jitted = jax.jit(epoch, out_shardings=(replicated, replicated), donate_argnums=(0,))
+  compiled = jitted.lower(state, images, labels, example_keys).compile()
+
+  def fused_epoch(state, images, labels, epoch_keys, *, start=0, stop=None, on_step=None):
+    """All steps in one program (a stop request waits for its end), unless resuming a host
+    loop's epoch that stopped in the middle."""
+    if start:
+      return host_loop_epoch(state, images, labels, epoch_keys, start=start, stop=stop, on_step=on_step)
+    out = compiled(state, images, labels, epoch_keys)
+    if on_step is not None:  # one program: all its steps are done at once
+      jax.block_until_ready(out)
+      on_step(steps)
+    return out
+
+  return fused_epoch
 
 
 def make_predict(mesh, *, batch_size: int, compute_dtype, tta: str = "none") -> Callable:
@@ -403,15 +418,21 @@ class Cifar10Task(Task):
     self._predict = predict.lower(state, self.eval_images).compile()
     epoch_keys(self._run.seeds, 0).block_until_ready()  # eager ops of train_epoch
 
-  def train_epoch(self, state: TrainState, epoch: int) -> loop.EpochResult:
+  def train_epoch(
+    self, state: TrainState, epoch: int, *, start_step: int = 0, stop: Callable[[], bool] = lambda: False
+  ) -> loop.EpochResult:
     # Data order and augmentation depend only on (seed, epoch, step): resuming replays them.
     replicated = sharding.replicated(self.mesh)
     bar = self.progress(self.steps, f"epoch {epoch}") if self.progress else None
+    if bar is not None and start_step:
+      bar.update(start_step)
     try:
       state, metrics = self._epoch(
         jax.device_put(state, replicated),
         *self.train_arrays,
         epoch_keys(self._run.seeds, epoch),
+        start=start_step,
+        stop=stop,
         on_step=bar.update if bar is not None else None,
       )
     finally:
@@ -419,12 +440,7 @@ class Cifar10Task(Task):
         bar.close()
     metrics = jax.device_get(metrics)  # [steps, replicas]
     return loop.EpochResult(
-      state,
-      np.asarray(metrics["loss"]),
-      {
-        "train_loss": np.mean(metrics["loss"], axis=0),
-        "train_accuracy": np.mean(metrics["accuracy"], axis=0),
-      },
+      state, {"loss": np.asarray(metrics["loss"]), "accuracy": np.asarray(metrics["accuracy"])}
     )
 
   def _classify(self, state: TrainState) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from typing import Any, Callable
 
@@ -320,10 +321,12 @@ class SimilarityTask(Task):
     )
     return sharding.replicate(state, self.mesh)
 
-  def train_epoch(self, state: TrainState, epoch: int) -> loop.EpochResult:
-    # The order depends only on (seed, epoch): a resumed run sees the same batches, and
-    # replica r sees the batches a single run with its seed would. Each seed fills the
-    # batches with its own examples; the sequence of bucket lengths depends on the epoch
+  def train_epoch(
+    self, state: TrainState, epoch: int, *, start_step: int = 0, stop: Callable[[], bool] = lambda: False
+  ) -> loop.EpochResult:
+    # The order depends only on (seed, epoch): a resumed run sees the same batches (from any
+    # step), and replica r sees the batches a single run with its seed would. Each seed fills
+    # the batches with its own examples; the sequence of bucket lengths depends on the epoch
     # alone, so the replicas' batches stack into one array.
     orders = [
       input_pipeline.batches(
@@ -336,20 +339,33 @@ class SimilarityTask(Task):
       for s in self.seeds
     ]
     bar = self.progress(self.steps_per_epoch, f"epoch {epoch}") if self.progress else None
+    if bar is not None and start_step:
+      bar.update(start_step)
     step_metrics = []
-    for replica_batches in zip(*orders):
+    for replica_batches in itertools.islice(zip(*orders), start_step, None):
       batch = input_pipeline.stack_replica_batches(replica_batches)
       state, out = train_step(state, sharding.shard_batch(batch, self.mesh, batch_axis=1))
       step_metrics.append(out)
       if bar is not None:
         bar.update(1)
+      if stop():
+        break
     if bar is not None:
       bar.close()
     step_metrics = jax.device_get(step_metrics)
-    losses = np.stack([m["loss"] for m in step_metrics])  # [steps, replicas]
-    squared_error = np.sum([m["squared_error"] for m in step_metrics], axis=0, dtype=np.float64)
-    weight = np.sum([m["weight"] for m in step_metrics], axis=0, dtype=np.float64)
-    return loop.EpochResult(state, losses, {"train_mse": squared_error / np.maximum(weight, 1.0)})
+    replicas_ = len(self.seeds)
+    return loop.EpochResult(
+      state,
+      {
+        name: np.asarray([m[name] for m in step_metrics]).reshape(-1, replicas_)
+        for name in ("loss", "squared_error", "weight")
+      },
+    )
+
+  def epoch_metrics(self, step_metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    squared_error = np.sum(step_metrics["squared_error"], axis=0, dtype=np.float64)
+    weight = np.sum(step_metrics["weight"], axis=0, dtype=np.float64)
+    return {"train_mse": squared_error / np.maximum(weight, 1.0)}
 
   def evaluate(self, state: TrainState) -> list[dict[str, float]]:
     return evaluate(state, self.prepared.splits["dev"], self.batch_size, self.data.max_length)

@@ -69,6 +69,51 @@ def test_fused_epoch_program_equals_the_host_loop_and_both_report_progress(cifar
   np.testing.assert_allclose(results[0], results[1], rtol=1e-5)
 
 
+def test_an_epoch_stopped_after_a_step_continues_from_the_next_one(cifar_data_dir):
+  # What a preemption leaves (simjax.loop saves the state between the two calls).
+  from simjax import sharding
+
+  split = input_pipeline.load_split("train[:256]", cifar_data_dir, None)
+  images, labels = jnp.asarray(split.images), jnp.asarray(split.labels)
+  keys = train.epoch_keys([0], 1)
+
+  initial = train.create_train_state(
+    [0], ModelConfig(architecture="cnn", width=4), TINY_OPTIM, steps_per_epoch=4, total_steps=4
+  )
+  fresh = lambda: jax.tree_util.tree_map(jnp.copy, initial)  # each epoch call donates its state
+
+  epochs = {
+    fused: train.compile_train_epoch(
+      sharding.data_mesh(),
+      fresh(),
+      images,
+      labels,
+      batch_size=64,
+      steps=4,
+      augmentation=input_pipeline.Augmentation(),
+      label_smoothing=0.0,
+      compute_dtype=jnp.float32,
+      fused=fused,
+    )
+    for fused in (False, True)
+  }
+  whole, whole_metrics = epochs[False](fresh(), images, labels, keys)
+  stop_after = iter([False, True])  # asked during the second step
+  half, first = epochs[False](fresh(), images, labels, keys, stop=lambda: next(stop_after))
+  assert first["loss"].shape == (2, 1) and int(half.step[0]) == 2
+  for fused, epoch in epochs.items():  # a fused epoch finishes a host loop's epoch with single steps
+    rest_state, rest = epoch(jax.tree_util.tree_map(jnp.copy, half), images, labels, keys, start=2)
+    losses = np.concatenate([first["loss"], rest["loss"]])
+    np.testing.assert_array_equal(losses, whole_metrics["loss"])
+    for got, want in zip(
+      jax.tree_util.tree_leaves(rest_state.params), jax.tree_util.tree_leaves(whole.params)
+    ):
+      np.testing.assert_array_equal(got, want)
+  # Resumed after the last step: nothing left to do.
+  done, nothing = epochs[False](whole, images, labels, keys, start=4)
+  assert nothing["loss"].shape == (0, 1) and int(done.step[0]) == 4
+
+
 def test_stacked_seeds_train_like_single_runs_with_their_own_batchnorm(cifar_data_dir):
   import jax
   import jax.numpy as jnp

@@ -7,6 +7,7 @@ import pytest
 
 from simjax import errors, optim, run, run_records
 from tests.multi_device import run_on_devices
+from tests.stop_at import StopAt
 from simjax.tasks.similarity import task as train
 from simjax.tasks.similarity.models import ModelConfig
 
@@ -38,16 +39,28 @@ def _run(
   model=_tiny_model,
   seed=0,
   batch_size=32,
+  stop=None,
   **train_settings,
 ):
   config = train.TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, **train_settings)
   optim_config = optim_config or optim.OptimConfig(optimizer="adam", learning_rate=3e-3)
   task = train.SimilarityTask(model, data_config, optim_config, **config.task_settings)
-  return run.train_and_evaluate(task, config, str(workdir))
+  return run.train_and_evaluate(task, config, str(workdir), stop=stop)
 
 
-def test_loss_goes_down_and_outputs_are_written(tmp_path, data_config):
+def test_loss_goes_down_and_outputs_are_written_and_a_stopped_run_resumes_bit_identical(
+  tmp_path, data_config
+):
   results = _run(tmp_path, data_config, epochs=4, optim_config=optim.OptimConfig(learning_rate=1e-2))
+  # Stopped in the middle of epoch 2 (8 steps per epoch; as a SIGTERM would), then rerun.
+  stopped = tmp_path / "stopped"
+  with pytest.raises(errors.Preempted, match="in epoch 2 after 3 of its steps"):
+    _run(stopped, data_config, epochs=4, optim_config=optim.OptimConfig(learning_rate=1e-2), stop=StopAt(11))
+  resumed = _run(stopped, data_config, epochs=4, optim_config=optim.OptimConfig(learning_rate=1e-2))
+  assert (resumed["dev"], resumed["test"]) == (results["dev"], results["test"])
+  drop = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
+  assert drop(run_records.read_metrics(str(stopped))) == drop(run_records.read_metrics(str(tmp_path)))
+
   history = run_records.read_metrics(str(tmp_path))
   assert [row["epoch"] for row in history] == [1, 2, 3, 4]
   assert history[-1]["train_mse"] < 0.8 * history[0]["train_mse"]
