@@ -205,7 +205,7 @@ def _reproduce(session: Session, *only: str, report_only: bool = False) -> list[
     f"--reports_dir={session.reports_dir}",
     f"--num_seeds={sizes.num_seeds}",
     f"--cnn_seeds={session.cnn_seeds}",
-    f"--extra_flags={','.join(sizes.cifar)}",
+    f"--cifar10_flags={','.join(sizes.cifar)}",
     *(["--quick"] if sizes.quick else []),
     *(["--report_only"] if report_only else []),
   )

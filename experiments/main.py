@@ -28,7 +28,9 @@ TASKS = {"similarity": sentence_similarity, "cifar10": cifar10}
 
 
 def main(argv):
-  task = TASKS[_task_name()]
+  task_name = _task_name()
+  _refuse_flags_of_other_tasks(task_name)
+  task = TASKS[task_name]
   inputs = argv[1:]
   if inputs and FLAGS.mode != "predict":
     raise app.UsageError(f"unexpected arguments: {' '.join(inputs)} (only --mode=predict takes inputs)")
@@ -59,6 +61,23 @@ def _task_name() -> str:
       "(eval and predict read it from the workdir)"
     )
   return trained
+
+
+def _refuse_flags_of_other_tasks(task_name: str) -> None:
+  """A flag of another task (on the command line or in a flagfile) would be ignored without a
+  word, e.g. --dataset=sick on a CIFAR-10 run, or lstm.flags' model flags with --task=cifar10."""
+  by_module = FLAGS.flags_by_module_dict()
+  for other, module in TASKS.items():
+    given = sorted(f"--{f.name}" for f in by_module.get(module.__name__, []) if f.present)
+    if other != task_name and given:
+      one = len(given) == 1
+      training = FLAGS.mode == "train"
+      source = f"--task={task_name}" if training or FLAGS["task"].present else f"read from {FLAGS.workdir}"
+      sys.exit(
+        f"error: {', '.join(given)}: {'this flag belongs' if one else 'these flags belong'} to the "
+        f"{other} task, and this run is {task_name} ({source}): remove {'it' if one else 'them'}"
+        + (f", or train with --task={other}" if training else "")
+      )
 
 
 if __name__ == "__main__":

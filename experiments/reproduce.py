@@ -48,7 +48,16 @@ def define_flags() -> None:
     "Run only these experiments or groups (similarity, cifar10, stsb, sick, or names like lstm_stsb).",
   )
   flags.DEFINE_list(
-    "extra_flags", [], "Flags added to every experiment's command (e.g. --dtype=bfloat16 on a GPU)."
+    "extra_flags",
+    [],
+    "Flags added to every experiment's command, flags both tasks know (e.g. --deterministic); "
+    "a task's own flags go in --similarity_flags / --cifar10_flags (a task refuses the other's).",
+  )
+  flags.DEFINE_list(
+    "similarity_flags", [], "Flags added to every sentence experiment (e.g. --max_length=32)."
+  )
+  flags.DEFINE_list(
+    "cifar10_flags", [], "Flags added to every CIFAR-10 experiment (e.g. --dtype=bfloat16 on a GPU)."
   )
   flags.DEFINE_enum(
     "cnn_seeds",
@@ -432,8 +441,11 @@ def reproduce(argv_command: str) -> str:
   report_dir = os.path.join(FLAGS.reports_dir, name)
   needs_backend = FLAGS.cnn_seeds == "auto" and any(e.task == "cifar10" for e in experiments)
   backend = _backend() if needs_backend else "any"
+  task_flags = {"similarity": FLAGS.similarity_flags, "cifar10": FLAGS.cifar10_flags}
   commands = {
-    e.name: command(e, report_dir, num_seeds, FLAGS.quick, FLAGS.extra_flags, backend, FLAGS.cnn_seeds)
+    e.name: command(
+      e, report_dir, num_seeds, FLAGS.quick, FLAGS.extra_flags + task_flags[e.task], backend, FLAGS.cnn_seeds
+    )
     for e in experiments
   }
   plan = {"command": argv_command, "quick": FLAGS.quick, "num_seeds": num_seeds, "commands": commands}

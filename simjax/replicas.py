@@ -9,13 +9,14 @@ tolerance: batching changes the order of floating-point sums).
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simjax.errors import ConfigError, WorkdirError
+from simjax.errors import ConfigError, OutOfDeviceMemory, WorkdirError
 
 
 def seed_list(first_seed: int, num_seeds: int) -> list[int]:
@@ -53,6 +54,38 @@ def init_replicas(init: Callable[[jax.Array], Any], seeds: Sequence[int]) -> tup
   variables = [compiled(init_key) for init_key, _ in keys]
   stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *variables)
   return stacked, jnp.stack([state_key for _, state_key in keys])
+
+
+def check_memory(create_state: Callable[[list[int]], Any], seeds: list[int]) -> None:
+  """Refuses, before any work, more replicas than one device's memory can hold: their train
+  states (parameters, optimizer state) and as much again for gradients and the best copy,
+  activations not counted, so what this refuses can never fit. `create_state(seeds)` builds a
+  stacked state; it runs abstractly here, for one seed."""
+  if len(seeds) < 2:
+    return
+  limit = device_memory_bytes()
+  one = jax.eval_shape(lambda: create_state(seeds[:1]))
+  per_replica = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(one))
+  need = 2 * per_replica * len(seeds)
+  if limit and need > limit:
+    raise OutOfDeviceMemory(
+      len(seeds),
+      f"their train states and gradients alone need {need / 2**30:.1f} GiB, {per_replica / 2**20:.1f} MiB "
+      f"per replica; one {jax.devices()[0].platform.upper()} device has {limit / 2**30:.1f} GiB; "
+      f"at most {max(1, limit // (2 * per_replica))} could fit",
+    )
+
+
+def device_memory_bytes() -> int | None:
+  """One device's memory: what the accelerator reports, or the machine's RAM on CPU; None if unknown."""
+  device = jax.devices()[0]
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    return None
 
 
 def num_replicas(state: Any) -> int:

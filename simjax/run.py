@@ -145,8 +145,9 @@ def _train_stacked(
     resuming = store.latest_step() is not None
     try:
       data_info = task.prepare(workdir, config, resuming=resuming)
+      replicas.check_memory(task.create_train_state, seeds)  # before any is built
     except Exception:
-      if new_workdir:  # e.g. data missing: leave no empty workdir behind (this call made it)
+      if new_workdir:  # e.g. data missing, too many seeds: leave no empty workdir behind (this call made it)
         store.close()
         _empty(workdir)
       raise

@@ -11,7 +11,7 @@ import pytest
 
 from tests.example_task import LinearTask
 from tests.stop_at import StopAt
-from simjax import errors, optim, run, run_records
+from simjax import errors, optim, replicas, run, run_records
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SGD = optim.OptimConfig(optimizer="sgd", learning_rate=0.02)
@@ -279,6 +279,25 @@ def test_out_of_memory_of_stacked_seeds_becomes_advice(tmp_path):
   assert "sequential_seeds" in error.value.settings
   with pytest.raises(jax.errors.JaxRuntimeError):  # one seed: nothing to advise, the error as it was
     train(tmp_path / "one", Scripted(oom=True))
+
+
+def test_more_seeds_than_memory_can_hold_are_refused_before_any_is_built(tmp_path, monkeypatch):
+  assert replicas.device_memory_bytes() > 2**20  # this machine's, read from the device or the OS
+  built = []
+
+  class Counting(LinearTask):
+    def create_train_state(self, seeds):
+      built.append(len(seeds))
+      return super().create_train_state(seeds)
+
+  per_replica = sum(x.nbytes for x in jax.tree_util.tree_leaves(LinearTask(SGD).create_train_state([0])))
+  monkeypatch.setattr(replicas, "device_memory_bytes", lambda: 100 * per_replica)  # a small device
+  with pytest.raises(
+    errors.OutOfDeviceMemory, match="51 stacked replicas do not fit .* at most 50 could fit"
+  ):
+    train(tmp_path / "run", Counting(SGD), num_seeds=51)
+  assert built == [1] and not (tmp_path / "run").exists()  # nothing built, no workdir left
+  assert train(tmp_path / "run", Counting(SGD), num_seeds=50)["seeds"] == list(range(50))
 
 
 class NoData(LinearTask):

@@ -104,6 +104,7 @@ def test_every_flagfile_parses():
     flags.FLAGS.unparse_flags()
     common.parse_flags_with_flagfile_lookup(["main", f"--flagfile={name}"])
     assert flags.FLAGS.experiment == name[: -len(".flags")]
+    main._refuse_flags_of_other_tasks(flags.FLAGS.task)  # sets none of the other task's flags
   flags.FLAGS.unparse_flags()
 
 
@@ -118,6 +119,15 @@ def test_unknown_flag_and_missing_flagfile_are_one_clear_line():
   assert "lstm_glove.flags" in missing.stderr  # lists what is available
   bad_value = _run("--flagfile=lstm.flags", "--cell=transformer")
   assert bad_value.returncode != 0 and "--cell" in bad_value.stderr and "Traceback" not in bad_value.stderr
+  # A flag of the other task would be ignored: refused, whether it came with the command or a flagfile.
+  other_task = _run("--flagfile=cnn_resnet.flags", "--dataset=sick", "--workdir=/nonexistent/never-made")
+  assert other_task.returncode == 1 and other_task.stderr.strip() == (
+    "error: --dataset: this flag belongs to the similarity task, and this run is cifar10 "
+    "(--task=cifar10): remove it, or train with --task=similarity"
+  )
+  other_task = _run("--flagfile=lstm.flags", "--task=cifar10", "--workdir=/nonexistent/never-made")
+  assert other_task.returncode == 1 and "--cell, --dataset, " in other_task.stderr
+  assert "these flags belong to the similarity task, and this run is cifar10" in other_task.stderr
 
 
 def test_a_killed_run_resumes_to_the_same_numbers_and_eval_and_predict_use_a_trained_workdir(

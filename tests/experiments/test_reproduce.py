@@ -53,7 +53,7 @@ def test_quick_report_is_complete_resumable_and_never_mixed_with_another_study(
     "--only=rnn_stsb",
     f"--reports_dir={tmp_path / 'reports'}",
     "--name=check",
-    "--extra_flags=--hidden_size=16,--mlp_hidden=16,--max_length=8",  # a tiny model, same pipeline
+    "--similarity_flags=--hidden_size=16,--mlp_hidden=16,--max_length=8",  # a tiny model, same pipeline
   ]
 
   def run(*extra):
