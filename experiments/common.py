@@ -260,12 +260,21 @@ def _quiet_unraisable(unraisable) -> None:
   sys.__unraisablehook__(unraisable)
 
 
+def _not_from_orbax(record: std_logging.LogRecord) -> bool:
+  return f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
 def quiet_library_logs() -> None:
   """Orbax and TFDS log every step of every save at INFO, and routine notes (e.g. a
   read-only checkpoint folder during eval) at WARNING; keep the console for results unless
   the user asked for more with -v / --verbosity. Real failures arrive as exceptions."""
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.ERROR)
+    # Orbax also logs, with its traceback, each failure of its worker threads (e.g. a full
+    # disk during a save) before the same failure reaches simjax as an exception.
+    std_logging.getLogger("absl").addFilter(_not_from_orbax)
+    # ...and the same failure of its other tasks, as Python collects them (simjax uses no asyncio).
+    std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
   sys.unraisablehook = _quiet_unraisable
   # simjax's own warnings (e.g. a stale workdir lock taken over) are for the user: one line each.
   simjax_log = std_logging.getLogger("simjax")
@@ -360,30 +369,29 @@ def run_mode(fn: Callable[[], None]) -> None:
   try:
     fn()
   except errors.Preempted as e:
-    _exit_at_once(f"{e}; rerun the same command to resume from there", _EXIT_STATUS.get(e.reason, 143))
+    _exit_at_once(f"\n{e}; rerun the same command to resume from there", _EXIT_STATUS.get(e.reason, 143))
   except (errors.SimjaxError, ValueError, OSError, MemoryError) as e:
     if os.environ.get("SIMJAX_TRACEBACK"):  # for debugging: the full stack instead of one line
       raise
-    print(f"error: {error_line(e)}", file=sys.stderr)
-    sys.exit(1)
+    _exit_at_once(f"error: {error_line(e)}", 1)
   except KeyboardInterrupt as e:
     terminated = isinstance(e, Terminated)
-    _exit_at_once(
-      str(e)  # the raiser's own account (e.g. reproduce's: its run saved and stopped)
-      or f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: the steps since the last checkpoint "
-      "are lost; rerun the same command to resume from the last checkpoint",
-      143 if terminated else 130,
+    lost = (
+      f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: the steps since the last checkpoint "
+      "are lost; rerun the same command to resume from the last checkpoint"
     )
+    # str(e): the raiser's own account (e.g. reproduce's: its run saved and stopped).
+    _exit_at_once(f"\n{str(e) or lost}", 143 if terminated else 130)
   finally:
     for sig, handler in handlers.items():
       signal.signal(sig, handler)
 
 
 def _exit_at_once(line: str, status: int) -> None:
-  print(f"\n{line}", file=sys.stderr, flush=True)
+  print(line, file=sys.stderr, flush=True)
   sys.stdout.flush()
   # Exit now: the `finally` blocks on the way here have released the workdir and closed the
   # logs, and checkpoints are committed atomically. A normal interpreter shutdown would run
-  # the exit hooks of whatever library work the signal cut short (e.g. orbax's thread pools,
-  # which then print errors after this line).
+  # the exit hooks of whatever library work the failure or signal cut short (e.g. orbax's
+  # thread pools, which then print errors after this line).
   os._exit(status)

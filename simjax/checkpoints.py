@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from simjax.errors import ConfigMismatchError, DamagedCheckpoints, WorkdirError
+from simjax.errors import CheckpointWriteError, ConfigMismatchError, DamagedCheckpoints, WorkdirError
 from simjax.run_records import write_json
 
 CONFIG_FILE = "config.json"
@@ -87,11 +88,14 @@ class CheckpointStore:
 
     # `best` first, so a resumed run never lacks the best of its epochs. A run killed
     # between the two saves redoes that epoch and saves the same step again: replace it.
-    saves = [(self._best, best_state)] if best_state is not None else []
-    for manager, tree in saves + [(self._latest, state)]:
-      if step in manager.all_steps():
-        manager.delete(step)
-      manager.save(step, args=args(tree), force=True)
+    saves = [(self._best, "best", best_state)] if best_state is not None else []
+    for manager, folder, tree in saves + [(self._latest, "checkpoints", state)]:
+      try:
+        if step in manager.all_steps():
+          manager.delete(step)
+        manager.save(step, args=args(tree), force=True)
+      except Exception as e:  # tensorstore reports a full disk as ValueError("OUT_OF_RANGE: ...")
+        raise CheckpointWriteError(os.path.join(self.workdir, folder, str(step)), _write_failure(e)) from e
 
   def latest_step(self) -> int | None:
     return self._latest.latest_step()
@@ -123,8 +127,7 @@ class CheckpointStore:
         state, meta = restored["state"], dict(restored["meta"])
       except Exception as e:  # orbax and tensorstore raise many types for damaged files
         path = os.path.join(self.workdir, folder, str(step))
-        first_line = (str(e).strip().splitlines() or [""])[0]
-        reason = f"{type(e).__name__}: {first_line[:160]}{'...' if len(first_line) > 160 else ''}"
+        reason = f"{type(e).__name__}: {_first_line(e)}"
         damaged.append(f"{path} ({reason})")
         log.warning("checkpoint %s is damaged or incomplete (%s): trying the one before", path, reason)
         if not self._read_only:
@@ -142,6 +145,20 @@ class CheckpointStore:
       self._open = False
       self._latest.close()
       self._best.close()
+
+
+def _first_line(error: BaseException, limit: int = 160) -> str:
+  line = (str(error).strip().splitlines() or [""])[0]
+  return f"{line[:limit]}{'...' if len(line) > limit else ''}"
+
+
+def _write_failure(error: BaseException) -> str:
+  """The operating system's reason (e.g. "No space left on device"), which tensorstore puts at
+  the end of a long message; else the message's first line."""
+  code = error.errno if isinstance(error, OSError) else None
+  found = re.search(r"os_error_code='(\d+)'", str(error))
+  code = int(found.group(1)) if found else code
+  return f"{os.strerror(code)}, errno {code}" if code else _first_line(error)
 
 
 def read_config(workdir: str) -> dict[str, Any]:

@@ -101,6 +101,18 @@ class DamagedCheckpoints(WorkdirError):
     )
 
 
+class CheckpointWriteError(SimjaxError, OSError):
+  """A checkpoint could not be written (a full disk, a file size limit, lost permissions);
+  the checkpoints saved before it are whole and kept."""
+
+  def __init__(self, path: str, detail: str):
+    self.path, self.detail = path, detail
+    super().__init__(
+      f"saving checkpoint {path} failed ({detail}); the checkpoints saved before it are kept: free "
+      "space (or fix the folder's permissions) and rerun the same command to resume"
+    )
+
+
 class TrainingDiverged(SimjaxError, RuntimeError):
   """The loss or the parameters became NaN or infinite. The last good checkpoint is kept."""
 

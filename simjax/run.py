@@ -319,17 +319,20 @@ def evaluate_trained(
   """Evaluates a trained workdir: `load(workdir)` gives (state, config, task) as
   `load_trained` does, and `task.evaluate_trained(state, batch_size)` every replica's
   metrics and the run-level fields. Writes eval.json; returns it and what differs from the
-  training run's provenance (versions, device, code, data checksums)."""
+  training run's provenance (versions, device, code, data checksums). A read-only workdir
+  is evaluated all the same, with a warning that eval.json is not written there."""
   if not os.path.isdir(workdir):
     raise WorkdirError(f"workdir {workdir} not found", workdir)
-  with workdir_lock.hold(workdir):  # not while a run trains there, nor two evaluations at once
+  # Not while a run trains there, nor two evaluations at once; a read-only workdir is only read.
+  with workdir_lock.hold(workdir, read_only_ok=True) as writable:
     state, config, task = load(workdir)
     per_seed_metrics, extras = task.evaluate_trained(state, batch_size)
     seeds = replicas.from_config(config, workdir)
     per_seed = [{"seed": s, **m} for s, m in zip(seeds, per_seed_metrics)]
     results = {**summary.combine(per_seed), **extras, **run_records.provenance(command)}
     differences = _differences_from_training(workdir, results)
-    run_records.write_json(os.path.join(workdir, EVAL_FILE), results)
+    if writable:
+      run_records.write_json(os.path.join(workdir, EVAL_FILE), results)
   return results, differences
 
 

@@ -14,6 +14,7 @@ error names the file to delete once that run is known to be over.
 from __future__ import annotations
 
 import contextlib
+import errno
 import datetime
 import json
 import logging
@@ -34,13 +35,26 @@ log = logging.getLogger("simjax")
 
 
 @contextlib.contextmanager
-def hold(workdir: str) -> Iterator[None]:
-  """Holds `workdir`'s lock for the `with` block (creating the workdir if needed)."""
-  os.makedirs(workdir, exist_ok=True)
+def hold(workdir: str, *, read_only_ok: bool = False) -> Iterator[bool]:
+  """Holds `workdir`'s lock for the `with` block (creating the workdir if needed); yields True.
+  With `read_only_ok` (a reader, e.g. eval), a workdir where no file can be created (a
+  read-only copy or mount: nothing can train there either) is used without a lock, with a
+  warning, and the block gets False."""
+  if not (read_only_ok and os.path.isdir(workdir)):
+    os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_FILE)
-  me = _acquire(workdir, path)
   try:
-    yield
+    me = _acquire(workdir, path)
+  except OSError as e:
+    if not (read_only_ok and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):
+      raise
+    log.warning(
+      "%s is read-only (%s): used without a lock, and nothing is written there", workdir, e.strerror
+    )
+    yield False
+    return
+  try:
+    yield True
   finally:
     _release(path, me)
 

@@ -1,5 +1,6 @@
 """The workdir lock: one writing process per workdir; stale locks taken over, foreign ones not."""
 
+import errno
 import json
 import logging
 import os
@@ -104,3 +105,46 @@ def test_the_lock_is_released_when_a_run_fails(tmp_path):
     run.train_and_evaluate(Failing(SGD), run.RunConfig(epochs=2, batch_size=16), str(workdir))
   assert workdir_lock.LOCK_FILE not in os.listdir(workdir)
   _train(workdir)  # free again
+
+
+class Evaluable(LinearTask):
+  def evaluate_trained(self, state, batch_size):
+    return [{"dev": metrics} for metrics in self.evaluate(state)], {}
+
+
+def _load(workdir):
+  task = Evaluable(SGD)
+  task.prepare(workdir, run.RunConfig(epochs=2, batch_size=16), resuming=True)
+  return run.load_trained(workdir, lambda config, _: task)
+
+
+def test_a_read_only_workdir_is_evaluated_without_a_lock_and_says_eval_json_is_not_written(
+  tmp_path, monkeypatch, caplog
+):
+  workdir = tmp_path / "run"
+  _train(workdir, num_seeds=2)
+  writable, _ = run.evaluate_trained(str(workdir), _load, 16)
+  os.remove(workdir / run.EVAL_FILE)
+  # A read-only file system (a mount, or a copy without write permission): every attempt to
+  # create or write a file there fails. Faked, since this test may run as root.
+  real_open = os.open
+
+  def read_only_open(path, flags, *args, **kwargs):
+    if str(path).startswith(str(workdir)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+      raise OSError(errno.EROFS, "Read-only file system", str(path))
+    return real_open(path, flags, *args, **kwargs)
+
+  monkeypatch.setattr(os, "open", read_only_open)
+  with caplog.at_level(logging.WARNING, logger="simjax"):
+    results, _ = run.evaluate_trained(str(workdir), _load, 16)
+  assert results["per_seed"] == writable["per_seed"]  # the numbers, for the caller to print
+  assert (
+    f"{workdir} is read-only (Read-only file system): used without a lock, and nothing is written there"
+    in (caplog.text)
+  )
+  assert sorted(os.listdir(workdir)) == sorted(
+    set(os.listdir(workdir)) - {run.EVAL_FILE, workdir_lock.LOCK_FILE}
+  )
+  assert not (workdir / run.EVAL_FILE).exists()
+  with pytest.raises(OSError, match="Read-only file system"):  # training needs to write: one clear error
+    _train(workdir, num_seeds=2)

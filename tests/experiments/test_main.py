@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -167,6 +168,33 @@ def test_a_killed_run_resumes_to_the_same_numbers_and_eval_and_predict_use_a_tra
   got = json.load(open(killed / "results.json"))
   assert got["per_seed"] == results["per_seed"] and got["summary"] == results["summary"]  # bit-identical
   assert [json.loads(line)["epoch"] for line in open(killed / "metrics.jsonl")] == list(range(1, epochs + 1))
+
+  # A full disk during a save (here: a 16 kB file size limit, which orbax's sharding file
+  # exceeds): one line naming the checkpoint, the one before kept; the rerun ends the same.
+  full = tmp_path / "full"
+  assert _run(*tiny(full, 1), *seeds).returncode == 0  # epoch 1 saved
+
+  def limit_file_size():  # in the child: writes past the limit fail with EFBIG, as on a full disk
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, 16_000))
+
+  failed = subprocess.run(
+    _command(*tiny(full, epochs), *seeds),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    preexec_fn=limit_file_size,
+  )
+  assert failed.returncode == 1
+  assert re.fullmatch(
+    rf"error: saving checkpoint {full}/(best|checkpoints)/\d+ failed \(File too large, errno 27\); the "
+    "checkpoints saved before it are kept: free space .* and rerun the same command to resume",
+    failed.stderr.strip(),
+  ), failed.stderr[-3000:]
+  resumed = _run(*tiny(full, epochs), *seeds)
+  assert resumed.returncode == 0, resumed.stderr
+  got = json.load(open(full / "results.json"))
+  assert got["per_seed"] == results["per_seed"] and got["summary"] == results["summary"]  # bit-identical
 
   other = _run(*tiny(workdir, epochs), *seeds, "--hidden_size=16")
   assert other.returncode == 1
