@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Any, Callable
 
 import jax
@@ -212,6 +213,7 @@ def compile_train_epoch(
 
   if not fused:
     step_fn()  # ahead of time: epoch timings exclude compilation
+    host_loop_epoch.fused = False
     return host_loop_epoch
 
   def epoch(state, images, labels, epoch_keys):
@@ -231,6 +233,7 @@ def compile_train_epoch(
       on_step(steps)
     return out
 
+  fused_epoch.fused = True
   return fused_epoch
 
 
@@ -348,6 +351,7 @@ class Cifar10Task(Task):
     eval_name = "test" if tfds_split_name(data.eval_split) == "test" else "eval"
     self.selection = loop.Selection(best_metric=None, plateau_metric="error", eval_name=eval_name)
     self._run: RunConfig | None = None
+    self._last_fused_seconds: float | None = None
 
   @classmethod
   def from_config(cls, config: dict[str, Any], **data_settings) -> "Cifar10Task":
@@ -423,9 +427,15 @@ class Cifar10Task(Task):
   ) -> loop.EpochResult:
     # Data order and augmentation depend only on (seed, epoch, step): resuming replays them.
     replicated = sharding.replicated(self.mesh)
-    bar = self.progress(self.steps, f"epoch {epoch}") if self.progress else None
+    # A fused epoch shows no steps until its program ends: say so, and how long the last one took.
+    fused = self._epoch.fused and start_step == 0
+    description = f"epoch {epoch}" + (": one compiled program" if fused else "")
+    if fused and self._last_fused_seconds is not None:
+      description += f" (the last took {self._last_fused_seconds:.1f} s)"
+    bar = self.progress(self.steps, description) if self.progress else None
     if bar is not None and start_step:
       bar.update(start_step)
+    start = time.perf_counter()
     try:
       state, metrics = self._epoch(
         jax.device_put(state, replicated),
@@ -439,6 +449,8 @@ class Cifar10Task(Task):
       if bar is not None:
         bar.close()
     metrics = jax.device_get(metrics)  # [steps, replicas]
+    if fused:
+      self._last_fused_seconds = time.perf_counter() - start
     return loop.EpochResult(
       state, {"loss": np.asarray(metrics["loss"]), "accuracy": np.asarray(metrics["accuracy"])}
     )

@@ -1,3 +1,6 @@
+import dataclasses
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -67,6 +70,30 @@ def test_fused_epoch_program_equals_the_host_loop_and_both_report_progress(cifar
     results.append(np.asarray(metrics["loss"]))
   assert results[0].shape == (4, 2)  # [steps, replicas]
   np.testing.assert_allclose(results[0], results[1], rtol=1e-5)
+
+
+def test_a_fused_epoch_says_it_is_one_program_and_how_long_the_last_one_took(tmp_path, data_config):
+  bars = []
+
+  class Bar:
+    def __init__(self, total, description):
+      self.description, self.updates = description, []
+      bars.append(self)
+
+    def update(self, n):
+      self.updates.append(n)
+
+    def close(self):
+      pass
+
+  data = dataclasses.replace(data_config, train_split="train[:128]", eval_split="test[:64]")
+  config = train.TrainConfig(epochs=2, batch_size=64, epoch_loop="scan")
+  task = train.Cifar10Task(
+    ModelConfig(architecture="cnn", width=4), data, TINY_OPTIM, epoch_loop="scan", progress=Bar
+  )
+  run.train_and_evaluate(task, config, str(tmp_path))
+  assert bars[0].description == "epoch 1: one compiled program" and bars[0].updates == [2]
+  assert re.fullmatch(r"epoch 2: one compiled program \(the last took \d+\.\d s\)", bars[1].description)
 
 
 def test_an_epoch_stopped_after_a_step_continues_from_the_next_one(cifar_data_dir):
