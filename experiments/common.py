@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Any, Callable
 
 from absl import flags, logging
@@ -21,24 +22,35 @@ from simjax.tasks.base import Task
 FLAGS = flags.FLAGS
 
 
-def define_training_flags() -> None:
+def define_training_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   """Flags every task shares: what the design card calls the common flags."""
   flags.DEFINE_enum(
     "mode",
     "train",
     ["train", "eval", "predict"],
     "train (resumes from --workdir), eval (best checkpoint on dev and test), predict (from --input).",
+    flag_values=flag_values,
   )
-  flags.DEFINE_string("experiment", "default", "Experiment name; names the default workdir.")
-  flags.DEFINE_string("workdir", None, "Run directory (default: workdirs/<experiment>[_<dataset>]).")
+  flags.DEFINE_string(
+    "experiment", "default", "Experiment name; names the default workdir.", flag_values=flag_values
+  )
+  flags.DEFINE_string(
+    "workdir", None, "Run directory (default: workdirs/<experiment>[_<dataset>]).", flag_values=flag_values
+  )
   flags.DEFINE_string(
     "data_dir",
     os.environ.get("TFDS_DATA_DIR"),
     "TFDS data_dir: where datasets are found or prepared (default: $TFDS_DATA_DIR, else TFDS's default).",
+    flag_values=flag_values,
   )
-  flags.DEFINE_string("train_split", "train", "TFDS split (slicing allowed, e.g. train[:256]).")
   flags.DEFINE_string(
-    "eval_split", None, "Split evaluated every epoch (default: validation for sentences, test for CIFAR-10)."
+    "train_split", "train", "TFDS split (slicing allowed, e.g. train[:256]).", flag_values=flag_values
+  )
+  flags.DEFINE_string(
+    "eval_split",
+    None,
+    "Split evaluated every epoch (default: validation for sentences, test for CIFAR-10).",
+    flag_values=flag_values,
   )
   flags.DEFINE_float(
     "dropout",
@@ -46,63 +58,99 @@ def define_training_flags() -> None:
     "Dropout rate: between recurrent layers (num_layers > 1) / in the CNN (see --architecture).",
     lower_bound=0.0,
     upper_bound=0.99,
+    flag_values=flag_values,
   )
-  flags.DEFINE_integer("seed", 0, "Random seed (init, dropout, data order); with --num_seeds, the first.")
+  flags.DEFINE_integer(
+    "seed",
+    0,
+    "Random seed (init, dropout, data order); with --num_seeds, the first.",
+    flag_values=flag_values,
+  )
   flags.DEFINE_integer(
     "num_seeds",
     1,
     "Train seeds --seed ... --seed+N-1 of this configuration together (jax.vmap in one "
     "compiled program); results.json reports each and their mean, std, min, max.",
     lower_bound=1,
+    flag_values=flag_values,
   )
   flags.DEFINE_bool(
     "sequential_seeds",
     False,
     "With --num_seeds: train the seeds one after another (in <workdir>/seed_<s>) instead of "
     "together, when N replicas do not fit in device memory.",
+    flag_values=flag_values,
   )
   flags.DEFINE_bool(
     "deterministic",
     False,
     "GPU: make XLA's reductions and scatters deterministic (--xla_gpu_deterministic_ops), so "
     "reruns are bit-identical there too; slower. CPU runs are deterministic already.",
+    flag_values=flag_values,
   )
-  flags.DEFINE_integer("epochs", 20, "Training epochs (a resumed run continues up to this).", lower_bound=1)
-  flags.DEFINE_integer("batch_size", 64, "Batch size.", lower_bound=1)
-  flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.", lower_bound=0.0)
-  flags.DEFINE_enum("optimizer", "adam", list(optim.OPTIMIZERS), "Optimizer.")
+  flags.DEFINE_integer(
+    "epochs",
+    20,
+    "Training epochs (a resumed run continues up to this).",
+    lower_bound=1,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer("batch_size", 64, "Batch size.", lower_bound=1, flag_values=flag_values)
+  flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.", lower_bound=0.0, flag_values=flag_values)
+  flags.DEFINE_enum("optimizer", "adam", list(optim.OPTIMIZERS), "Optimizer.", flag_values=flag_values)
   flags.DEFINE_enum(
     "lr_schedule",
     "constant",
     list(optim.SCHEDULES),
     "Learning-rate schedule; plateau: multiply by --decay_factor when dev MSE stalls "
     "for --plateau_patience epochs.",
+    flag_values=flag_values,
   )
-  flags.DEFINE_float("momentum", 0.9, "Momentum for momentum / nesterov.")
+  flags.DEFINE_float("momentum", 0.9, "Momentum for momentum / nesterov.", flag_values=flag_values)
   flags.DEFINE_float(
     "weight_decay",
     0.0,
     "Weight decay: decoupled for adamw, an L2 term in the gradient otherwise.",
     lower_bound=0.0,
+    flag_values=flag_values,
   )
-  flags.DEFINE_float("grad_clip_norm", 0.0, "Clip gradients to this global norm (0: off).", lower_bound=0.0)
-  flags.DEFINE_float("warmup_epochs", 0.0, "Linear warmup length in epochs.", lower_bound=0.0)
-  flags.DEFINE_float("decay_factor", 0.5, "step / plateau: learning-rate multiplier at each decay.")
-  flags.DEFINE_integer("decay_epochs", 10, "step: epochs between decays.", lower_bound=1)
+  flags.DEFINE_float(
+    "grad_clip_norm",
+    0.0,
+    "Clip gradients to this global norm (0: off).",
+    lower_bound=0.0,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_float(
+    "warmup_epochs", 0.0, "Linear warmup length in epochs.", lower_bound=0.0, flag_values=flag_values
+  )
+  flags.DEFINE_float(
+    "decay_factor", 0.5, "step / plateau: learning-rate multiplier at each decay.", flag_values=flag_values
+  )
   flags.DEFINE_integer(
-    "plateau_patience", 2, "plateau: epochs without improvement before a decay.", lower_bound=1
+    "decay_epochs", 10, "step: epochs between decays.", lower_bound=1, flag_values=flag_values
   )
-  flags.DEFINE_integer("keep_checkpoints", 3, "How many latest checkpoints to keep.", lower_bound=1)
-  define_compilation_cache_flag()
+  flags.DEFINE_integer(
+    "plateau_patience",
+    2,
+    "plateau: epochs without improvement before a decay.",
+    lower_bound=1,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "keep_checkpoints", 3, "How many latest checkpoints to keep.", lower_bound=1, flag_values=flag_values
+  )
+  define_compilation_cache_flag(flag_values=flag_values)
 
 
-def define_compilation_cache_flag() -> None:
+def define_compilation_cache_flag(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_string(
     "compilation_cache_dir",
     os.environ.get("SIMJAX_COMPILATION_CACHE_DIR"),
     "JAX's persistent compilation cache: compiled programs are kept in this folder, so rerunning "
     "a command on the same machine skips compilation (default: $SIMJAX_COMPILATION_CACHE_DIR; "
     "unset: no cache). Compile seconds are reported apart from training seconds either way.",
+    flag_values=flag_values,
   )
 
 
@@ -345,12 +393,21 @@ STOP = loop.StopRequest()
 _EXIT_STATUS = {"SIGTERM": 143, "SIGINT": 130}
 
 
+# A scheduler may signal every process of a job (and reproduce passes its signal on to its
+# run): the same signal again this soon is that one signal, not a second request.
+_REPEAT_SECONDS = 2.0
+_first_request: dict[str, float] = {}
+
+
 def _on_stop_signal(signum, frame) -> None:
   """SIGTERM or Ctrl-C: while training, the first asks for a stop after the step in progress,
   with a checkpoint of it; elsewhere (or a second signal) stops at once."""
   name = signal.Signals(signum).name
+  if STOP.requested and name == STOP.reason and time.monotonic() - _first_request[name] < _REPEAT_SECONDS:
+    return
   if STOP.honoured and not STOP.requested:
     STOP.request(name)
+    _first_request[name] = time.monotonic()
     print(
       f"\n{name}: stopping after the step in progress, with a checkpoint of it "
       f"(send {'Ctrl-C' if name == 'SIGINT' else name} again to stop at once, losing the steps since the last checkpoint)",

@@ -214,7 +214,6 @@ def run_experiment(experiment: Experiment, argv: list[str], report_dir: str) -> 
       text=True,
       bufsize=1,
       env=env,
-      start_new_session=True,  # a terminal's Ctrl-C reaches this process only, which passes it on once
     )
     try:
       for line in process.stdout:
@@ -223,16 +222,25 @@ def run_experiment(experiment: Experiment, argv: list[str], report_dir: str) -> 
       code = process.wait()
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM
       terminated = isinstance(e, common.Terminated)
-      # Passed on (the run saves the step in progress, then stops), then waited for: no
-      # training outlives this command.
-      common.stop_process(process, signal.SIGTERM if terminated else signal.SIGINT, 120)
+      sig = signal.SIGTERM if terminated else signal.SIGINT
+      # Passed on (the run saves the step in progress, then stops; a terminal's Ctrl-C or a
+      # scheduler may have reached it already: it takes the copy for the same signal), then
+      # waited for. A second signal here is passed on as well: the run then stops at once.
+      try:
+        common.stop_process(process, sig, 120)
+      except KeyboardInterrupt:
+        common.stop_process(process, sig, 30)
       rest = process.stdout.read()  # the run's last lines
       sys.stdout.write(textwrap.indent(rest, "  "))
       log.write(rest)
       raise type(e)(
-        f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: {experiment.name} stopped (see its "
-        "last lines above); rerun the same command to resume"
+        f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: {experiment.name} ended with exit "
+        f"status {process.returncode} (see its last lines above); rerun the same command to resume"
       ) from None
+    finally:
+      if process.poll() is None:  # whatever ended this loop, no training outlives this command
+        process.kill()
+        process.wait()
   if code != 0:
     raise ExperimentFailed(f"{experiment.name} failed (exit {code}); see {log_path}. Rerun to resume.")
   return time.perf_counter() - start
@@ -434,7 +442,22 @@ def _figures(report_dir: str, experiments: list[Experiment], loaded: dict) -> li
 # --------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------
+def check_extra_flags(extra: list[str]) -> None:
+  """--extra_flags reach both tasks' runs, and a task refuses the other's flags: only flags
+  both know (experiments.common's) belong there, checked before any run starts."""
+  shared = flags.FlagValues()
+  common.define_training_flags(shared)
+  for flag in extra:
+    name = flag.lstrip("-").split("=", 1)[0]
+    if name not in shared and not (name.startswith("no") and name[2:] in shared):  # --noflip style
+      raise ValueError(
+        f"--extra_flags: {flag} is not a flag of both tasks; pass it in --similarity_flags or "
+        "--cifar10_flags (a run refuses the other task's flags)"
+      )
+
+
 def reproduce(argv_command: str) -> str:
+  check_extra_flags(FLAGS.extra_flags)
   experiments = selected(FLAGS.only)
   num_seeds = FLAGS.num_seeds or (2 if FLAGS.quick else 5)
   name = FLAGS.name or ("study-quick" if FLAGS.quick else "study")

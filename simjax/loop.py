@@ -36,6 +36,9 @@ class EpochResult:
 
   state: Any  # R stacked replicas (see simjax.replicas)
   step_metrics: dict[str, np.ndarray]  # [steps run, R] per name, e.g. {"loss": ..., "accuracy": ...}
+  # True: the epoch's last step ran. A stop request then waits for the epoch's evaluation and
+  # checkpoint; otherwise (False, or None: not known) the step reached is saved mid-epoch.
+  complete: bool | None = None
 
 
 class StopRequest:
@@ -183,7 +186,7 @@ def fit(
             steps["loss"], result.state, first_step=first_step, epoch=epoch, store=store, seeds=seeds
           )
           state = result.state
-          if stop.requested:  # the step in progress is done: save it, evaluate on the rerun
+          if stop.requested and not result.complete:  # save the step reached, evaluate on the rerun
             saved_step = int(state.step[0])
             meta["partial"] = {
               "epoch": epoch,

@@ -58,21 +58,22 @@ def init_replicas(init: Callable[[jax.Array], Any], seeds: Sequence[int]) -> tup
 
 def check_memory(create_state: Callable[[list[int]], Any], seeds: list[int]) -> None:
   """Refuses, before any work, more replicas than one device's memory can hold: their train
-  states (parameters, optimizer state) and as much again for gradients and the best copy,
-  activations not counted, so what this refuses can never fit. `create_state(seeds)` builds a
-  stacked state; it runs abstractly here, for one seed."""
+  states (parameters, optimizer state) and their gradients, activations not counted, so what
+  this refuses can never fit. `create_state(seeds)` builds a stacked state; it runs
+  abstractly here, for the first seed."""
   if len(seeds) < 2:
     return
   limit = device_memory_bytes()
   one = jax.eval_shape(lambda: create_state(seeds[:1]))
-  per_replica = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(one))
-  need = 2 * per_replica * len(seeds)
+  size = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
+  per_replica = size(one) + size(one.params)  # the state, and a gradient per parameter
+  need = per_replica * len(seeds)
   if limit and need > limit:
     raise OutOfDeviceMemory(
       len(seeds),
       f"their train states and gradients alone need {need / 2**30:.1f} GiB, {per_replica / 2**20:.1f} MiB "
       f"per replica; one {jax.devices()[0].platform.upper()} device has {limit / 2**30:.1f} GiB; "
-      f"at most {max(1, limit // (2 * per_replica))} could fit",
+      f"at most {max(1, limit // per_replica)} could fit",
     )
 
 

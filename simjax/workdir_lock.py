@@ -44,6 +44,8 @@ def hold(workdir: str, *, read_only_ok: bool = False) -> Iterator[bool]:
     os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_FILE)
   try:
+    if read_only_ok and not os.access(workdir, os.W_OK):  # a lock left in a read-only copy binds no one
+      raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), workdir)
     me = _acquire(workdir, path)
   except OSError as e:
     if not (read_only_ok and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):

@@ -61,7 +61,8 @@ class LinearTask(Task):
       losses.append(loss)
       if stop():  # e.g. SIGTERM: simjax saves this step's state
         break
-    return loop.EpochResult(state, {"loss": np.asarray(losses).reshape(-1, len(self.config.seeds))})
+    losses = np.asarray(losses).reshape(-1, len(self.config.seeds))  # [steps run, seeds]
+    return loop.EpochResult(state, {"loss": losses}, complete=start_step + len(losses) == self.steps)
 
   def evaluate(self, state):
     dev = jax.vmap(_mse, in_axes=(0, None, None))(state.params, self.x[self.rows :], self.y[self.rows :])

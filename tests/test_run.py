@@ -102,18 +102,22 @@ def test_a_killed_run_resumes_to_the_same_numbers(tmp_path):
   assert rows_without_time(tmp_path / "killed") == rows_without_time(tmp_path / "reference")
 
 
-@pytest.mark.parametrize("stop_step", [6, 8])  # 4 steps per epoch: in the middle of epoch 2, at its end
-def test_a_stop_request_saves_the_step_reached_and_the_rerun_ends_bit_identical(tmp_path, stop_step):
+@pytest.mark.parametrize(
+  "stop_step, where, steps_done",
+  [(6, "in epoch 2 after 2 of its steps", 2), (8, "after epoch 2", None)],  # 4 steps per epoch
+)
+def test_a_stop_request_saves_the_step_reached_and_the_rerun_ends_bit_identical(
+  tmp_path, stop_step, where, steps_done
+):
   reference = train(tmp_path / "reference", num_seeds=2)
   workdir = tmp_path / "stopped"
   with pytest.raises(
-    errors.Preempted,
-    match=f"stopped \\(SIGTERM\\) in epoch 2 after {stop_step - 4} of its steps: "
-    f"checkpoint step {stop_step} holds it",
+    errors.Preempted, match=f"stopped \\(SIGTERM\\) {where}: checkpoint step {stop_step} holds it"
   ) as error:
     train(workdir, num_seeds=2, stop=StopAt(stop_step))
-  assert (error.value.epoch, error.value.steps_done, error.value.saved_step) == (2, stop_step - 4, stop_step)
-  assert len(run_records.read_metrics(str(workdir))) == 1  # epoch 2 is logged once it is whole
+  assert (error.value.epoch, error.value.steps_done, error.value.saved_step) == (2, steps_done, stop_step)
+  # A whole epoch is evaluated and logged before the stop; a partial one on the rerun.
+  assert len(run_records.read_metrics(str(workdir))) == (1 if steps_done else 2)
   assert not (workdir / ".lock").exists()
   resumed = train(workdir, num_seeds=2, stop=StopAt(100))  # the rerun (a fresh request, never set)
   assert resumed["per_seed"] == reference["per_seed"]  # bit-identical, train metrics included
@@ -290,8 +294,9 @@ def test_more_seeds_than_memory_can_hold_are_refused_before_any_is_built(tmp_pat
       built.append(len(seeds))
       return super().create_train_state(seeds)
 
-  per_replica = sum(x.nbytes for x in jax.tree_util.tree_leaves(LinearTask(SGD).create_train_state([0])))
-  monkeypatch.setattr(replicas, "device_memory_bytes", lambda: 100 * per_replica)  # a small device
+  one = LinearTask(SGD).create_train_state([0])
+  per_replica = sum(x.nbytes for x in jax.tree_util.tree_leaves(one)) + one.params["w"].nbytes  # + gradients
+  monkeypatch.setattr(replicas, "device_memory_bytes", lambda: 50 * per_replica)  # a small device
   with pytest.raises(
     errors.OutOfDeviceMemory, match="51 stacked replicas do not fit .* at most 50 could fit"
   ):

@@ -34,6 +34,17 @@ def test_every_study_experiment_has_a_flagfile_and_a_quick_command():
     reproduce.selected(["nope"])
 
 
+def test_extra_flags_for_every_run_must_be_flags_both_tasks_know():
+  reproduce.check_extra_flags(
+    ["--deterministic", "--nodeterministic", "--epochs=3", "--compilation_cache_dir=/c"]
+  )
+  for task_flag in ("--dtype=bfloat16", "--max_length=8"):
+    with pytest.raises(
+      ValueError, match=f"--extra_flags: {task_flag} is not a flag of both tasks; pass it in "
+    ):
+      reproduce.check_extra_flags([task_flag])
+
+
 def test_quick_report_is_complete_resumable_and_never_mixed_with_another_study(
   prepared, manual_dir, tmp_path
 ):

@@ -451,8 +451,11 @@ class Cifar10Task(Task):
     metrics = jax.device_get(metrics)  # [steps, replicas]
     if fused:
       self._last_fused_seconds = time.perf_counter() - start
+    losses = np.asarray(metrics["loss"])
     return loop.EpochResult(
-      state, {"loss": np.asarray(metrics["loss"]), "accuracy": np.asarray(metrics["accuracy"])}
+      state,
+      {"loss": losses, "accuracy": np.asarray(metrics["accuracy"])},
+      complete=start_step + len(losses) == self.steps,
     )
 
   def _classify(self, state: TrainState) -> list[dict[str, Any]]:

@@ -317,9 +317,14 @@ class SimilarityTask(Task):
       self.optim,
       steps_per_epoch=self.steps_per_epoch,
       total_steps=self.steps_per_epoch * self.epochs,
-      pretrained_embeddings=self.prepared.embedding_matrices,
+      pretrained_embeddings=self._embeddings_of(seeds),
     )
     return sharding.replicate(state, self.mesh)
+
+  def _embeddings_of(self, seeds: list[int]) -> np.ndarray | None:
+    """The prepared embedding matrices of `seeds` (any of the run's seeds, e.g. one of them)."""
+    matrices = self.prepared.embedding_matrices
+    return None if matrices is None else matrices[[self.seeds.index(s) for s in seeds]]
 
   def train_epoch(
     self, state: TrainState, epoch: int, *, start_step: int = 0, stop: Callable[[], bool] = lambda: False
@@ -360,6 +365,7 @@ class SimilarityTask(Task):
         name: np.asarray([m[name] for m in step_metrics]).reshape(-1, replicas_)
         for name in ("loss", "squared_error", "weight")
       },
+      complete=start_step + len(step_metrics) == self.steps_per_epoch,
     )
 
   def epoch_metrics(self, step_metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
