@@ -75,12 +75,18 @@ def owns(config: dict) -> bool:
   return "architecture" in config.get("model", {})
 
 
-def train() -> None:
-  config = data_config()
+def task_from_flags(progress=common.progress_bar) -> tuple[training.Cifar10Task, training.TrainConfig]:
+  """The task and run settings the flags describe (what --mode=train trains)."""
   train_config = common.config_from_flags(training.TrainConfig)
   task = training.Cifar10Task(
-    model_config(), config, common.optim_config(), progress=common.progress_bar, **train_config.task_settings
+    model_config(), data_config(), common.optim_config(), progress=progress, **train_config.task_settings
   )
+  return task, train_config
+
+
+def train() -> None:
+  task, train_config = task_from_flags()
+  config = task.data
   split = "test" if training.tfds_split_name(config.eval_split) == "test" else "eval"
   columns = [
     ("epoch", "epoch", "d"),
