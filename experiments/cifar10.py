@@ -14,7 +14,11 @@ from simjax.tasks.cifar10.models import DTYPES, HEADS, MODELS, ModelConfig
 FLAGS = flags.FLAGS
 
 flags.DEFINE_enum(
-  "architecture", "cnn", sorted(MODELS), "cnn: the classic conv-pool stacks; resnet: with BatchNorm."
+  "architecture",
+  "cnn",
+  sorted(MODELS),
+  "cnn: the classic conv-pool stacks; resnet: with BatchNorm; speedrun: the airbench94 net "
+  "(cifar_speedrun.flags).",
 )
 flags.DEFINE_enum("cnn_head", "fc", list(HEADS), "cnn: fully connected layers or global average pooling.")
 flags.DEFINE_integer("width", 64, "Channels of the first stage (later stages double).", lower_bound=1)
@@ -24,6 +28,9 @@ flags.DEFINE_integer(
   "crop_padding", 4, "Random translation by up to this many pixels (0: off).", lower_bound=0
 )
 flags.DEFINE_bool("flip", True, "Random horizontal flips.")
+flags.DEFINE_bool(
+  "alternate_flip", False, "With --flip: flip each image on alternate epochs (a random half first) instead."
+)
 flags.DEFINE_integer("cutout", 0, "Side of a random square blanked per image (0: off).", lower_bound=0)
 flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the cross-entropy targets.", lower_bound=0.0)
 flags.DEFINE_enum(

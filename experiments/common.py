@@ -140,6 +140,44 @@ def define_training_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_integer(
     "keep_checkpoints", 3, "How many latest checkpoints to keep.", lower_bound=1, flag_values=flag_values
   )
+  flags.DEFINE_float(
+    "warmup_start",
+    0.0,
+    "The warmup starts at this fraction of --learning_rate.",
+    lower_bound=0.0,
+    upper_bound=1.0,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_float(
+    "final_lr_factor",
+    0.0,
+    "linear: the learning rate falls linearly to this fraction of --learning_rate.",
+    lower_bound=0.0,
+    upper_bound=1.0,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_float(
+    "bias_lr_scale",
+    1.0,
+    "Normalization biases (the speedrun net's) train at this multiple of the learning rate, "
+    "with weight decay divided by it (the same decay per step).",
+    lower_bound=0.0,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "lookahead_every",
+    0,
+    "> 0: lookahead every this many steps, the slow weights an EMA of the fast ones (airbench's).",
+    lower_bound=0,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_float(
+    "early_epochs",
+    0.0,
+    "Parameters a model marks as early (the speedrun net's whitening bias) train this many epochs.",
+    lower_bound=0.0,
+    flag_values=flag_values,
+  )
   define_compilation_cache_flag(flag_values=flag_values)
 
 

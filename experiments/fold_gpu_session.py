@@ -5,11 +5,12 @@ r"""Folds a device session's output (experiments.gpu_session) into the repo, in 
 It unpacks session.tar.gz and
   * puts the report folder at reports/<name>/ (report.md, figures, logs, session.json; each
     run's results.json / metrics.jsonl under runs/, which git ignores),
-  * copies the benchmarks' JSON into benchmarks/ (named by device),
+  * copies the benchmarks' JSON into benchmarks/ (named by device), and the speed bench's
+    JSON and Markdown (experiments.bench) into benchmarks/bench/ (named by device),
   * rewrites the README's GPU results section (between its two `gpu-session` markers):
     the five CIFAR-10 structures' accuracy and per-class accuracy beside the study's,
-    seconds per epoch, time to 90%, compile seconds, the seeds and determinism
-    figures, and what was dropped, each with its command, device and date.
+    seconds per epoch, time to 90%, compile seconds, the speed bench, the seeds and
+    determinism figures, and what was dropped, each with its command, device and date.
 A smoke session (--smoke on a CPU) folds the same way; its README section says it is one.
 """
 
@@ -134,6 +135,37 @@ def cnn_rows(report_dir: str, plan: dict) -> tuple[list[str], list[str]]:
   return table, per_class
 
 
+def bench_rows(bench_dir: str, suffix: str) -> list[str]:
+  """The speed bench (experiments.bench): one row per benchmarked flagfile."""
+  found = []
+  if os.path.isdir(bench_dir):
+    found = [_read(os.path.join(bench_dir, f)) for f in sorted(os.listdir(bench_dir)) if f.endswith(".json")]
+  if not found:
+    return ["Speed bench (`experiments.bench`): not run in this session."]
+  lines = [
+    f"Speed bench (`experiments.bench`): each run trains one seed alone, {found[0]['data']['label']}, "
+    "accuracy of the last epoch; train s: the epochs' training, compile excluded; wall s: the whole "
+    "training call. Full tables: `benchmarks/bench/`.",
+    "",
+    "| experiment | runs | test accuracy, % (mean ± sample std) | min / max | train s per run (median) "
+    "| wall s per run (median) | compile s: first run / others | command |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for bench in found:
+    acc, compile_ = bench["test_accuracy"], bench["compile_seconds"]
+    runs = str(bench["runs_completed"])
+    if not bench["complete"]:
+      runs += f" of {bench['runs_requested']} (stopped)"
+    link = f"benchmarks/{gpu_session.BENCH_DIR}/{bench['experiment']}_{suffix}.md"
+    lines.append(
+      f"| [{bench['experiment']}]({link}) | {runs} | {_mean_std(acc, 100, 2)} "
+      f"| {100 * acc['min']:.2f} / {100 * acc['max']:.2f} | {bench['train_seconds']['median']:.2f} "
+      f"| {bench['wall_seconds']['median']:.2f} | {_seconds(compile_['first_run'])} / "
+      f"{_seconds(compile_['others_median'])} | `{bench['command']}` |"
+    )
+  return lines
+
+
 def seeds_rows(benchmark: dict | None, what: str) -> list[str]:
   if benchmark is None:
     return [f"{what}: not measured in this session."]
@@ -153,6 +185,11 @@ def seeds_rows(benchmark: dict | None, what: str) -> list[str]:
       f"| {m['steady_epoch_seconds'] / one:.2f}× |"
     )
   return lines
+
+
+def device_suffix(device: dict) -> str:
+  """'gpu_NVIDIA_H200': how folded benchmark files name the device they ran on."""
+  return f"{device['platform']}_{device['kind'].replace(' ', '_')}"
 
 
 def section(session: dict, unpacked: str, report_rel: str) -> list[str]:
@@ -179,6 +216,7 @@ def section(session: dict, unpacked: str, report_rel: str) -> list[str]:
   table, per_class = cnn_rows(report_dir, plan)
   lines += table + ["", "Per-class test accuracy, %:", ""] + per_class + [""]
   benchmarks = os.path.join(unpacked, "benchmarks")
+  lines += bench_rows(os.path.join(benchmarks, gpu_session.BENCH_DIR), device_suffix(device)) + [""]
   lines += ["Seeds stacked in one program vs one after another:", ""]
   lines += seeds_rows(gpu_session._newest_json(benchmarks, "seeds_cifar10_"), "CNN seeds") + [""]
   lines += seeds_rows(gpu_session._newest_json(benchmarks, "seeds_similarity_"), "Siamese LSTM seeds") + [""]
@@ -244,8 +282,7 @@ def fold(source: str, repo_dir: str, readme: str) -> str:
     smi = os.path.join(source, "nvidia-smi.txt")
     if os.path.exists(smi):
       shutil.copy2(smi, target)
-    device = session["device"]
-    suffix = f"{device['platform']}_{device['kind'].replace(' ', '_')}"
+    suffix = device_suffix(session["device"])
     benchmarks = os.path.join(unpacked, "benchmarks")
     if os.path.isdir(benchmarks):
       os.makedirs(os.path.join(repo_dir, "benchmarks"), exist_ok=True)
@@ -253,8 +290,16 @@ def fold(source: str, repo_dir: str, readme: str) -> str:
         if f.endswith(".json"):
           out = f if f.startswith("seeds_") else f"{f[:-5]}_{suffix}.json"
           shutil.copy2(os.path.join(benchmarks, f), os.path.join(repo_dir, "benchmarks", out))
+      bench = os.path.join(benchmarks, gpu_session.BENCH_DIR)  # experiments.bench's <experiment>.json / .md
+      if os.path.isdir(bench):
+        os.makedirs(os.path.join(repo_dir, "benchmarks", gpu_session.BENCH_DIR), exist_ok=True)
+        for f in os.listdir(bench):
+          stem, ext = os.path.splitext(f)
+          if ext in (".json", ".md"):
+            target_file = os.path.join(repo_dir, "benchmarks", gpu_session.BENCH_DIR, f"{stem}_{suffix}{ext}")
+            shutil.copy2(os.path.join(bench, f), target_file)
     rewrite_readme(readme, lines)
-  print(f"folded session {name}: {target}/report.md, {readme} (GPU results section), benchmarks/")
+  print(f"folded session {name}: {target}/report.md, {readme} (GPU results section), benchmarks/ (bench/)")
   return target
 
 

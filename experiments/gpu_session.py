@@ -9,6 +9,9 @@ order, most valuable first; each has a time cap, and a step that would not fit i
 left of --budget_seconds is dropped and listed as such (so the drop order, least valuable
 first, is the reverse):
 
+  bench           the CIFAR-10 speed bench (experiments.bench): cifar_speedrun.flags, 10 runs
+                  one after another, compiled once; accuracy mean ± std, train / wall / compile
+                  seconds per run (a missing flagfile fails this step with one line; the rest go on)
   cnn_seeds       CNN seeds stacked (one vmapped program) vs sequential, ResNet, bf16: the
                   faster per epoch is how every study run below trains its seeds
   cnn_resnet      reproduce cnn_resnet, full data, bf16, --num_seeds seeds: seconds per
@@ -20,7 +23,8 @@ first, is the reverse):
 Everything lands in --out (at most 8 files come back from a device): session.json (each
 step's status, seconds and commands; device, versions, date, what was dropped),
 session.log (this console), session.tar.gz (the report folder with report.md and figures,
-each run's results.json / metrics.jsonl / run_info.json / logs, the benchmarks' JSON).
+each run's results.json / metrics.jsonl / run_info.json / logs, the benchmarks' JSON, the
+bench's JSON and Markdown).
 `python -m experiments.fold_gpu_session DIR` folds that into the repo and the README.
 
 --smoke runs the steps on data slices with tiny models (the classic structures' steps are
@@ -35,6 +39,7 @@ import dataclasses
 import datetime
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,6 +58,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHIVE = "session.tar.gz"
 SUMMARY = "session.json"
 CONSOLE = "session.log"
+BENCH_DIR = "bench"  # under benchmarks/, here and in the repo
 # Workdir contents that stay on the device: checkpoints are large and useless elsewhere.
 NOT_PACKED = {"checkpoints", "best", "tensorboard"}
 
@@ -95,6 +101,7 @@ class Sizes:
   cifar: tuple[str, ...]  # flags added to every CIFAR training command
   cnn_bench: tuple[str, ...]  # benchmark_seeds flags for stacked vs sequential CNN seeds
   lstm_bench: tuple[str, ...]  # benchmark_seeds flags for the Siamese LSTM seeds
+  speed_bench: tuple[str, ...]  # experiments.bench flags (its flagfile and --runs included)
   deterministic: tuple[str, ...]  # flags of the two cnn_resnet runs timed with/without --deterministic
   caps: dict[str, float]  # step -> seconds at most
   needs: dict[str, float]  # step -> dropped when less than this is left
@@ -117,9 +124,25 @@ DEVICE = Sizes(
   ),
   # The full STS-B train split, 2 epochs: 8 sequential runs are 16 epochs.
   lstm_bench=("--task=similarity", "--num_seeds=8", "--epochs=2"),
+  # The speedrun recipe as its flagfile has it (its batch and epochs), in bfloat16, 10 seeds.
+  speed_bench=("--flagfile=cifar_speedrun.flags", "--dtype=bfloat16", "--runs=10"),
   deterministic=("--epochs=2",),
-  caps={"cnn_seeds": 90, "cnn_resnet": 200, "lstm_seeds": 90, "deterministic": 80, "classic": 120},
-  needs={"cnn_seeds": 30, "cnn_resnet": 60, "lstm_seeds": 30, "deterministic": 30, "classic": 45},
+  caps={
+    "bench": 180,
+    "cnn_seeds": 90,
+    "cnn_resnet": 200,
+    "lstm_seeds": 90,
+    "deterministic": 80,
+    "classic": 120,
+  },
+  needs={
+    "bench": 60,
+    "cnn_seeds": 30,
+    "cnn_resnet": 60,
+    "lstm_seeds": 30,
+    "deterministic": 30,
+    "classic": 45,
+  },
 )
 _SMOKE_CIFAR = (
   "--dtype=bfloat16",
@@ -155,11 +178,14 @@ SMOKE = Sizes(
     "--hidden_size=8",
     "--max_length=8",  # one length bucket: a quarter of the programs to compile
   ),
+  # The bench's code path with a flagfile that exists today and cnn_resnet's smoke programs
+  # (one seed per run: the compilation cache may already hold them), 2 runs.
+  speed_bench=("--flagfile=cnn_resnet.flags", *_SMOKE_CIFAR, "--runs=2"),
   deterministic=(),  # _SMOKE_CIFAR already has --epochs=1
-  caps={"cnn_seeds": 300, "cnn_resnet": 300, "lstm_seeds": 300, "deterministic": 300, "classic": 300},
-  needs={"cnn_seeds": 0, "cnn_resnet": 0, "lstm_seeds": 0, "deterministic": 0, "classic": 0},
+  caps=dict.fromkeys(("bench", "cnn_seeds", "cnn_resnet", "lstm_seeds", "deterministic", "classic"), 300),
+  needs=dict.fromkeys(("bench", "cnn_seeds", "cnn_resnet", "lstm_seeds", "deterministic", "classic"), 0),
   # The four classic structures run the same step as cnn_resnet (reproduce, other flagfile).
-  steps=("cnn_seeds", "cnn_resnet", "lstm_seeds", "deterministic"),
+  steps=("bench", "cnn_seeds", "cnn_resnet", "lstm_seeds", "deterministic"),
 )
 
 
@@ -181,6 +207,11 @@ class Session:
   @property
   def benchmarks_dir(self) -> str:
     return os.path.join(self.work, "benchmarks")
+
+  @property
+  def bench_dir(self) -> str:
+    """experiments.bench's --out: <experiment>.json and .md (packed, folded into benchmarks/bench/)."""
+    return os.path.join(self.benchmarks_dir, BENCH_DIR)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,6 +244,29 @@ def _reproduce(session: Session, *only: str, report_only: bool = False) -> list[
 
 def _bench(session: Session, flags_: tuple[str, ...]) -> list[str]:
   return _module("benchmark_seeds", *flags_, f"--out={session.benchmarks_dir}")
+
+
+def _speed_bench(session: Session) -> list[str]:
+  # Called as the step starts: only this session's bench files are packed and summarised.
+  shutil.rmtree(session.bench_dir, ignore_errors=True)
+  return _module("bench", *session.sizes.speed_bench, f"--out={session.bench_dir}")
+
+
+def _speed_bench_summary(session: Session) -> dict:
+  """The bench's headline numbers for session.json (its files hold the rest)."""
+  found = _newest_json(session.bench_dir, "")
+  if found is None:
+    return {"why": "no bench result"}
+  return {
+    "experiment": found["experiment"],
+    "runs": found["runs_completed"],
+    "test_accuracy": {k: found["test_accuracy"][k] for k in ("mean", "std", "min", "max")},
+    "train_seconds_median": found["train_seconds"]["median"],
+    "wall_seconds_median": found["wall_seconds"]["median"],
+    "compile_seconds": {k: found["compile_seconds"][k] for k in ("first_run", "others_median")},
+    "data": found["data"]["label"],
+    "command": found["command"],
+  }
 
 
 def _choose_cnn_seeds(session: Session) -> dict:
@@ -261,6 +315,13 @@ def _deterministic_summary(session: Session) -> dict:
 
 
 STEPS = [
+  Step(
+    "bench",
+    "CIFAR-10 speed bench: one flagfile, N runs one after another",
+    "bench",
+    lambda s: [_speed_bench(s)],
+    _speed_bench_summary,
+  ),
   Step(
     "cnn_seeds",
     "CNN seeds: stacked vs sequential (ResNet, bf16)",

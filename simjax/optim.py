@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "adadelta")
-SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "onecycle", "plateau")
-SCHEDULES_OVER_ALL_EPOCHS = ("cosine", "warmup_cosine", "onecycle")  # their shape depends on the epoch count
+SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "onecycle", "linear", "plateau")
+# Their shape depends on the epoch count.
+SCHEDULES_OVER_ALL_EPOCHS = ("cosine", "warmup_cosine", "onecycle", "linear")
+# Parameter groups a model may label its parameters with (see make_optimizer's `labels`).
+GROUPS = ("default", "norm_bias", "frozen", "early")
+
+
+# OptimConfig fields added after workdirs were written without them: config.json records
+# them only when they differ from their defaults, so those workdirs still resume.
+ADDED_LATER = ("warmup_start", "final_lr_factor", "bias_lr_scale", "lookahead_every", "early_epochs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +34,17 @@ class OptimConfig:
   decay_factor: float = 0.5  # step: lr *= factor every decay_epochs; plateau: on a plateau
   decay_epochs: int = 10  # step: period
   plateau_patience: int = 2  # plateau: epochs without dev improvement before decaying
+  # Settings added later: a config.json without them had their defaults (Task.run_config omits them then).
+  warmup_start: float = 0.0  # the warmup starts at this fraction of learning_rate
+  final_lr_factor: float = 0.0  # linear: the learning rate falls linearly to this fraction of it
+  bias_lr_scale: float = 1.0  # "norm_bias" parameters: learning rate x this, weight decay / this
+  lookahead_every: int = 0  # > 0: lookahead with an EMA of the weights every this many steps
+  early_epochs: float = 0.0  # "early" parameters are trained for this many epochs only
+
+  def recorded(self) -> dict[str, Any]:
+    """The settings as config.json records them (see ADDED_LATER)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(self)}
+    return {k: v for k, v in dataclasses.asdict(self).items() if not (k in ADDED_LATER and v == defaults[k])}
 
   def __post_init__(self):
     if self.optimizer not in OPTIMIZERS:
@@ -38,6 +59,10 @@ class OptimConfig:
       raise ValueError(f"plateau_patience must be >= 1, got {self.plateau_patience}")
     if not 0 < self.decay_factor <= 1:
       raise ValueError(f"decay_factor must be in (0, 1], got {self.decay_factor}")
+    if not (0 <= self.warmup_start <= 1 and 0 <= self.final_lr_factor <= 1):
+      raise ValueError("warmup_start and final_lr_factor must be in [0, 1]")
+    if not 0 < self.bias_lr_scale < float("inf") or self.lookahead_every < 0 or self.early_epochs < 0:
+      raise ValueError("bias_lr_scale must be positive, lookahead_every and early_epochs >= 0")
 
 
 def learning_rate_schedule(config: OptimConfig, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
@@ -55,17 +80,87 @@ def learning_rate_schedule(config: OptimConfig, steps_per_epoch: int, total_step
     main = optax.cosine_onecycle_schedule(max(total_steps - warmup_steps, 1), peak_value=base)
   elif config.lr_schedule in ("cosine", "warmup_cosine"):
     main = optax.cosine_decay_schedule(base, decay_steps=max(total_steps - warmup_steps, 1))
+  elif config.lr_schedule == "linear":
+    main = optax.linear_schedule(base, base * config.final_lr_factor, max(total_steps - warmup_steps, 1))
   else:
     main = optax.constant_schedule(base)
   if warmup_steps == 0:
     return main
-  warmup = optax.linear_schedule(0.0, base, warmup_steps)
+  warmup = optax.linear_schedule(base * config.warmup_start, base, warmup_steps)
   return optax.join_schedules([warmup, main], boundaries=[warmup_steps])
 
 
 def make_optimizer(
-  config: OptimConfig, steps_per_epoch: int, total_steps: int
+  config: OptimConfig,
+  steps_per_epoch: int,
+  total_steps: int,
+  labels: Callable[[Any], Any] | None = None,
 ) -> optax.GradientTransformation:
+  """The optimizer of `config`. `labels(params)` (a model's) names each parameter's group
+  (GROUPS): "frozen" ones never move; "norm_bias" ones (e.g. BatchNorm biases) train at
+  bias_lr_scale x the learning rate and weight decay / bias_lr_scale (the same decay per
+  step); "early" ones stop after early_epochs. With lookahead_every > 0, the whole is
+  wrapped in `lookahead_ema`."""
+  groups = {
+    "default": _optimizer(config, steps_per_epoch, total_steps),
+    "norm_bias": _optimizer(
+      dataclasses.replace(
+        config,
+        learning_rate=config.learning_rate * config.bias_lr_scale,
+        weight_decay=config.weight_decay / config.bias_lr_scale,
+      ),
+      steps_per_epoch,
+      total_steps,
+    ),
+    "frozen": optax.set_to_zero(),
+    "early": optax.chain(
+      _optimizer(config, steps_per_epoch, total_steps),
+      optax.scale_by_schedule(
+        lambda step: (step < config.early_epochs * steps_per_epoch).astype(jnp.float32)
+      ),
+    ),
+  }
+  tx = optax.multi_transform(groups, labels) if labels is not None else groups["default"]
+  if config.lookahead_every:
+    tx = lookahead_ema(tx, config.lookahead_every, total_steps)
+  return tx
+
+
+class LookaheadState(NamedTuple):
+  count: jax.Array
+  slow: Any  # the slow (averaged) weights
+  inner: Any
+
+
+def lookahead_ema(
+  inner: optax.GradientTransformation, every: int, total_steps: int, base: float = 0.95**5, power: float = 3.0
+) -> optax.GradientTransformation:
+  """Lookahead whose slow weights are an EMA of the fast ones (as in Keller Jordan's airbench):
+  every `every` steps, slow += (1 - decay) * (fast - slow) with decay = base * (t / total)^power,
+  and the fast weights restart from the slow ones. Early in training decay is near 0 (the
+  slow weights follow); late, they average over many steps."""
+
+  def init(params):
+    return LookaheadState(
+      jnp.zeros((), jnp.int32), jax.tree_util.tree_map(jnp.asarray, params), inner.init(params)
+    )
+
+  def update(grads, state, params):
+    updates, inner_state = inner.update(grads, state.inner, params)
+    fast = optax.apply_updates(params, updates)
+    count = state.count + 1
+    sync = count % every == 0
+    decay = base * (count.astype(jnp.float32) / total_steps) ** power
+    slow = jax.tree_util.tree_map(
+      lambda s, f: jnp.where(sync, s + (1.0 - decay) * (f - s), s), state.slow, fast
+    )
+    new = jax.tree_util.tree_map(lambda s, f: jnp.where(sync, s, f), slow, fast)
+    return jax.tree_util.tree_map(lambda n, p: n - p, new, params), LookaheadState(count, slow, inner_state)
+
+  return optax.GradientTransformation(init, update)
+
+
+def _optimizer(config: OptimConfig, steps_per_epoch: int, total_steps: int) -> optax.GradientTransformation:
   lr = learning_rate_schedule(config, steps_per_epoch, total_steps)
   if config.optimizer == "sgd":
     base = optax.sgd(lr)

@@ -52,7 +52,7 @@ class Task(abc.ABC):
     return {
       "model": dataclasses.asdict(self.model),
       "data": data,
-      "optim": dataclasses.asdict(self.optim),
+      "optim": self.optim.recorded(),
       "train": self.train_settings(),
     }
 

@@ -1,5 +1,6 @@
 """The device session script in smoke mode (CPU, data slices), packed and folded into a repo copy."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -11,7 +12,7 @@ import tarfile
 
 import pytest
 
-from experiments import fold_gpu_session, reproduce
+from experiments import fold_gpu_session, gpu_session, reproduce
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -52,10 +53,17 @@ def test_smoke_session_runs_every_step_packs_what_a_device_run_returns_and_folds
   session = json.loads((out / "session.json").read_text())
   assert session["smoke"] and session["name"] == "smoke"
   statuses = {s["step"]: s["status"] for s in session["steps"]}
-  assert statuses == dict.fromkeys(["cnn_seeds", "cnn_resnet", "lstm_seeds", "deterministic"], "ok")
+  assert statuses == dict.fromkeys(["bench", "cnn_seeds", "cnn_resnet", "lstm_seeds", "deterministic"], "ok")
   assert "dropped: none" in console
+  results = {s["step"]: s.get("result", {}) for s in session["steps"]}
+  # The speed bench: 2 runs of the smoke's cnn_resnet, summarised in session.json.
+  bench = results["bench"]
+  assert (
+    bench["experiment"] == "cnn_resnet" and bench["runs"] == 2 and bench["data"] == "CIFAR-10 (JPEG stand-in)"
+  )
+  assert bench["command"].startswith("python -m experiments.bench --flagfile=cnn_resnet.flags")
   # The study runs train their seeds the way the benchmark measured faster.
-  measured = session["steps"][0]["result"]["measured"]
+  measured = results["cnn_seeds"]["measured"]
   assert set(measured) == {"one seed", "2 stacked", "2 sequential"}
   assert session["cnn_seeds"] in ("stacked", "sequential")
   with tarfile.open(out / "session.tar.gz") as tar:
@@ -80,6 +88,8 @@ def test_smoke_session_runs_every_step_packs_what_a_device_run_returns_and_folds
   assert run["flags"]["epoch_loop"] == "scan" and run["flags"]["dtype"] == "bfloat16"
   assert len(run["per_seed"]) == 2 and run["compile_seconds"] > 0
   assert {"benchmarks/deterministic.json", "logs/cnn_resnet.log"} <= set(names)
+  assert {"benchmarks/bench/cnn_resnet.json", "benchmarks/bench/cnn_resnet.md"} <= set(names)
+  assert not [n for n in names if "_work_" in n or "jax_cache" in n]  # the bench's workdirs are removed
   _check_fold(out, tmp_path / "repo")
 
 
@@ -96,6 +106,10 @@ def _check_fold(out: pathlib.Path, tmp_path: pathlib.Path) -> None:
   assert (tmp_path / "reports" / "smoke" / "session.json").is_file()
   assert list((tmp_path / "benchmarks").glob("seeds_cifar10_cpu_*.json"))
   assert list((tmp_path / "benchmarks").glob("deterministic_cpu_*.json"))
+  assert {p.name for p in (tmp_path / "benchmarks" / "bench").iterdir()} == {
+    "cnn_resnet_cpu_cpu.json",
+    "cnn_resnet_cpu_cpu.md",
+  }
   text = readme.read_text()
   head, section = text.split(fold_gpu_session.BEGIN)
   section, tail = section.split(fold_gpu_session.END)
@@ -109,6 +123,9 @@ def _check_fold(out: pathlib.Path, tmp_path: pathlib.Path) -> None:
   # The deterministic run's XLA flags as recorded (here after the tests' own, tests/conftest.py).
   assert re.search(r"`--deterministic` \(`[^`]*--xla_gpu_deterministic_ops=true`\)", section)
   assert "| 2 stacked |" in section
+  bench = next(line for line in section.splitlines() if line.startswith("| [cnn_resnet](benchmarks/bench/"))
+  assert bench.startswith("| [cnn_resnet](benchmarks/bench/cnn_resnet_cpu_cpu.md) | 2 | ")
+  assert "`python -m experiments.bench --flagfile=cnn_resnet.flags" in bench
   # Folding the same session again replaces its section, not appends.
   assert _python(*fold).returncode == 0 and readme.read_text() == text
 
@@ -118,6 +135,19 @@ def _python(*args: str) -> subprocess.CompletedProcess:
   return subprocess.run(
     [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
   )
+
+
+def test_bench_step_with_a_missing_flagfile_fails_with_one_clear_line(tmp_path):
+  # On a device session the bench's flagfile may be missing: the step fails, its log says why.
+  sizes = dataclasses.replace(gpu_session.SMOKE, speed_bench=("--flagfile=not_written_yet.flags", "--runs=2"))
+  session = gpu_session.Session(sizes, str(tmp_path / "work"), "smoke")
+  log = tmp_path / "bench.log"
+  env = {**os.environ, "PYTHONPATH": str(REPO)}
+  status, _ = gpu_session.run_command(gpu_session._speed_bench(session), str(log), 120, env)
+  assert status == "failed (exit 1)"
+  last = log.read_text().splitlines()[-1]
+  assert last.startswith("error: flagfile 'not_written_yet.flags' not found") and "cnn_resnet.flags" in last
+  assert gpu_session._speed_bench_summary(session) == {"why": "no bench result"}
 
 
 def test_fold_refuses_a_folder_without_a_session(tmp_path):

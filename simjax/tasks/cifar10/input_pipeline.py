@@ -256,16 +256,31 @@ class Augmentation:
   crop_padding: int = 4  # random translation by up to this many pixels (reflect padding)
   flip: bool = True  # random horizontal flip
   cutout: int = 0  # side of a random square set to the mean (0: off)
+  # With flip: each image is flipped on alternate epochs (a fixed random half of them in the
+  # first) instead of at random, so every image is seen both ways every two epochs. Added
+  # later: config.json records it only when set (see Cifar10Task.run_config).
+  alternate_flip: bool = False
 
   def __post_init__(self):
     if self.crop_padding < 0 or self.cutout < 0:
       raise ValueError("crop_padding and cutout must be >= 0")
 
 
-def augment(key: jax.Array, images: jax.Array, config: Augmentation) -> jax.Array:
+def alternate_flips(key: jax.Array, indices: jax.Array, epoch: jax.Array) -> jax.Array:
+  """Which images (by their row in the split) are flipped in `epoch` (0-based) under
+  Augmentation.alternate_flip: a fixed random half (drawn from `key`, per image) in even
+  epochs, the other half in odd ones."""
+  first = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(key, i)))(indices)
+  return first ^ (epoch % 2 == 1)
+
+
+def augment(
+  key: jax.Array, images: jax.Array, config: Augmentation, flips: jax.Array | None = None
+) -> jax.Array:
   """Random crop-with-padding, horizontal flip and cutout of a uint8 batch [B, H, W, C].
 
-  Only pixels move: labels are untouched. Deterministic for a given key.
+  Only pixels move: labels are untouched. Deterministic for a given key. `flips` [B] gives
+  the flips under Augmentation.alternate_flip (see alternate_flips) instead of drawing them.
   """
   batch, height, width, _ = images.shape
   crop_key, flip_key, cutout_key = jax.random.split(key, 3)
@@ -277,7 +292,10 @@ def augment(key: jax.Array, images: jax.Array, config: Augmentation) -> jax.Arra
       padded, offsets
     )
   if config.flip:
-    flips = jax.random.bernoulli(flip_key, 0.5, (batch,))
+    if config.alternate_flip and flips is None:
+      raise ValueError("alternate_flip needs the batch's flips (input_pipeline.alternate_flips)")
+    if not config.alternate_flip:
+      flips = jax.random.bernoulli(flip_key, 0.5, (batch,))
     images = jnp.where(flips[:, None, None, None], images[:, :, ::-1], images)
   if config.cutout:
     centers = jax.random.randint(cutout_key, (batch, 2), 0, jnp.array([height, width]))

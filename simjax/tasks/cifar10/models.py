@@ -170,6 +170,130 @@ class ResNet(nn.Module):
     return nn.Dense(cfg.num_classes, dtype=jnp.float32, name="logits")(x.astype(jnp.float32))
 
 
+# --------------------------------------------------------------------------------------
+# Speedrun: the airbench94 network (Keller Jordan, "94% on CIFAR-10 in 3.29 seconds on a
+# single GPU", 2024), written from its description
+# --------------------------------------------------------------------------------------
+WHITEN_PATCH = 2  # the first conv sees 2x2 patches: 2*2*3 = 12 directions, each with its negation
+SPEEDRUN_LOGIT_SCALE = 1 / 9  # the head's logits are scaled down (its reference value)
+_TORCH_DEFAULT_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")  # U(+-1/sqrt(fan_in))
+
+
+def dirac_init(base=_TORCH_DEFAULT_INIT):
+  """A conv kernel [h, w, in, out] whose first `in` filters pass input channel i to output
+  channel i unchanged (the identity at the kernel's centre), the others drawn from `base`."""
+
+  def init(key, shape, dtype=jnp.float32):
+    height, width, inputs, outputs = shape
+    kernel = base(key, shape, dtype)
+    n = min(inputs, outputs)
+    identity = (
+      jnp.zeros((height, width, inputs, n), dtype)
+      .at[height // 2, width // 2]
+      .set(jnp.eye(inputs, n, dtype=dtype))
+    )
+    return kernel.at[..., :n].set(identity)
+
+  return init
+
+
+def whitening_kernel(images: jax.Array, eps: float = 5e-4) -> jax.Array:
+  """The frozen first conv of the speedrun net, from normalized images [N, H, W, 3]: the
+  eigenvectors of the (uncentred) covariance of all 2x2x3 patches, each divided by
+  sqrt(eigenvalue + eps), and their negations: [2, 2, 3, 24], largest eigenvalue first. Its
+  outputs on the patches have about the identity covariance (the first 12 channels)."""
+  n, height, width, channels = images.shape
+  patches = jnp.stack(
+    [
+      images[:, i : height - WHITEN_PATCH + 1 + i, j : width - WHITEN_PATCH + 1 + j]
+      for i in range(2)
+      for j in range(2)
+    ],
+    axis=3,
+  )  # [N, H-1, W-1, 4 (i, j), C]
+  flat = patches.reshape(-1, WHITEN_PATCH * WHITEN_PATCH * channels).astype(jnp.float32)
+  covariance = flat.T @ flat / flat.shape[0]
+  eigenvalues, eigenvectors = jnp.linalg.eigh(covariance)  # ascending
+  eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
+  scaled = eigenvectors / jnp.sqrt(eigenvalues + eps)  # columns: filters
+  kernel = scaled.reshape(WHITEN_PATCH, WHITEN_PATCH, channels, -1)
+  return jnp.concatenate([kernel, -kernel], axis=-1)
+
+
+class SpeedrunBlock(nn.Module):
+  """conv -> max-pool 2 -> BatchNorm -> GELU -> conv -> BatchNorm -> GELU."""
+
+  features: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    for i in range(2):
+      x = nn.Conv(
+        self.features,
+        (3, 3),
+        padding="SAME",
+        use_bias=False,
+        kernel_init=dirac_init(),
+        dtype=self.dtype,
+        name=f"conv_{i}",
+      )(x)
+      if i == 0:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      # No learned scale, a fast running average (new = 0.6 old + 0.4 batch), a tiny epsilon;
+      # float32 whatever the compute dtype.
+      x = nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.6,
+        epsilon=1e-12,
+        use_scale=False,
+        dtype=jnp.float32,
+        name=f"norm_{i}",
+      )(x.astype(jnp.float32))
+      x = nn.gelu(x, approximate=False).astype(self.dtype)
+    return x
+
+
+class SpeedrunNet(nn.Module):
+  """Frozen 2x2 whitening conv (its bias trains early on only), GELU, three blocks of widths
+  width, 4 width, 4 width (64/256/256), max-pool 3, a bias-free linear head, scaled logits."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+    cfg = self.config
+    dtype = cfg.compute_dtype
+    x = _prepare(images, dtype)
+    channels = 2 * WHITEN_PATCH * WHITEN_PATCH * 3
+    x = nn.Conv(channels, (WHITEN_PATCH, WHITEN_PATCH), padding="VALID", dtype=dtype, name="whiten")(x)
+    x = nn.gelu(x, approximate=False)
+    for i, features in enumerate((cfg.width, 4 * cfg.width, 4 * cfg.width)):
+      x = SpeedrunBlock(features, dtype, name=f"block_{i}")(x, train=train)
+    x = nn.max_pool(x, (3, 3), strides=(3, 3))
+    x = x.reshape(x.shape[0], -1).astype(jnp.float32)
+    logits = nn.Dense(cfg.num_classes, use_bias=False, kernel_init=_TORCH_DEFAULT_INIT, name="logits")(x)
+    return logits * SPEEDRUN_LOGIT_SCALE
+
+
+def param_groups(config: ModelConfig):
+  """The optimizer groups of a model's parameters (simjax.optim.GROUPS), as a function of the
+  params tree; None where every parameter is trained alike (the same optimizer as before)."""
+  if config.architecture != "speedrun":
+    return None
+
+  def labels(params):
+    def label(path, _):
+      names = [str(getattr(p, "key", p)) for p in path]
+      if names[0] == "whiten":
+        return "frozen" if names[-1] == "kernel" else "early"
+      return "norm_bias" if names[-2].startswith("norm_") and names[-1] == "bias" else "default"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+  return labels
+
+
 def _dropout(x: jax.Array, rate: float, train: bool) -> jax.Array:
   # No module at all for rate 0, so such models need no "dropout" rng even in train mode.
   if rate == 0.0:
@@ -177,7 +301,7 @@ def _dropout(x: jax.Array, rate: float, train: bool) -> jax.Array:
   return nn.Dropout(rate, deterministic=not train)(x)
 
 
-MODELS = {"cnn": ClassicCNN, "resnet": ResNet}
+MODELS = {"cnn": ClassicCNN, "resnet": ResNet, "speedrun": SpeedrunNet}
 
 
 def make_model(config: ModelConfig) -> nn.Module:

@@ -23,7 +23,13 @@ from simjax.errors import ConfigError
 from simjax.run import RunConfig
 from simjax.tasks.base import Task
 from simjax.tasks.cifar10 import input_pipeline
-from simjax.tasks.cifar10.models import ModelConfig, init_variables, make_model
+from simjax.tasks.cifar10.models import (
+  ModelConfig,
+  init_variables,
+  make_model,
+  param_groups,
+  whitening_kernel,
+)
 from simjax.train_state import TrainState
 
 
@@ -44,6 +50,7 @@ class DataConfig:
 
 
 EPOCH_LOOPS = ("auto", "scan", "host")
+WHITENING_IMAGES = 5000  # the speedrun net's whitening conv comes from the first this many train images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,13 +87,20 @@ def create_train_state(
   *,
   steps_per_epoch: int,
   total_steps: int,
+  whitening_images: np.ndarray | None = None,
 ) -> TrainState:
-  """One replica per seed, stacked (see simjax.replicas)."""
+  """One replica per seed, stacked (see simjax.replicas). The speedrun net's whitening conv
+  is computed from `whitening_images` (uint8, e.g. the first 5,000 of the train split);
+  without them (eval, predict) it is left for a checkpoint to fill."""
   model = make_model(model_config)
-  tx = optim.make_optimizer(optim_config, steps_per_epoch, total_steps)
+  tx = optim.make_optimizer(optim_config, steps_per_epoch, total_steps, labels=param_groups(model_config))
   plateau = optim.plateau_transform(optim_config)
 
   variables, state_rngs = replicas.init_replicas(lambda key: init_variables(model, key), seed_list)
+  if model_config.architecture == "speedrun" and whitening_images is not None:
+    kernel = whitening_kernel(input_pipeline.normalize(jnp.asarray(whitening_images)))
+    whiten = variables["params"]["whiten"]
+    variables["params"]["whiten"] = {**whiten, "kernel": jnp.broadcast_to(kernel, whiten["kernel"].shape)}
 
   def create(variables, state_rng):
     return TrainState.create(
@@ -112,6 +126,9 @@ def _loss_and_updates(state: TrainState, params, images, labels, dropout_key, la
   return loss, (accuracy, new_vars.get("batch_stats", {}))
 
 
+_FLIP_STREAM = 2**31 - 1  # fold_in(rng, step) serves the steps; no step reaches this number
+
+
 def train_step(
   state: TrainState,
   images: jax.Array,
@@ -120,10 +137,18 @@ def train_step(
   augmentation: input_pipeline.Augmentation,
   label_smoothing: float,
   compute_dtype=jnp.float32,
+  indices: jax.Array | None = None,
+  steps_per_epoch: int | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One update on a uint8 batch: augment, normalize, forward, backward, apply."""
+  """One update on a uint8 batch: augment, normalize, forward, backward, apply. `indices`
+  (the images' rows in the split) and `steps_per_epoch` serve Augmentation.alternate_flip."""
   augment_key, dropout_key = jax.random.split(state.step_key())
-  images = input_pipeline.normalize(input_pipeline.augment(augment_key, images, augmentation), compute_dtype)
+  flips = None
+  if augmentation.flip and augmentation.alternate_flip:
+    flip_key = jax.random.fold_in(state.rng, _FLIP_STREAM)
+    flips = input_pipeline.alternate_flips(flip_key, indices, state.step // steps_per_epoch)
+  augmented = input_pipeline.augment(augment_key, images, augmentation, flips)
+  images = input_pipeline.normalize(augmented, compute_dtype)
   grad_fn = jax.value_and_grad(_loss_and_updates, argnums=1, has_aux=True)
   (loss, (accuracy, batch_stats)), grads = grad_fn(
     state, state.params, images, labels, dropout_key, label_smoothing
@@ -170,14 +195,18 @@ def compile_train_epoch(
   abstract_state = checkpoints.abstract_state(state)  # `state` may be donated before a late compile
   replica_step = jax.vmap(
     functools.partial(
-      train_step, augmentation=augmentation, label_smoothing=label_smoothing, compute_dtype=compute_dtype
+      train_step,
+      augmentation=augmentation,
+      label_smoothing=label_smoothing,
+      compute_dtype=compute_dtype,
+      steps_per_epoch=steps,
     )
   )
 
   def step(state, images, labels, indices):  # indices: [replicas, batch]
     batch_images = jax.lax.with_sharding_constraint(images[indices], batch_sharding)
     batch_labels = jax.lax.with_sharding_constraint(labels[indices], batch_sharding)
-    return replica_step(state, batch_images, batch_labels)
+    return replica_step(state, batch_images, batch_labels, indices=indices)
 
   def epoch_order(epoch_keys):  # -> [steps, replicas, batch]
     def order(key):
@@ -368,6 +397,12 @@ class Cifar10Task(Task):
 
   free_data_fields = ("data_dir", "cache_dir", "eval_split", "tta")
 
+  def run_config(self) -> dict[str, Any]:
+    config = super().run_config()
+    if not self.data.augmentation.alternate_flip:  # added later: older workdirs lack it
+      del config["data"]["augmentation"]["alternate_flip"]
+    return config
+
   def train_settings(self) -> dict[str, Any]:
     return {"label_smoothing": self.label_smoothing}
 
@@ -397,7 +432,12 @@ class Cifar10Task(Task):
     if self._run is None:  # eval / predict: the structure to restore into
       return create_train_state(seeds, self.model, self.optim, steps_per_epoch=1, total_steps=1)
     state = create_train_state(
-      seeds, self.model, self.optim, steps_per_epoch=self.steps, total_steps=self.steps * self._run.epochs
+      seeds,
+      self.model,
+      self.optim,
+      steps_per_epoch=self.steps,
+      total_steps=self.steps * self._run.epochs,
+      whitening_images=self.train_split.images[:WHITENING_IMAGES],
     )
     return jax.device_put(state, sharding.replicated(self.mesh))
 

@@ -241,7 +241,7 @@ def test_zero_initialized_branch_leaves_only_the_shortcut():
 @pytest.mark.parametrize(
   "overrides,message",
   [
-    ({"architecture": "vgg"}, "architecture must be one of cnn, resnet; got 'vgg'"),
+    ({"architecture": "vgg"}, "architecture must be one of cnn, resnet, speedrun; got 'vgg'"),
     ({"head": "max"}, "head must be one of fc, gap; got 'max'"),
     ({"dtype": "float16"}, "dtype must be one of float32, bfloat16; got 'float16'"),
     ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0"),
