@@ -137,8 +137,9 @@ def lookahead_ema(
 ) -> optax.GradientTransformation:
   """Lookahead whose slow weights are an EMA of the fast ones (as in Keller Jordan's airbench):
   every `every` steps, slow += (1 - decay) * (fast - slow) with decay = base * (t / total)^power,
-  and the fast weights restart from the slow ones. Early in training decay is near 0 (the
-  slow weights follow); late, they average over many steps."""
+  and the fast weights restart from the slow ones; the last step (total_steps) ends on the
+  slow weights. Early in training decay is near 0 (the slow weights follow); late, they
+  average over many steps."""
 
   def init(params):
     return LookaheadState(
@@ -154,7 +155,9 @@ def lookahead_ema(
     slow = jax.tree_util.tree_map(
       lambda s, f: jnp.where(sync, s + (1.0 - decay) * (f - s), s), state.slow, fast
     )
-    new = jax.tree_util.tree_map(lambda s, f: jnp.where(sync, s, f), slow, fast)
+    # The last step ends on the slow weights even between syncs (the fast steps since are dropped).
+    restart = sync | (count == total_steps)
+    new = jax.tree_util.tree_map(lambda s, f: jnp.where(restart, s, f), slow, fast)
     return jax.tree_util.tree_map(lambda n, p: n - p, new, params), LookaheadState(count, slow, inner_state)
 
   return optax.GradientTransformation(init, update)

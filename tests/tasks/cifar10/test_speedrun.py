@@ -81,6 +81,14 @@ def test_lookahead_restarts_from_an_ema_of_the_weights_every_k_steps():
     seen.append(float(params["w"]))
   # step 2: slow = 0 + (1 - 0.5 * 2/4) * (2 - 0) = 1.5; step 4: 1.5 + (1 - 0.5) * (3.5 - 1.5) = 2.5
   np.testing.assert_allclose(seen, [1.0, 1.5, 2.5, 2.5])
+  # A last step between syncs ends on the slow weights: 3 steps, sync at 2 -> 1.5, not 2.5.
+  tx = optim.lookahead_ema(optax.sgd(1.0), every=2, total_steps=3, base=0.5, power=1.0)
+  params, state = {"w": jnp.zeros(())}, tx.init({"w": jnp.zeros(())})
+  for _ in range(3):
+    updates, state = tx.update({"w": jnp.asarray(-1.0)}, state, params)
+    params = {"w": params["w"] + updates["w"]}
+  # step 2: slow = (1 - 0.5 * 2/3) * 2 = 4/3
+  assert float(params["w"]) == pytest.approx(4 / 3)
 
 
 def test_a_short_speedrun_learns_with_its_parameter_groups(tmp_path, cifar_data_dir):
