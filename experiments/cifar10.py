@@ -48,6 +48,11 @@ flags.DEFINE_enum(
   "Test-time augmentation when evaluating: the mean logits of the image and its mirror (flip), "
   "and of both shifted one pixel each way (flip_translate, 6 views). Training is unchanged.",
 )
+flags.DEFINE_bool(
+  "tta_each_epoch",
+  True,
+  "Evaluate every epoch with --tta; false: one view each epoch (cheaper), --tta for the final numbers.",
+)
 flags.DEFINE_string(
   "cache_dir",
   os.environ.get("SIMJAX_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "simjax")),

@@ -98,6 +98,8 @@ def test_a_short_speedrun_learns_with_its_parameter_groups(tmp_path, cifar_data_
     train_split="train[:1024]",
     eval_split="test[:256]",
     augmentation=input_pipeline.Augmentation(crop_padding=2, alternate_flip=True),
+    tta="flip",
+    tta_each_epoch=False,  # each epoch one view; the final numbers with the mirror
   )
   optim_config = optim.OptimConfig(
     optimizer="nesterov",
@@ -122,6 +124,11 @@ def test_a_short_speedrun_learns_with_its_parameter_groups(tmp_path, cifar_data_
   assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.05 and results["test"]["accuracy"] > 0.16
   state, saved_config, _ = train.load_trained(str(tmp_path))
   assert saved_config["data"]["augmentation"]["alternate_flip"] is True
+  test = input_pipeline.load_split("test[:256]", cifar_data_dir, None)
+  for tta, accuracy in (("none", rows[-1]["test_accuracy"]), ("flip", results["test"]["accuracy"])):
+    predicted = train.predict_classes(state, test.images, 64, "float32", tta=tta)[0]
+    assert np.mean(predicted == test.labels) == accuracy
+  assert (results["tta"], results["tta_each_epoch"]) == ("flip", False)
   params = jax.tree_util.tree_map(lambda x: x[0], state.params)
   whitening = models.whitening_kernel(input_pipeline.normalize(jnp.asarray(task.train_split.images[:5000])))
   np.testing.assert_allclose(params["whiten"]["kernel"], whitening, rtol=1e-5, atol=1e-6)  # frozen
