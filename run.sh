@@ -5,6 +5,7 @@
 #   ./run.sh test [ARGS]     run the test suite (ARGS go to pytest)
 #   ./run.sh reproduce [ARGS]  run `python -m experiments.reproduce ARGS` (the whole study, N seeds)
 #   ./run.sh benchmark_seeds [ARGS]  run `python -m experiments.benchmark_seeds ARGS`
+#   ./run.sh bench [ARGS]    run `python -m experiments.bench ARGS` (CIFAR-10 speed bench)
 #   ./run.sh fold_gpu_session DIR    fold a device session's output into reports/ and the README
 #   ./run.sh ARGS            run `python -m experiments.main ARGS`, e.g. --flagfile=rnn.flags
 # Offline: when ../shared exists, its raw sentence datasets are used (SIMJAX_MANUAL_DIR) and
@@ -48,7 +49,7 @@ case "${1:-}" in
     cd "$REPO"  # pytest.ini and tests/ are found from the repository root
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
-  reproduce | benchmark_seeds | fold_gpu_session)
+  reproduce | benchmark_seeds | bench | fold_gpu_session)
     module="$1"
     shift
     exec "$VENV/bin/python" -m "experiments.$module" "$@"
