@@ -6,6 +6,7 @@ r"""simjax entry point: absl flags (and flagfiles) -> the library.
       python -m experiments.main --mode=predict --workdir=workdirs/lstm_glove_stsb
   python -m experiments.main --flagfile=cnn_resnet.flags            # CIFAR-10
   python -m experiments.main --mode=predict --workdir=workdirs/cnn_resnet a.png b.jpg
+  simjax --flagfile=cnn_resnet.flags                                # the same, once pip-installed
 
 A bare flagfile name is looked up in the current directory, then next to this file. Eval and
 predict read the task (sentences or CIFAR-10) from the workdir's config.json.
@@ -80,5 +81,10 @@ def _refuse_flags_of_other_tasks(task_name: str) -> None:
       )
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The `simjax` command an installed package provides (pyproject.toml)."""
   app.run(main, flags_parser=common.parse_flags_with_flagfile_lookup)
+
+
+if __name__ == "__main__":
+  cli()

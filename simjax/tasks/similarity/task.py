@@ -215,6 +215,7 @@ def predict(
   (bucketing reorders rows; `row` undoes it)."""
   mesh = sharding.data_mesh()
   sharding.check_batch_size(batch_size, mesh)
+  state = sharding.replicate(state, mesh)  # a state restored for eval or predict sits on one device
   rows, outputs = [], []
   for batch in input_pipeline.batches(data, batch_size, max_length):
     outputs.append(eval_step(state, sharding.shard_batch(batch, mesh)))

@@ -154,7 +154,12 @@ def train_tiny(data_dir: str, manual_dir: str, workdir: str) -> dict:
   task = train.SimilarityTask(_tiny_model, data, optim.OptimConfig(learning_rate=1e-2))
   results = run.train_and_evaluate(task, train.TrainConfig(epochs=2, batch_size=32), workdir)
   losses = [r["train_mse"] for r in run_records.read_metrics(workdir)]
-  return {"devices": jax.device_count(), "test": results["test"], "losses": losses}
+  # Eval and predict from the workdir, on the same devices (the state is restored onto one).
+  state, _, loaded = train.load_trained(
+    workdir, data_dir=data_dir, manual_dir=manual_dir, test_split="test[:64]"
+  )
+  evaluated, _ = loaded.evaluate_trained(state, 32)
+  return {"devices": jax.device_count(), "test": results["test"], "losses": losses, "eval": evaluated[0]}
 
 
 def test_four_devices_give_the_losses_of_one(prepared, manual_dir, tmp_path):
@@ -166,3 +171,7 @@ def test_four_devices_give_the_losses_of_one(prepared, manual_dir, tmp_path):
   assert outputs[4]["devices"] == 4
   np.testing.assert_allclose(outputs[4]["losses"], outputs[1]["losses"], rtol=1e-4)
   np.testing.assert_allclose(outputs[4]["test"]["pearson"], outputs[1]["test"]["pearson"], rtol=1e-4)
+  for devices in (1, 4):  # a model evaluated from its workdir scores what its training reported
+    np.testing.assert_allclose(
+      outputs[devices]["eval"]["test"]["pearson"], outputs[devices]["test"]["pearson"], rtol=1e-5
+    )

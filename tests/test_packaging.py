@@ -1,0 +1,61 @@
+"""pyproject.toml (what `pip install .` installs) stays in step with requirements.txt (the
+pinned set the suite runs on), and ships everything the command lines read at run time."""
+
+import fnmatch
+import importlib
+import pathlib
+import sys
+import tomllib
+
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _requirements_txt() -> dict[str, Requirement]:
+  lines = (line.split("#")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines())
+  return {canonicalize_name(r.name): r for r in map(Requirement, filter(None, lines))}
+
+
+def _by_name(requirements: list[str]) -> dict[str, Requirement]:
+  return {canonicalize_name(r.name): r for r in map(Requirement, requirements)}
+
+
+def test_the_package_depends_on_what_requirements_txt_pins_and_admits_the_pinned_versions():
+  pinned = _requirements_txt()
+  installed = _by_name(PROJECT["project"]["dependencies"])
+  tests = _by_name(PROJECT["project"]["optional-dependencies"]["test"])
+  assert set(installed) | set(tests) == set(pinned), "a package is in one of the two files only"
+  for name, requirement in installed.items():
+    for spec in pinned[name].specifier:  # "==x.y.z" pins: the package's range must admit them
+      assert requirement.specifier.contains(spec.version), f"{name}: {requirement} excludes {pinned[name]}"
+
+
+def test_the_accelerator_extras_install_the_same_jax_with_its_accelerator_build():
+  jax = _by_name(PROJECT["project"]["dependencies"])["jax"]
+  for extra, build in (("tpu", "tpu"), ("cuda12", "cuda12")):
+    (requirement,) = map(Requirement, PROJECT["project"]["optional-dependencies"][extra])
+    assert (canonicalize_name(requirement.name), requirement.extras) == ("jax", {build})
+    assert requirement.specifier == jax.specifier
+
+
+def test_the_package_ships_the_modules_and_files_the_command_lines_need():
+  setuptools = PROJECT["tool"]["setuptools"]
+  packages = setuptools["packages"]["find"]["include"]
+  for package in ("simjax", "simjax.tasks.cifar10", "experiments"):
+    assert any(fnmatch.fnmatch(package, pattern) for pattern in packages), package
+  data = setuptools["package-data"]["experiments"]
+  needed = [p.name for p in (REPO / "experiments").iterdir() if p.suffix in (".flags", ".json")]
+  assert "cnn_resnet.flags" in needed and "study.json" in needed
+  for name in needed:
+    assert any(fnmatch.fnmatch(name, pattern) for pattern in data), f"{name} would be left out"
+  module, function = PROJECT["project"]["scripts"]["simjax"].split(":")
+  assert module == "experiments.main" and callable(getattr(importlib.import_module(module), function))
+
+
+def test_this_python_is_a_supported_one():
+  version = ".".join(map(str, sys.version_info[:3]))
+  assert SpecifierSet(PROJECT["project"]["requires-python"]).contains(version)
