@@ -16,7 +16,7 @@ from absl import flags, logging
 from tqdm.auto import tqdm
 
 from experiments import flagfiles
-from simjax import compilation, errors, loop, optim, run
+from simjax import compilation, distributed, errors, loop, optim, run
 from simjax.tasks.base import Task
 
 FLAGS = flags.FLAGS
@@ -179,6 +179,62 @@ def define_training_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flag_values=flag_values,
   )
   define_compilation_cache_flag(flag_values=flag_values)
+  define_distributed_flags(flag_values=flag_values)
+
+
+def define_distributed_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Several processes, one run (simjax.distributed): every process runs the same command."""
+  flags.DEFINE_string(
+    "coordinator_address",
+    os.environ.get("JAX_COORDINATOR_ADDRESS"),
+    "Multi-process run: host:port of process 0, which hosts the coordinator (default: "
+    "$JAX_COORDINATOR_ADDRESS; unset: one process, or a Cloud TPU pod slice, joined automatically).",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "num_processes",
+    _int_from_env("JAX_NUM_PROCESSES"),
+    "Multi-process run: how many processes (default: $JAX_NUM_PROCESSES).",
+    lower_bound=1,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "process_id",
+    _int_from_env("JAX_PROCESS_ID"),
+    "Multi-process run: this process's id, 0 .. --num_processes - 1 (default: $JAX_PROCESS_ID).",
+    lower_bound=0,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "distributed_timeout",
+    300,
+    "Multi-process run: seconds to wait for every process to join before giving up.",
+    lower_bound=1,
+    flag_values=flag_values,
+  )
+
+
+def _int_from_env(name: str) -> int | None:
+  value = os.environ.get(name)
+  return int(value) if value and value.strip().isdigit() else None
+
+
+def initialize_distributed() -> None:
+  """--coordinator_address etc. (or a TPU pod slice): joins the run's processes before JAX is
+  used; every process but 0 then prints nothing (its errors still reach stderr)."""
+  distributed.initialize(
+    FLAGS.coordinator_address,
+    FLAGS.num_processes,
+    FLAGS.process_id,
+    timeout_seconds=FLAGS.distributed_timeout,
+    on_timeout=lambda e: _exit_at_once(f"error: {error_line(e)}", 1),
+  )
+  # jax.distributed installs a SIGTERM handler of its own (its preemption notifier), which would
+  # end the process without the checkpoint: the run's handler takes SIGTERM back.
+  signal.signal(signal.SIGTERM, _on_stop_signal)
+  if not distributed.is_primary():  # at the file descriptor: C++ libraries (gloo) print there too
+    sys.stdout.flush()
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def define_compilation_cache_flag(flag_values: flags.FlagValues = FLAGS) -> None:
@@ -307,6 +363,8 @@ class EpochTable:
 
 def progress_bar(total: int, description: str):
   """A progress bar within long epochs, shown only on a terminal."""
+  if not distributed.is_primary():  # one bar per run, not one per process
+    return tqdm(total=total, disable=True)
   return tqdm(total=total, desc=description, leave=False, unit="step", disable=None, file=sys.stderr)
 
 
@@ -378,6 +436,7 @@ _FLAG_OF_SETTING = {
   "manual_dir": "--manual_dir (or SIMJAX_MANUAL_DIR)",
   "cache_dir": "--cache_dir (or SIMJAX_CACHE_DIR; '' disables the cache)",
   "head": "--cnn_head",
+  "coordinator_address": "--coordinator_address",
 }
 _ADVICE = {
   errors.TrainingDiverged: "lower --learning_rate or set --grad_clip_norm in a new --workdir "
@@ -447,7 +506,13 @@ def _on_stop_signal(signum, frame) -> None:
     STOP.request(name)
     _first_request[name] = time.monotonic()
     print(
-      f"\n{name}: stopping after the step in progress, with a checkpoint of it "
+      f"\n{name}: stopping after the "
+      + (
+        "step in progress"
+        if distributed.process_count() == 1
+        else "epoch in progress (the processes agree there)"
+      )
+      + ", with a checkpoint of it "
       f"(send {'Ctrl-C' if name == 'SIGINT' else name} again to stop at once, losing the steps since the last checkpoint)",
       file=sys.stderr,
       flush=True,

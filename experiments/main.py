@@ -40,6 +40,7 @@ def main(argv):
   modes = {"train": task.train, "eval": task.evaluate, "predict": lambda: task.predict(inputs)}
 
   def run():
+    common.initialize_distributed()  # before JAX is used; a coordinator out of reach: one error line
     common.apply_compilation_cache()  # inside run_mode: an unusable folder is one error line
     modes[FLAGS.mode]()
 

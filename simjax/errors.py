@@ -38,11 +38,12 @@ class ConfigError(SimjaxError, ValueError):
 class BatchSizeError(ConfigError):
   """The batch size does not split evenly over the devices."""
 
-  def __init__(self, batch_size: int, devices: int):
+  def __init__(self, batch_size: int, devices: int, processes: int = 1):
     self.batch_size, self.devices = batch_size, devices
     self.suggestion = max(devices, batch_size // devices * devices)
+    where = f"{devices} devices" + (f" ({processes} processes together)" if processes > 1 else "")
     super().__init__(
-      f"batch size {batch_size} does not split evenly over {devices} devices: "
+      f"batch size {batch_size} does not split evenly over {where}: "
       f"use a multiple of {devices} (e.g. {self.suggestion})",
       settings=("batch_size",),
     )
@@ -156,3 +157,10 @@ class Preempted(SimjaxError, RuntimeError):
       else "before the first epoch"
     )
     super().__init__(f"stopped ({reason}) {where}: {saved}")
+
+
+class DistributedError(SimjaxError, RuntimeError):
+  """The processes of a multi-process run cannot join (a coordinator that cannot be reached,
+  inconsistent process ids)."""
+
+  settings = ("coordinator_address", "num_processes", "process_id")

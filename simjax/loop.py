@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simjax import optim, replicas
+from simjax import distributed, optim, replicas
 from simjax.checkpoints import CheckpointStore, abstract_state
 from simjax.compilation import CompileClock
 from simjax.errors import ConfigError, Preempted, TrainingDiverged, WorkdirError
@@ -167,9 +167,21 @@ def fit(
     for row in meta["history"]:
       on_epoch(row)
 
+    # One process alone: a request stops the epoch after the step in progress. Several processes
+    # (simjax.distributed) must stop at the same step: they agree at the end of each epoch.
+    single = distributed.process_count() == 1
+
+    def stopped() -> bool:
+      if single:
+        return stop.requested
+      agreed = distributed.any_process(stop.requested)
+      if agreed and not stop.requested:
+        stop.request("a stop request of another process")
+      return agreed
+
     with stop.honouring():
       for epoch in range(meta["epoch"] + 1, epochs + 1):
-        if stop.requested:  # between epochs: the latest checkpoint holds everything done
+        if stopped():  # between epochs: the latest checkpoint holds everything done
           raise Preempted(stop.reason, epoch=epoch - 1, steps_done=None, saved_step=store.latest_step())
         done = _steps_from_json(partial["step_metrics"]) if partial else None
         earlier_seconds = (partial["seconds"], partial["compile_seconds"]) if partial else (0.0, 0.0)
@@ -178,7 +190,7 @@ def fit(
         first_step = int(state.step[0]) - start_step  # read now: train_epoch may donate `state`'s buffers
         with CompileClock() as compile_clock:
           start = time.perf_counter()
-          result = train_epoch(state, epoch, start_step=start_step, stop=stop)
+          result = train_epoch(state, epoch, start_step=start_step, stop=stop if single else lambda: False)
           jax.block_until_ready(result.state)
           epoch_seconds = earlier_seconds[0] + time.perf_counter() - start  # the checks below: not timed
           steps = _concatenate_steps(done, result.step_metrics)
@@ -186,7 +198,7 @@ def fit(
             steps["loss"], result.state, first_step=first_step, epoch=epoch, store=store, seeds=seeds
           )
           state = result.state
-          if stop.requested and not result.complete:  # save the step reached, evaluate on the rerun
+          if stopped() and not result.complete:  # save the step reached, evaluate on the rerun
             saved_step = int(state.step[0])
             meta["partial"] = {
               "epoch": epoch,
@@ -242,7 +254,7 @@ def fit(
         store.save(int(state.step[0]), state, meta, best_state=best_state if improved.any() else None)
         log.write(row)
         on_epoch(row)
-      if stop.requested:  # during the last epoch's evaluation or save: all is saved
+      if stopped():  # during the last epoch's evaluation or save: all is saved
         raise Preempted(stop.reason, epoch=meta["epoch"], steps_done=None, saved_step=store.latest_step())
     return FitResult.from_meta(state, meta)
   finally:

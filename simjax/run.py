@@ -28,7 +28,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from simjax import loop, optim, replicas, run_records, summary, workdir_lock
+from simjax import distributed, loop, optim, replicas, run_records, summary, workdir_lock
 from simjax.checkpoints import (
   CONFIG_FILE,
   CheckpointStore,
@@ -96,7 +96,7 @@ def train_and_evaluate(
   records = {"flags": flags or {}, "command": command, "stop": stop}
   new_workdir = not _has_files(workdir)
   try:
-    with workdir_lock.hold(workdir):  # one process at a time writes here
+    with _lock(workdir):  # one run at a time writes here
       if config.sequential_seeds and config.num_seeds > 1:
         return _train_sequentially(task, config, workdir, records, on_epoch)
       if sequential_seed_dirs(workdir):
@@ -108,14 +108,22 @@ def train_and_evaluate(
           raise OutOfDeviceMemory(config.num_seeds, _first_line(e)) from None
         raise
   finally:
-    if new_workdir and not _has_files(workdir):  # e.g. data missing: leave no empty workdir behind
-      with contextlib.suppress(OSError):
+    if new_workdir and not _has_files(workdir) and distributed.is_primary():  # e.g. data missing:
+      with contextlib.suppress(OSError):  # leave no empty workdir behind
         os.rmdir(workdir)  # only if empty: another process's new lock keeps it
+
+
+def _lock(workdir: str, **kwargs):
+  """The workdir's lock (simjax.workdir_lock); in a multi-process run process 0 holds it for all."""
+  return workdir_lock.hold(workdir, **kwargs) if distributed.is_primary() else contextlib.nullcontext(True)
 
 
 def _empty(workdir: str) -> None:
   """Removes what `workdir` holds but its lock (the lock's holder removes that), and the
-  workdir itself if nothing is left (a seed_<s> folder has no lock of its own)."""
+  workdir itself if nothing is left (a seed_<s> folder has no lock of its own). In a
+  multi-process run, process 0 does it."""
+  if not distributed.is_primary():
+    return
   for name in set(os.listdir(workdir)) - {workdir_lock.LOCK_FILE}:
     path = os.path.join(workdir, name)
     if os.path.isdir(path):
@@ -324,7 +332,7 @@ def evaluate_trained(
   if not os.path.isdir(workdir):
     raise WorkdirError(f"workdir {workdir} not found", workdir)
   # Not while a run trains there, nor two evaluations at once; a read-only workdir is only read.
-  with workdir_lock.hold(workdir, read_only_ok=True) as writable:
+  with _lock(workdir, read_only_ok=True) as writable:
     state, config, task = load(workdir)
     per_seed_metrics, extras = task.evaluate_trained(state, batch_size)
     seeds = replicas.from_config(config, workdir)

@@ -13,6 +13,8 @@ from typing import Any, Iterable
 
 import jax
 
+from simjax import distributed
+
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
 RUN_INFO_FILE = "run_info.json"
@@ -31,7 +33,9 @@ _PACKAGES = (
 
 def write_json(path: str, obj: Any) -> None:
   """Writes strict JSON (see `dumps`) atomically (temporary file + rename), so a kill never
-  leaves half a file."""
+  leaves half a file. In a multi-process run only process 0 writes records (the others skip)."""
+  if not distributed.is_primary():
+    return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp"
   with open(tmp, "w") as f:
@@ -73,6 +77,7 @@ def device_info() -> dict[str, Any]:
     "platform": devices[0].platform,
     "kind": devices[0].device_kind,
     "count": len(devices),
+    **({"processes": jax.process_count()} if jax.process_count() > 1 else {}),  # multi-process runs only
     "host": platform.node(),
     "processor": _cpu_model() or platform.processor() or platform.machine(),
     "cpu_count": os.cpu_count(),
@@ -163,16 +168,20 @@ def _checksums(data_info: dict[str, Any]) -> dict[str, str]:
 
 
 class MetricsLog:
-  """One JSON line per epoch in metrics.jsonl, mirrored to TensorBoard event files."""
+  """One JSON line per epoch in metrics.jsonl, mirrored to TensorBoard event files; in a
+  multi-process run, written by process 0 only."""
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, METRICS_FILE)
     self._tensorboard_dir = os.path.join(workdir, "tensorboard")
     self._writer = None
+    self._writes = distributed.is_primary()
 
   def reset(self, history: Iterable[dict[str, Any]]) -> None:
     """Rewrites the file from checkpointed history, dropping epochs a killed run logged
     after its last checkpoint (they will be trained again)."""
+    if not self._writes:
+      return
     tmp = self.path + ".tmp"
     with open(tmp, "w") as f:
       for row in history:
@@ -180,6 +189,8 @@ class MetricsLog:
     os.replace(tmp, self.path)
 
   def write(self, row: dict[str, Any]) -> None:
+    if not self._writes:
+      return
     with open(self.path, "a") as f:
       f.write(dumps(row) + "\n")
     writer = self._tensorboard()

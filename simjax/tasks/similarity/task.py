@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from simjax import loop, metrics, optim, replicas, run, sharding
+from simjax import distributed, loop, metrics, optim, replicas, run, sharding
 from simjax.errors import ConfigError, WorkdirError
 from simjax.run import RunConfig
 from simjax.tasks.base import Task
@@ -221,7 +221,7 @@ def predict(
     outputs.append(eval_step(state, sharding.shard_batch(batch, mesh)))
     rows.append(batch["row"])
   scores = np.empty((replicas.num_replicas(state), len(data)), np.float32)
-  for row, out in zip(rows, jax.device_get(outputs)):
+  for row, out in zip(rows, sharding.fetch(outputs)):
     scores[:, row[row >= 0]] = out[:, row >= 0]
   return scores
 
@@ -290,7 +290,7 @@ class SimilarityTask(Task):
     self.prepared = prepare_data(
       self.data, seeds=config.seeds, vocab=text.Vocabulary.load(vocab_path) if resuming else None
     )
-    if not resuming:
+    if not resuming and distributed.is_primary():  # every process built the same vocabulary
       self.prepared.vocab.save(vocab_path)
     self.vocab = self.prepared.vocab
     pairs = len(self.prepared.splits["train"].score)
@@ -358,7 +358,7 @@ class SimilarityTask(Task):
         break
     if bar is not None:
       bar.close()
-    step_metrics = jax.device_get(step_metrics)
+    step_metrics = sharding.fetch(step_metrics)
     replicas_ = len(self.seeds)
     return loop.EpochResult(
       state,

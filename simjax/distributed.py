@@ -1,0 +1,129 @@
+"""Several processes, one run: JAX's multi-controller runtime (`jax.distributed`).
+
+Every process runs the same command. Process 0 hosts the coordinator; each process drives
+its own (local) devices, and the device mesh (simjax.sharding) spans the devices of all of
+them, so a jitted step is one program over every device and the global batch is split over
+them all. What each process does:
+
+- data: it reads the same splits and forms the same global batches (their order depends
+  only on the seed and epoch), and puts on its own devices only their rows of each batch
+  (`sharding.shard_batch`): the numbers are those of one process with as many devices;
+- checkpoints: orbax writes and restores them collectively (every process calls save and
+  restore; the workdir must be on a file system every process sees);
+- records: only process 0 (`is_primary`) writes config.json, run_info.json, metrics.jsonl,
+  results.json, TensorBoard events and holds the workdir lock, and only it prints.
+
+`initialize` must run before anything else uses JAX.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Callable
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from simjax.errors import DistributedError
+
+
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  *,
+  timeout_seconds: int = 300,
+  on_timeout: Callable[[DistributedError], None] | None = None,
+) -> bool:
+  """Joins the processes of a multi-process run; returns whether this is one.
+
+  With a coordinator address (host:port of process 0), `num_processes` and `process_id`
+  are required. Without one, a Cloud TPU pod slice (several TPU workers) is detected and
+  joined automatically (JAX reads the topology from the TPU environment); anywhere else
+  this is a single-process run and nothing is done.
+
+  When the processes have not all joined within `timeout_seconds` (a coordinator that
+  cannot be reached, a process that never started), JAX's runtime aborts the whole
+  process from C++, which no Python code can catch. So a watchdog thread acts first: it
+  calls `on_timeout` with a DistributedError that says what is wrong (by default: that line
+  on stderr, then exit status 1). `on_timeout` must end the process.
+  """
+  if coordinator_address is None:
+    if not on_tpu_pod_slice():
+      if num_processes not in (None, 1) or process_id not in (None, 0):
+        raise DistributedError(
+          "a process count or id was given without the coordinator's address: give process 0's "
+          "host:port as well (every process the same)"
+        )
+      return False
+    kwargs = {}
+  else:
+    if num_processes is None or process_id is None:
+      raise DistributedError(
+        f"coordinator {coordinator_address}: give the number of processes and this process's id as well"
+      )
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+      raise DistributedError(
+        f"process id {process_id} of {num_processes} processes: ids run from 0 to {num_processes - 1}"
+      )
+    kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
+  where = coordinator_address or "the TPU pod slice's coordinator"
+  timed_out = DistributedError(
+    f"the run's {num_processes or 'TPU'} processes did not all join through {where} within "
+    f"{timeout_seconds} s (process {process_id if process_id is not None else '?'}): start every "
+    "process with the same command and its own process id, and check that process 0, which "
+    "hosts the coordinator, can be reached at that host and port"
+  )
+  joined = threading.Event()
+  watchdog = threading.Thread(
+    target=_watch, args=(joined, timeout_seconds, timed_out, on_timeout or _exit_with), daemon=True
+  )
+  watchdog.start()
+  try:
+    # JAX's own deadline later than the watchdog's, so the watchdog's clear line comes first.
+    jax.distributed.initialize(**kwargs, initialization_timeout=timeout_seconds + 60)
+  except Exception as e:  # e.g. an address that does not parse
+    raise DistributedError(f"could not join the run's processes through {where}: {_first_line(e)}") from None
+  finally:
+    joined.set()
+  return True
+
+
+def _watch(joined: threading.Event, seconds: float, error: DistributedError, on_timeout) -> None:
+  if not joined.wait(seconds):
+    on_timeout(error)
+
+
+def _exit_with(error: DistributedError) -> None:
+  print(f"error: {error}", file=sys.stderr, flush=True)
+  os._exit(1)
+
+
+def on_tpu_pod_slice() -> bool:
+  """A Cloud TPU VM that is one of several workers of a slice (its environment lists them)."""
+  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  return len([h for h in hosts.split(",") if h.strip()]) > 1
+
+
+def is_primary() -> bool:
+  """Whether this process writes the run's records and prints (process 0)."""
+  return jax.process_index() == 0
+
+
+def process_count() -> int:
+  return jax.process_count()
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is true on any process; every process must call it at the same point."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
+
+
+def _first_line(error: BaseException, limit: int = 160) -> str:
+  line = (str(error).strip().splitlines() or [""])[0]
+  return f"{line[:limit]}{'...' if len(line) > limit else ''}"
