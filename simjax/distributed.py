@@ -5,9 +5,11 @@ its own (local) devices, and the device mesh (simjax.sharding) spans the devices
 them, so a jitted step is one program over every device and the global batch is split over
 them all. What each process does:
 
-- data: it reads the same splits and forms the same global batches (their order depends
-  only on the seed and epoch), and puts on its own devices only their rows of each batch
-  (`sharding.shard_batch`): the numbers are those of one process with as many devices;
+- data: CIFAR-10's images are read and decoded by each process for its part of a split
+  and exchanged (`gather_rows`); sentence pairs are read whole by each. Every process forms
+  the same global batches (their order depends only on the seed and epoch) and puts on its
+  own devices only their rows (`sharding.shard_batch`): the numbers are those of one process
+  with as many devices;
 - checkpoints: orbax writes and restores them collectively (every process calls save and
   restore; the workdir must be on a file system every process sees);
 - records: only process 0 (`is_primary`) writes config.json, run_info.json, metrics.jsonl,
@@ -21,7 +23,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -122,6 +124,22 @@ def any_process(flag: bool) -> bool:
   if jax.process_count() == 1:
     return bool(flag)
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
+
+
+def gather_rows(arrays: Any) -> Any:
+  """Every process's rows of `arrays` (a pytree of host arrays, first axis = rows, counts
+  that may differ by process), concatenated in process order on every process. Every
+  process must call it at the same point."""
+  if jax.process_count() == 1:
+    return arrays
+  leaves, treedef = jax.tree_util.tree_flatten(arrays)
+  counts = multihost_utils.process_allgather(np.asarray(len(leaves[0]), np.int64))
+  most = int(np.max(counts))
+  padded = [np.concatenate([x, np.zeros((most - len(x), *x.shape[1:]), x.dtype)]) for x in leaves]
+  gathered = multihost_utils.process_allgather(padded)  # [processes, most, ...] per leaf
+  return treedef.unflatten(
+    [np.concatenate([g[p, :count] for p, count in enumerate(counts)]) for g in map(np.asarray, gathered)]
+  )
 
 
 def _first_line(error: BaseException, limit: int = 160) -> str:

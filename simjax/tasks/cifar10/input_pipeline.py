@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, UnidentifiedImageError
 
-from simjax import errors
+from simjax import distributed, errors
 
 log = logging.getLogger("simjax")
 
@@ -48,8 +48,14 @@ class ImageSplit:
     return len(self.labels)
 
 
-def load_split(split: str, data_dir: str | None, cache_dir: str | None) -> ImageSplit:
-  """Decoded CIFAR-10 split (TFDS slicing allowed: 'train[:5000]'); cached as .npz."""
+def load_split(
+  split: str, data_dir: str | None, cache_dir: str | None, *, shard: tuple[int, int] | None = None
+) -> ImageSplit:
+  """Decoded CIFAR-10 split (TFDS slicing allowed: 'train[:5000]'); cached as .npz.
+
+  `shard=(index, count)`: only the index-th of `count` consecutive, equal parts of the split's
+  rows (the last one shorter) is read and decoded: a process's part in a multi-process run
+  (see `gather_shards`)."""
   try:
     builder = tfds.builder(DATASET, data_dir=data_dir)
   except Exception as e:  # TFDS raises several types for a bad or missing data_dir
@@ -77,7 +83,7 @@ def load_split(split: str, data_dir: str | None, cache_dir: str | None) -> Image
     "image_encoding": encoding,
     "label": "CIFAR-10 (JPEG stand-in)" if encoding == "jpeg" else "CIFAR-10",
   }
-  cache = _cache_path(cache_dir, builder.data_dir, split)
+  cache = _cache_path(cache_dir, builder.data_dir, split + (f"-shard{shard[0]}of{shard[1]}" if shard else ""))
   cached = _read_cache(cache) if cache and os.path.exists(cache) else None
   if cached is not None:
     images, labels = cached
@@ -93,15 +99,23 @@ def load_split(split: str, data_dir: str | None, cache_dir: str | None) -> Image
       ) from None
     if count == 0:
       raise DataError(f"split {split!r} of {DATASET} is empty", settings=("train_split", "eval_split"))
+    rows = range(count)
+    if shard is not None:
+      per = -(-count // shard[1])
+      rows = range(min(count, shard[0] * per), min(count, (shard[0] + 1) * per))
     try:
-      records = source.__getitems__(list(range(count)))
+      records = source.__getitems__(list(rows))
     except (OSError, RuntimeError) as e:  # a prepared folder with missing or damaged data files
       raise DataError(
         f"cannot read {DATASET} {split!r} from {builder.data_dir} ({str(e).splitlines()[0][:200]}); "
         "check the array_record files there or point the TFDS data dir at a complete copy",
         settings=("data_dir",),
       ) from None
-    images = np.stack([r["image"] for r in records]).astype(np.uint8)
+    images = (
+      np.stack([r["image"] for r in records]).astype(np.uint8)
+      if records
+      else np.zeros((0, 32, 32, 3), np.uint8)
+    )  # a process's part of a tiny split may be empty
     labels = np.array([r["label"] for r in records], np.int32)
     if cache:
       tmp = f"{cache}.{os.getpid()}.tmp.npz"  # concurrent first runs never share a temporary file
@@ -115,8 +129,20 @@ def load_split(split: str, data_dir: str | None, cache_dir: str | None) -> Image
           settings=("cache_dir",),
         ) from None
   info["rows"] = len(labels)
-  info["source_sha256"] = _prepared_checksums(builder.data_dir)
+  # Reading every file to hash it is for the records, which process 0 writes.
+  info["source_sha256"] = _prepared_checksums(builder.data_dir) if distributed.is_primary() else {}
   return ImageSplit(images, labels, names, info)
+
+
+def load_split_of_processes(split: str, data_dir: str | None, cache_dir: str | None) -> ImageSplit:
+  """`load_split` in a run of one process; in a multi-process run each process reads and
+  decodes only its part of the split, and the parts are exchanged over the processes'
+  collectives, so that every process holds the whole split as one process would."""
+  if distributed.process_count() == 1:
+    return load_split(split, data_dir, cache_dir)
+  part = load_split(split, data_dir, cache_dir, shard=(jax.process_index(), jax.process_count()))
+  images, labels = distributed.gather_rows((part.images, part.labels))
+  return dataclasses.replace(part, images=images, labels=labels, info={**part.info, "rows": len(labels)})
 
 
 def _read_cache(path: str) -> tuple[np.ndarray, np.ndarray] | None:

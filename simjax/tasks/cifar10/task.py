@@ -411,10 +411,13 @@ class Cifar10Task(Task):
     self._run = config
     self.mesh = sharding.data_mesh()
     sharding.check_batch_size(config.batch_size, self.mesh)
-    self.train_split = input_pipeline.load_split(
+    # Several processes: each reads and decodes its part of a split; all then hold all of it.
+    self.train_split = input_pipeline.load_split_of_processes(
       self.data.train_split, self.data.data_dir, self.data.cache_dir
     )
-    self.eval_split = input_pipeline.load_split(self.data.eval_split, self.data.data_dir, self.data.cache_dir)
+    self.eval_split = input_pipeline.load_split_of_processes(
+      self.data.eval_split, self.data.data_dir, self.data.cache_dir
+    )
     self.steps = len(self.train_split) // config.batch_size
     if self.steps == 0:
       raise ConfigError(
