@@ -111,17 +111,19 @@ def on_tpu_pod_slice() -> bool:
 
 
 def is_primary() -> bool:
-  """Whether this process writes the run's records and prints (process 0)."""
-  return jax.process_index() == 0
+  """Whether this process writes the run's records and prints (process 0). Outside a
+  multi-process run, true without starting JAX's backend (a launcher that only writes
+  files must not claim an accelerator its child processes need)."""
+  return not jax.distributed.is_initialized() or jax.process_index() == 0
 
 
 def process_count() -> int:
-  return jax.process_count()
+  return jax.process_count() if jax.distributed.is_initialized() else 1
 
 
 def any_process(flag: bool) -> bool:
   """Whether `flag` is true on any process; every process must call it at the same point."""
-  if jax.process_count() == 1:
+  if process_count() == 1:
     return bool(flag)
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
@@ -130,7 +132,7 @@ def gather_rows(arrays: Any) -> Any:
   """Every process's rows of `arrays` (a pytree of host arrays, first axis = rows, counts
   that may differ by process), concatenated in process order on every process. Every
   process must call it at the same point."""
-  if jax.process_count() == 1:
+  if process_count() == 1:
     return arrays
   leaves, treedef = jax.tree_util.tree_flatten(arrays)
   counts = multihost_utils.process_allgather(np.asarray(len(leaves[0]), np.int64))
