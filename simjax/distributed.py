@@ -20,6 +20,8 @@ them all. What each process does:
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 import sys
 import threading
@@ -30,6 +32,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from simjax.errors import DistributedError
+
+log = logging.getLogger("simjax")
 
 
 def initialize(
@@ -43,8 +47,9 @@ def initialize(
   """Joins the processes of a multi-process run; returns whether this is one.
 
   With a coordinator address (host:port of process 0), `num_processes` and `process_id`
-  are required. Without one, a Cloud TPU pod slice (several TPU workers) is detected and
-  joined automatically (JAX reads the topology from the TPU environment); anywhere else
+  are required. Without one, on a Cloud TPU VM JAX's own cluster detection is asked (it
+  reads a pod slice's workers from the VM's metadata or, on GKE, its environment) and the
+  run joins the slice's processes; where it finds no slice, and anywhere but on a TPU VM,
   this is a single-process run and nothing is done.
 
   When the processes have not all joined within `timeout_seconds` (a coordinator that
@@ -54,12 +59,12 @@ def initialize(
   on stderr, then exit status 1). `on_timeout` must end the process.
   """
   if coordinator_address is None:
-    if not on_tpu_pod_slice():
-      if num_processes not in (None, 1) or process_id not in (None, 0):
-        raise DistributedError(
-          "a process count or id was given without the coordinator's address: give process 0's "
-          "host:port as well (every process the same)"
-        )
+    if num_processes not in (None, 1) or process_id not in (None, 0):
+      raise DistributedError(
+        "a process count or id was given without the coordinator's address: give process 0's "
+        "host:port as well (every process the same)"
+      )
+    if not on_tpu_vm():
       return False
     kwargs = {}
   else:
@@ -88,6 +93,10 @@ def initialize(
     # JAX's own deadline later than the watchdog's, so the watchdog's clear line comes first.
     jax.distributed.initialize(**kwargs, initialization_timeout=timeout_seconds + 60)
   except Exception as e:  # e.g. an address that does not parse
+    if not kwargs:  # a TPU VM where JAX finds no pod slice (e.g. a Colab or single-host TPU)
+      if "coordinator_address should be defined" not in str(e):
+        log.warning("no TPU pod slice found (%s): training in this process alone", _first_line(e))
+      return False
     raise DistributedError(f"could not join the run's processes through {where}: {_first_line(e)}") from None
   finally:
     joined.set()
@@ -104,10 +113,9 @@ def _exit_with(error: DistributedError) -> None:
   os._exit(1)
 
 
-def on_tpu_pod_slice() -> bool:
-  """A Cloud TPU VM that is one of several workers of a slice (its environment lists them)."""
-  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-  return len([h for h in hosts.split(",") if h.strip()]) > 1
+def on_tpu_vm() -> bool:
+  """A Cloud TPU VM: JAX's TPU runtime (libtpu) is installed."""
+  return importlib.util.find_spec("libtpu") is not None
 
 
 def is_primary() -> bool:

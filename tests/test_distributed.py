@@ -54,3 +54,26 @@ def test_writing_records_outside_a_multi_process_run_does_not_start_jax(tmp_path
   )
   assert done.returncode == 0, done.stderr
   assert done.stdout.strip() == "False" and (tmp_path / "x.json").read_text().strip() == '{\n  "a": 1\n}'
+
+
+@pytest.mark.parametrize(
+  "detection, joined",
+  [
+    (None, True),  # a pod slice's worker: JAX found the slice and joined its processes
+    (ValueError("coordinator_address should be defined."), False),  # a TPU VM alone (e.g. Colab)
+    (ConnectionError("metadata server unreachable"), False),
+  ],
+)
+def test_on_a_tpu_vm_jax_is_asked_for_a_pod_slice_and_none_means_one_process(monkeypatch, detection, joined):
+  calls = []
+
+  def initialize(**kwargs):
+    calls.append(kwargs)
+    if detection is not None:
+      raise detection
+
+  monkeypatch.setattr(distributed, "on_tpu_vm", lambda: True)
+  monkeypatch.setattr(distributed.jax.distributed, "initialize", initialize)
+  assert distributed.initialize(timeout_seconds=5) is joined
+  (call,) = calls  # JAX's own cluster detection: no address, count or id given
+  assert not {"coordinator_address", "num_processes", "process_id"} & set(call)
