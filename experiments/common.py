@@ -193,14 +193,14 @@ def define_distributed_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   )
   flags.DEFINE_integer(
     "num_processes",
-    _int_from_env("JAX_NUM_PROCESSES"),
+    _int_from_env("JAX_NUM_PROCESSES", 1),
     "Multi-process run: how many processes (default: $JAX_NUM_PROCESSES).",
     lower_bound=1,
     flag_values=flag_values,
   )
   flags.DEFINE_integer(
     "process_id",
-    _int_from_env("JAX_PROCESS_ID"),
+    _int_from_env("JAX_PROCESS_ID", 0),
     "Multi-process run: this process's id, 0 .. --num_processes - 1 (default: $JAX_PROCESS_ID).",
     lower_bound=0,
     flag_values=flag_values,
@@ -214,14 +214,19 @@ def define_distributed_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   )
 
 
-def _int_from_env(name: str) -> int | None:
-  value = os.environ.get(name)
-  return int(value) if value and value.strip().isdigit() else None
+def _int_from_env(name: str, lowest: int) -> int | None:
+  """A flag's default from the environment; an unusable value is refused by initialize_distributed."""
+  value = os.environ.get(name, "").strip()
+  return int(value) if value.isdigit() and int(value) >= lowest else None
 
 
 def initialize_distributed() -> None:
   """--coordinator_address etc. (or a TPU pod slice): joins the run's processes before JAX is
   used; every process but 0 then prints nothing (its errors still reach stderr)."""
+  for name, flag, lowest in (("JAX_NUM_PROCESSES", "num_processes", 1), ("JAX_PROCESS_ID", "process_id", 0)):
+    value = os.environ.get(name)
+    if value is not None and not FLAGS[flag].present and _int_from_env(name, lowest) is None:
+      raise errors.DistributedError(f"${name}={value!r} is not a whole number >= {lowest}")
   distributed.initialize(
     FLAGS.coordinator_address,
     FLAGS.num_processes,
@@ -234,7 +239,9 @@ def initialize_distributed() -> None:
   signal.signal(signal.SIGTERM, _on_stop_signal)
   if not distributed.is_primary():  # at the file descriptor: C++ libraries (gloo) print there too
     sys.stdout.flush()
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def define_compilation_cache_flag(flag_values: flags.FlagValues = FLAGS) -> None:
@@ -436,7 +443,9 @@ _FLAG_OF_SETTING = {
   "manual_dir": "--manual_dir (or SIMJAX_MANUAL_DIR)",
   "cache_dir": "--cache_dir (or SIMJAX_CACHE_DIR; '' disables the cache)",
   "head": "--cnn_head",
-  "coordinator_address": "--coordinator_address",
+  "coordinator_address": "--coordinator_address (or JAX_COORDINATOR_ADDRESS)",
+  "num_processes": "--num_processes (or JAX_NUM_PROCESSES)",
+  "process_id": "--process_id (or JAX_PROCESS_ID)",
 }
 _ADVICE = {
   errors.TrainingDiverged: "lower --learning_rate or set --grad_clip_norm in a new --workdir "
@@ -501,6 +510,12 @@ def _on_stop_signal(signum, frame) -> None:
   with a checkpoint of it; elsewhere (or a second signal) stops at once."""
   name = signal.Signals(signum).name
   if STOP.requested and name == STOP.reason and time.monotonic() - _first_request[name] < _REPEAT_SECONDS:
+    return
+  if STOP.requested and STOP.honoured and not _first_request:
+    # Already stopping, on another process's request (a multi-process run agreed on it): this
+    # process's own first signal asks for what is under way; a second one stops at once.
+    _first_request[name] = time.monotonic()
+    STOP.reason = name
     return
   if STOP.honoured and not STOP.requested:
     STOP.request(name)

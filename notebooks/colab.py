@@ -129,9 +129,11 @@ print(f"workdirs in {WORK_ROOT}")
 
 # %% [markdown]
 # ## The command line, from the notebook
-# `simjax(...)` runs `python -m experiments.main` with the given flags and shows its output as
-# it comes (epoch table, progress bar). Interrupting the cell stops the run the way Ctrl-C
-# does: it saves a checkpoint of the step reached, and running the cell again resumes.
+# `simjax_cli(...)` runs `python -m experiments.main` with the given flags and shows its output
+# as it comes (epoch table, progress bar). Interrupting the cell stops the run the way Ctrl-C
+# does: it saves a checkpoint of the step reached, and running the cell again resumes. A
+# workdir's lock left on Drive by a previous runtime (another machine, now gone) is removed
+# first, with a note.
 
 # %%
 import codecs  # noqa: E402
@@ -141,6 +143,8 @@ import signal  # noqa: E402
 import struct  # noqa: E402
 import termios  # noqa: E402
 
+from simjax import workdir_lock  # noqa: E402
+
 SUBPROCESS_ENV = {
   **os.environ,
   **({"TFDS_DATA_DIR": DATA_DIR} if DATA_DIR else {}),
@@ -149,10 +153,16 @@ SUBPROCESS_ENV = {
 }
 
 
-def simjax(*flags: str, stdin: str | None = None, show: bool = True) -> str | None:
-  """Runs `python -m experiments.main FLAGS` in a terminal of its own (so it shows progress
-  bars); show=False returns its output instead of showing it."""
+def simjax_cli(*flags: str) -> None:
+  """Runs `python -m experiments.main FLAGS` in a terminal of its own (so it shows progress bars)."""
   print("$ python -m experiments.main " + " ".join(flags), flush=True)
+  for flag in flags:
+    if flag.startswith("--workdir="):
+      lost = workdir_lock.release_if_other_host(flag.split("=", 1)[1])
+      if lost:
+        print(
+          f"(removed the workdir's lock of a previous runtime: host {lost.get('host')}, {lost.get('started')})"
+        )
   leader, follower = pty.openpty()
   attributes = termios.tcgetattr(follower)
   attributes[1] &= ~termios.ONLCR  # keep "\n" as it is
@@ -160,15 +170,12 @@ def simjax(*flags: str, stdin: str | None = None, show: bool = True) -> str | No
   fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 110, 0, 0))  # progress bars need a width
   process = subprocess.Popen(
     [sys.executable, "-m", "experiments.main", *flags],
-    stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+    stdin=subprocess.DEVNULL,
     stdout=follower,
     stderr=follower,
     env=SUBPROCESS_ENV,
   )
   os.close(follower)
-  if stdin is not None:
-    process.stdin.write(stdin.encode())
-    process.stdin.close()
   decoder, output = codecs.getincrementaldecoder("utf-8")("replace"), []
   while True:
     try:
@@ -181,15 +188,27 @@ def simjax(*flags: str, stdin: str | None = None, show: bool = True) -> str | No
     if not chunk:
       break
     output.append(decoder.decode(chunk))
-    if show:
-      sys.stdout.write(output[-1])
-      sys.stdout.flush()
+    sys.stdout.write(output[-1])
+    sys.stdout.flush()
   os.close(leader)
-  output = "".join(output)
   if process.wait():
-    lines = [line for line in output.replace("\r", "\n").splitlines() if line.strip()]
+    lines = [line for line in "".join(output).replace("\r", "\n").splitlines() if line.strip()]
     raise SystemExit(f"the run stopped with status {process.returncode}: {lines[-1] if lines else ''}")
-  return None if show else output
+
+
+def simjax_scores(workdir: str, pairs: list[tuple[str, str]]) -> list[float]:
+  """The 0-5 similarity of sentence pairs, from a trained workdir (`--mode=predict`)."""
+  done = subprocess.run(
+    [sys.executable, "-m", "experiments.main", "--mode=predict", f"--workdir={workdir}"],
+    input="".join(f"{a}\t{b}\n" for a, b in pairs),
+    capture_output=True,
+    text=True,
+    env=SUBPROCESS_ENV,
+  )
+  if done.returncode:
+    last = (done.stderr.strip().splitlines() or [""])[-1]
+    raise SystemExit(f"predict stopped with status {done.returncode}: {last}")
+  return [float(line) for line in done.stdout.split()]
 
 
 # %% [markdown]
@@ -206,7 +225,7 @@ QUICK_CIFAR = [
   "--batch_size=64",
 ]
 cifar_workdir = os.path.join(WORK_ROOT, "cnn_resnet_quick" if QUICK else "cnn_resnet")
-simjax(
+simjax_cli(
   "--flagfile=cnn_resnet.flags",
   f"--workdir={cifar_workdir}",
   *(["--dtype=bfloat16"] if accelerator != "cpu" else []),
@@ -246,14 +265,14 @@ QUICK_SENTENCES = [
   "--epochs=2",
 ]
 stsb_workdir = os.path.join(WORK_ROOT, "lstm_glove_stsb_quick" if QUICK else "lstm_glove_stsb")
-simjax("--flagfile=lstm_glove.flags", f"--workdir={stsb_workdir}", *(QUICK_SENTENCES if QUICK else []))
+simjax_cli("--flagfile=lstm_glove.flags", f"--workdir={stsb_workdir}", *(QUICK_SENTENCES if QUICK else []))
 display(
   Image(filename=plot.learning_curves([stsb_workdir], os.path.join(WORK_ROOT, "figures"), "STS Benchmark"))
 )
 
 # %% [markdown]
 # ## Scoring sentence pairs
-# One pair per line, the two sentences separated by a tab; scores are on the 0-5 scale.
+# `--mode=predict` reads `sentence1<TAB>sentence2` lines and prints one 0-5 score per pair.
 
 # %%
 pairs = [
@@ -261,8 +280,5 @@ pairs = [
   ("A woman is slicing an onion.", "A woman is cutting an onion."),
   ("A dog runs through the park.", "The stock market fell sharply today."),
 ]
-scored = simjax(
-  "--mode=predict", f"--workdir={stsb_workdir}", stdin="".join(f"{a}\t{b}\n" for a, b in pairs), show=False
-)
-for (first, second), score in zip(pairs, scored.split()[-len(pairs) :]):
-  print(f"{float(score):4.2f}  {first} | {second}")
+for (first, second), score in zip(pairs, simjax_scores(stsb_workdir, pairs)):
+  print(f"{score:4.2f}  {first} | {second}")

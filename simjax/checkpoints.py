@@ -25,6 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from simjax import distributed
 from simjax.errors import CheckpointWriteError, ConfigMismatchError, DamagedCheckpoints, WorkdirError
 from simjax.run_records import write_json
 
@@ -131,7 +132,10 @@ class CheckpointStore:
         damaged.append(f"{path} ({reason})")
         log.warning("checkpoint %s is damaged or incomplete (%s): trying the one before", path, reason)
         if not self._read_only:
-          os.rename(path, f"{path}.damaged")
+          # Several processes find the same step damaged: process 0 moves it, all then reload.
+          if distributed.is_primary():
+            os.rename(path, f"{path}.damaged")
+          distributed.barrier(f"simjax-damaged-{folder}-{step}")
           manager.reload()
         continue
       return state, meta

@@ -21,7 +21,6 @@ them all. What each process does:
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import sys
 import threading
@@ -32,8 +31,6 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from simjax.errors import DistributedError
-
-log = logging.getLogger("simjax")
 
 
 def initialize(
@@ -93,10 +90,8 @@ def initialize(
     # JAX's own deadline later than the watchdog's, so the watchdog's clear line comes first.
     jax.distributed.initialize(**kwargs, initialization_timeout=timeout_seconds + 60)
   except Exception as e:  # e.g. an address that does not parse
-    if not kwargs:  # a TPU VM where JAX finds no pod slice (e.g. a Colab or single-host TPU)
-      if "coordinator_address should be defined" not in str(e):
-        log.warning("no TPU pod slice found (%s): training in this process alone", _first_line(e))
-      return False
+    if not kwargs and "coordinator_address should be defined" in str(e):
+      return False  # a TPU VM where JAX finds no pod slice (e.g. a Colab or single-host TPU)
     raise DistributedError(f"could not join the run's processes through {where}: {_first_line(e)}") from None
   finally:
     joined.set()
@@ -136,6 +131,12 @@ def any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
 
+def barrier(name: str) -> None:
+  """Waits until every process has reached the barrier called `name` (nothing in one process)."""
+  if process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
 def gather_rows(arrays: Any) -> Any:
   """Every process's rows of `arrays` (a pytree of host arrays, first axis = rows, counts
   that may differ by process), concatenated in process order on every process. Every
@@ -143,7 +144,7 @@ def gather_rows(arrays: Any) -> Any:
   if process_count() == 1:
     return arrays
   leaves, treedef = jax.tree_util.tree_flatten(arrays)
-  counts = multihost_utils.process_allgather(np.asarray(len(leaves[0]), np.int64))
+  counts = multihost_utils.process_allgather(np.asarray(len(leaves[0]), np.int32))
   most = int(np.max(counts))
   padded = [np.concatenate([x, np.zeros((most - len(x), *x.shape[1:]), x.dtype)]) for x in leaves]
   gathered = multihost_utils.process_allgather(padded)  # [processes, most, ...] per leaf

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from simjax import distributed, loop, optim, replicas, run_records, summary, workdir_lock
+from simjax import distributed, loop, optim, replicas, run_records, sharding, summary, workdir_lock
 from simjax.checkpoints import (
   CONFIG_FILE,
   CheckpointStore,
@@ -250,10 +250,7 @@ def _train_sequentially(task: Task, config: RunConfig, workdir: str, records, on
     sum(run.get("compile_seconds") or 0.0 for run in runs)
   )  # each seed's own
   results["sequential_seeds"] = [os.path.basename(d) for d in seed_dirs]
-  rows = _merge_rows([run_records.read_metrics(d) for d in seed_dirs])
-  with open(os.path.join(workdir, run_records.METRICS_FILE), "w") as f:
-    for row in rows:
-      f.write(run_records.dumps(row) + "\n")
+  run_records.MetricsLog(workdir).reset(_merge_rows([run_records.read_metrics(d) for d in seed_dirs]))
   run_records.write_json(os.path.join(workdir, run_records.RESULTS_FILE), results)
   return results
 
@@ -313,6 +310,8 @@ def load_trained(workdir: str, make_task: Callable[[dict[str, Any], str], Task])
   config = read_config(workdir)
   task = make_task(config, workdir)
   state = task.create_train_state(replicas.from_config(config, workdir))
+  if distributed.process_count() > 1:  # restored onto every process's devices, as evaluation needs
+    state = sharding.replicate(state, sharding.data_mesh())
   which = "best" if task.selection.best_metric is not None else "latest"
   return restore_for_inference(workdir, state, which), config, task
 

@@ -42,7 +42,15 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  return jax.device_put(tree, replicated(mesh))
+  """A copy of `tree` on every device of the mesh. Several processes: each puts its own copy
+  on its own devices (the values must be the same in every process; JAX's device_put would
+  check that by gathering every process's whole array)."""
+  if jax.process_count() == 1:
+    return jax.device_put(tree, replicated(mesh))
+  sharding = replicated(mesh)
+  return jax.tree_util.tree_map(
+    lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda index: np.asarray(x)[index]), tree
+  )
 
 
 def shard_batch(batch: Any, mesh: Mesh, batch_axis: int = 0) -> Any:

@@ -97,6 +97,19 @@ def _read(path: str) -> dict[str, Any] | None:
     return {}
 
 
+def release_if_other_host(workdir: str) -> dict[str, Any] | None:
+  """Removes `workdir`'s lock if another host wrote it, and returns what it recorded (None:
+  no lock, or one of this host's, which `hold` judges itself). Only for a caller that knows
+  that host's run is over, e.g. a notebook whose previous runtime (another virtual machine)
+  was lost with the lock still on shared storage: this module cannot tell from here."""
+  path = os.path.join(workdir, LOCK_FILE)
+  holder = _read(path)
+  if not holder or holder.get("host") == platform.node():
+    return None
+  _clear_stale(path, holder)
+  return holder
+
+
 def _alive(holder: dict[str, Any], path: str) -> bool:
   if not holder:  # being written, or its writer died in between
     try:

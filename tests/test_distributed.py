@@ -61,7 +61,7 @@ def test_writing_records_outside_a_multi_process_run_does_not_start_jax(tmp_path
   [
     (None, True),  # a pod slice's worker: JAX found the slice and joined its processes
     (ValueError("coordinator_address should be defined."), False),  # a TPU VM alone (e.g. Colab)
-    (ConnectionError("metadata server unreachable"), False),
+    (ConnectionError("metadata server unreachable"), DistributedError),  # never a silent lone run
   ],
 )
 def test_on_a_tpu_vm_jax_is_asked_for_a_pod_slice_and_none_means_one_process(monkeypatch, detection, joined):
@@ -74,6 +74,10 @@ def test_on_a_tpu_vm_jax_is_asked_for_a_pod_slice_and_none_means_one_process(mon
 
   monkeypatch.setattr(distributed, "on_tpu_vm", lambda: True)
   monkeypatch.setattr(distributed.jax.distributed, "initialize", initialize)
-  assert distributed.initialize(timeout_seconds=5) is joined
+  if joined is DistributedError:
+    with pytest.raises(DistributedError, match="metadata server unreachable"):
+      distributed.initialize(timeout_seconds=5)
+  else:
+    assert distributed.initialize(timeout_seconds=5) is joined
   (call,) = calls  # JAX's own cluster detection: no address, count or id given
   assert not {"coordinator_address", "num_processes", "process_id"} & set(call)

@@ -116,6 +116,17 @@ def test_two_processes_train_sentences_like_one_with_4_devices_and_a_stopped_run
   assert results["two"]["device"]["processes"] == 2 and results["two"]["device"]["count"] == 4
   # Only process 0 prints: its epoch table (epochs 1-4, the first replayed from the checkpoint).
   assert "Results (best dev epoch" in outputs[0] and outputs[1] == ""
+  # Evaluated from the workdir by 2 processes as well: the numbers training reported.
+  evaluation = [
+    "--mode=eval",
+    *similarity_flags[1:3],
+    "--eval_split=validation[:32]",
+    "--test_split=test[:32]",
+  ]
+  _wait(_start(evaluation, two, 2, tmp_path, "eval"), tmp_path, "eval")
+  evaluated = json.load(open(two / "eval.json"))
+  for split in ("dev", "test"):
+    np.testing.assert_allclose(evaluated[split]["pearson"], results["two"][split]["pearson"], rtol=1e-5)
 
 
 def test_two_processes_train_cifar10_like_one_with_4_devices(cifar_data_dir, tmp_path):
@@ -191,7 +202,8 @@ def test_a_coordinator_that_never_answers_is_one_error_line_not_a_hang(tmp_path)
     f"error: the run's 2 processes did not all join through localhost:{port} within 3 s (process 1): "
     "start every process with the same command and its own process id, and check that process 0, "
     "which hosts the coordinator, can be reached at that host and port "
-    "(flags: --coordinator_address, --num_processes, --process_id)"
+    "(flags: --coordinator_address (or JAX_COORDINATOR_ADDRESS), --num_processes (or JAX_NUM_PROCESSES), "
+    "--process_id (or JAX_PROCESS_ID))"
   )
   assert not (tmp_path / "run").exists()
 
@@ -215,5 +227,6 @@ def test_process_flags_without_a_coordinator_are_refused():
   assert done.returncode == 1
   assert done.stderr.strip() == (
     "error: a process count or id was given without the coordinator's address: give process 0's "
-    "host:port as well (every process the same) (flags: --coordinator_address, --num_processes, --process_id)"
+    "host:port as well (every process the same) (flags: --coordinator_address (or JAX_COORDINATOR_ADDRESS), "
+    "--num_processes (or JAX_NUM_PROCESSES), --process_id (or JAX_PROCESS_ID))"
   )

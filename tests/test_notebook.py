@@ -94,13 +94,20 @@ def test_the_notebook_trains_both_tasks_on_8_devices_and_resumes_after_an_interr
   assert len((cifar_workdir / "metrics.jsonl").read_text().splitlines()) == 1  # stopped in epoch 2
   assert not (cifar_workdir / "results.json").exists()
 
-  # Second execution, as after a runtime restart: every cell again; CIFAR-10 resumes in epoch 2.
+  # Second execution, as on a new runtime: every cell again; CIFAR-10 resumes in epoch 2. The
+  # lock a lost runtime (another machine) left on the shared drive does not stand in the way.
+  (cifar_workdir / ".lock").write_text(
+    json.dumps({"pid": 4242, "host": "lost-runtime", "started": "2026-01-01T00:00:00", "command": "?"})
+  )
   second = nbformat.read(NOTEBOOK, as_version=4)
   _client(second, tmp_path).execute()
   history = [json.loads(line) for line in (cifar_workdir / "metrics.jsonl").read_text().splitlines()]
   assert [row["epoch"] for row in history] == [1, 2]
   results = json.loads((cifar_workdir / "results.json").read_text())
   assert results["devices"] == 8 and results["epochs"] == 2
+  assert "removed the workdir's lock of a previous runtime: host lost-runtime" in _text(
+    _cell(second, "--flagfile=cnn_resnet.flags")
+  )
   shown = _text(_cell(second, "cifar['test']['accuracy']"))
   assert f"test accuracy {results['test']['accuracy']:.2%} on CIFAR-10 (JPEG stand-in)" in shown
 
@@ -116,7 +123,7 @@ def test_the_notebook_trains_both_tasks_on_8_devices_and_resumes_after_an_interr
 
   sentences = json.loads((notebook_env / "lstm_glove_stsb_quick" / "results.json").read_text())
   assert -1 <= sentences["test"]["pearson"] <= 1
-  scored = _text(_cell(second, "scored = simjax(")).strip().splitlines()[-3:]
+  scored = _text(_cell(second, "simjax_scores(stsb_workdir")).strip().splitlines()[-3:]
   assert [line.split("  ", 1)[1] for line in scored] == [
     "A man is playing a guitar. | A man plays the guitar.",
     "A woman is slicing an onion. | A woman is cutting an onion.",

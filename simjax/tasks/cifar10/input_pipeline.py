@@ -54,8 +54,8 @@ def load_split(
   """Decoded CIFAR-10 split (TFDS slicing allowed: 'train[:5000]'); cached as .npz.
 
   `shard=(index, count)`: only the index-th of `count` consecutive, equal parts of the split's
-  rows (the last one shorter) is read and decoded: a process's part in a multi-process run
-  (see `gather_shards`)."""
+  rows (the last ones may be shorter, or empty) is read and decoded: a process's part in a
+  multi-process run (see `load_split_of_processes`)."""
   try:
     builder = tfds.builder(DATASET, data_dir=data_dir)
   except Exception as e:  # TFDS raises several types for a bad or missing data_dir

@@ -296,15 +296,14 @@ def make_predict(mesh, *, batch_size: int, compute_dtype, tta: str = "none") -> 
 def predict_classes(
   state: TrainState, images: np.ndarray, batch_size: int, dtype: str, tta: str = "none"
 ) -> np.ndarray:
-  """Every replica's predicted class of every uint8 image [replicas, N], on all local devices."""
+  """Every replica's predicted class of every uint8 image [replicas, N], on all devices."""
   mesh = sharding.data_mesh()
   devices = mesh.devices.size
   batch_size = min(batch_size, -(-len(images) // devices) * devices)
   batch_size = -(-batch_size // devices) * devices
   predict = make_predict(mesh, batch_size=batch_size, compute_dtype=jnp.dtype(dtype), tta=tta)
-  replicated = sharding.replicated(mesh)
-  padded = jax.device_put(_padded(images, batch_size), replicated)
-  return np.asarray(predict(jax.device_put(state, replicated), padded))[:, : len(images)]
+  padded = sharding.replicate(_padded(images, batch_size), mesh)
+  return np.asarray(predict(sharding.replicate(state, mesh), padded))[:, : len(images)]
 
 
 def classification_metrics(predictions: np.ndarray, labels: np.ndarray, class_names) -> dict[str, Any]:
@@ -425,11 +424,10 @@ class Cifar10Task(Task):
         f"{self.data.train_split!r}: lower the batch size or use a larger train split",
         settings=("batch_size", "train_split"),
       )
-    replicated = sharding.replicated(self.mesh)
-    self.train_arrays = jax.device_put((self.train_split.images, self.train_split.labels), replicated)
+    self.train_arrays = sharding.replicate((self.train_split.images, self.train_split.labels), self.mesh)
     devices = self.mesh.devices.size
     self.eval_batch = min(config.batch_size, -(-len(self.eval_split) // devices) * devices)
-    self.eval_images = jax.device_put(_padded(self.eval_split.images, self.eval_batch), replicated)
+    self.eval_images = sharding.replicate(_padded(self.eval_split.images, self.eval_batch), self.mesh)
     return {"train": self.train_split.info, "eval": self.eval_split.info}
 
   def create_train_state(self, seeds: list[int]) -> TrainState:

@@ -301,7 +301,7 @@ class SimilarityTask(Task):
         settings=("batch_size", "train_split"),
       )
     self.model = self.model_config_fn(self.prepared)
-    self.mesh = sharding.data_mesh()  # data parallel over every local device
+    self.mesh = sharding.data_mesh()  # data parallel over every device (of every process)
     sharding.check_batch_size(config.batch_size, self.mesh)
     self.batch_size, self.epochs, self.seeds = config.batch_size, config.epochs, config.seeds
     self.steps_per_epoch = input_pipeline.num_batches(
