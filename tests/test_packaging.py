@@ -1,11 +1,16 @@
 """pyproject.toml (what `pip install .` installs) stays in step with requirements.txt (the
 pinned set the suite runs on), and ships everything the command lines read at run time."""
 
+import contextlib
 import fnmatch
 import importlib
+import io
 import pathlib
 import sys
 import tomllib
+import zipfile
+
+import setuptools.build_meta
 
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
@@ -59,3 +64,23 @@ def test_the_package_ships_the_modules_and_files_the_command_lines_need():
 def test_this_python_is_a_supported_one():
   version = ".".join(map(str, sys.version_info[:3]))
   assert SpecifierSet(PROJECT["project"]["requires-python"]).contains(version)
+
+
+def test_the_wheel_holds_the_library_the_command_lines_and_their_files(tmp_path, monkeypatch):
+  monkeypatch.chdir(REPO)
+  with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    name = setuptools.build_meta.build_wheel(str(tmp_path))
+  files = set(zipfile.ZipFile(tmp_path / name).namelist())
+  needed = {
+    "simjax/run.py",
+    "simjax/distributed.py",
+    "simjax/tasks/cifar10/models.py",
+    "simjax/tasks/similarity/task.py",
+    "experiments/main.py",
+    "experiments/reproduce.py",
+    "experiments/study.json",
+  } | {f"experiments/{p.name}" for p in (REPO / "experiments").glob("*.flags")}
+  assert needed <= files, sorted(needed - files)
+  assert not any(f.startswith(("tests/", "notebooks/", "reports/")) for f in files)
+  entry_points = next(f for f in files if f.endswith(".dist-info/entry_points.txt"))
+  assert "simjax = experiments.main:cli" in zipfile.ZipFile(tmp_path / name).read(entry_points).decode()
