@@ -53,7 +53,7 @@ MOUNT_DRIVE = os.environ.get("SIMJAX_MOUNT_DRIVE", "1") == "1"
 # sentence files (stsbenchmark/, ...), as on the command line (--data_dir, --manual_dir).
 DATA_DIR = os.environ.get("TFDS_DATA_DIR", "")
 MANUAL_DIR = os.environ.get("SIMJAX_MANUAL_DIR", "")
-# QUICK: tiny models for 2 epochs on slices of the data: the whole notebook in minutes on CPU.
+# QUICK: tiny models for 2-3 epochs on slices of the data: the whole notebook in minutes on CPU.
 QUICK = os.environ.get("SIMJAX_QUICK", "0") == "1"
 
 # %% [markdown]
@@ -221,7 +221,7 @@ QUICK_CIFAR = [
   "--train_split=train[:512]",
   "--eval_split=test[:128]",
   "--width=8",
-  "--epochs=2",
+  "--epochs=3",
   "--batch_size=64",
 ]
 cifar_workdir = os.path.join(WORK_ROOT, "cnn_resnet_quick" if QUICK else "cnn_resnet")

@@ -91,10 +91,10 @@ def test_the_notebook_trains_both_tasks_on_8_devices_and_resumes_after_an_interr
   watcher.join()
   assert "rerun the same command to resume" in str(stopped.value)
   assert "8 local device(s)" in _text(_cell(first, "import jax"))
-  assert len((cifar_workdir / "metrics.jsonl").read_text().splitlines()) == 1  # stopped in epoch 2
+  assert len((cifar_workdir / "metrics.jsonl").read_text().splitlines()) in (1, 2)  # stopped in epoch 2 or 3
   assert not (cifar_workdir / "results.json").exists()
 
-  # Second execution, as on a new runtime: every cell again; CIFAR-10 resumes in epoch 2. The
+  # Second execution, as on a new runtime: every cell again; CIFAR-10 resumes where it stopped. The
   # lock a lost runtime (another machine) left on the shared drive does not stand in the way.
   (cifar_workdir / ".lock").write_text(
     json.dumps({"pid": 4242, "host": "lost-runtime", "started": "2026-01-01T00:00:00", "command": "?"})
@@ -102,9 +102,9 @@ def test_the_notebook_trains_both_tasks_on_8_devices_and_resumes_after_an_interr
   second = nbformat.read(NOTEBOOK, as_version=4)
   _client(second, tmp_path).execute()
   history = [json.loads(line) for line in (cifar_workdir / "metrics.jsonl").read_text().splitlines()]
-  assert [row["epoch"] for row in history] == [1, 2]
+  assert [row["epoch"] for row in history] == [1, 2, 3]
   results = json.loads((cifar_workdir / "results.json").read_text())
-  assert results["devices"] == 8 and results["epochs"] == 2
+  assert results["devices"] == 8 and results["epochs"] == 3
   assert "removed the workdir's lock of a previous runtime: host lost-runtime" in _text(
     _cell(second, "--flagfile=cnn_resnet.flags")
   )
