@@ -113,9 +113,29 @@ def train_and_evaluate(
         os.rmdir(workdir)  # only if empty: another process's new lock keeps it
 
 
+@contextlib.contextmanager
 def _lock(workdir: str, **kwargs):
-  """The workdir's lock (simjax.workdir_lock); in a multi-process run process 0 holds it for all."""
-  return workdir_lock.hold(workdir, **kwargs) if distributed.is_primary() else contextlib.nullcontext(True)
+  """The workdir's lock (simjax.workdir_lock). In a multi-process run process 0 holds it for
+  all, and every process learns whether it could: if not, process 0 raises its error and the
+  others a WorkdirError saying so, instead of waiting for it in their next collective."""
+  if distributed.process_count() == 1:
+    with workdir_lock.hold(workdir, **kwargs) as writable:
+      yield writable
+    return
+  with contextlib.ExitStack() as stack:
+    writable, error = True, None
+    if distributed.is_primary():
+      try:
+        writable = stack.enter_context(workdir_lock.hold(workdir, **kwargs))
+      except Exception as e:  # e.g. WorkdirLocked: another run trains there
+        error = e
+    if distributed.any_process(error is not None):
+      if error is not None:
+        raise error
+      raise WorkdirError(
+        f"process 0 could not take the lock of {workdir} (its own error line says why)", workdir
+      )
+    yield writable
 
 
 def _empty(workdir: str) -> None:

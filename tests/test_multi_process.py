@@ -5,6 +5,7 @@ middle resumes when restarted, and a coordinator that never answers is one error
 
 import json
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -230,3 +231,27 @@ def test_process_flags_without_a_coordinator_are_refused():
     "host:port as well (every process the same) (flags: --coordinator_address (or JAX_COORDINATOR_ADDRESS), "
     "--num_processes (or JAX_NUM_PROCESSES), --process_id (or JAX_PROCESS_ID))"
   )
+
+
+def test_a_workdir_another_run_holds_stops_every_process_at_once(similarity_flags, tmp_path):
+  workdir = tmp_path / "taken"
+  workdir.mkdir()
+  holder = {
+    "pid": os.getpid(),
+    "host": platform.node(),
+    "started": "2026-11-30T00:00:00",
+    "command": "pytest",
+  }
+  (workdir / ".lock").write_text(json.dumps(holder))  # this test's own process: alive
+  started = time.monotonic()
+  running = _start(similarity_flags, workdir, 2, tmp_path, "taken")
+  assert [process.wait(timeout=120) for process in running] == [1, 1]
+  assert time.monotonic() - started < 90  # not JAX's heartbeat timeout
+  errors = [(tmp_path / f"taken.{i}.err").read_text().strip().splitlines()[-1] for i in (0, 1)]
+  assert errors[0].startswith(
+    f"error: workdir {workdir} is in use by process {os.getpid()} on {platform.node()}"
+  )
+  assert errors[1].startswith(
+    f"error: process 0 could not take the lock of {workdir} (its own error line says why)"
+  )
+  assert json.loads((workdir / ".lock").read_text()) == holder  # left as it was
