@@ -109,6 +109,8 @@ def train_one(run_index: int, seed: int, workdir: str) -> dict[str, Any]:
     "images_per_second": results["images_per_second"],
     "seconds_per_epoch": results["seconds_per_epoch"],
     "epochs": results["epochs"],
+    # Each epoch's row (one view unless --tta_each_epoch): the workdir itself is not kept.
+    "test_accuracy_per_epoch": [row["test_accuracy"] for row in run_records.read_metrics(workdir)],
     "seconds_to_accuracy": results["per_seed"][0]["seconds_to_accuracy"],
     "data_label": eval_info["label"],
     "eval_split": eval_info["split"],
@@ -131,6 +133,7 @@ def benchmark() -> dict[str, Any]:
   )
   runs: list[dict[str, Any]] = []
   result: dict[str, Any] = {}
+  code = run_records.git_state()  # the code the runs use: the checkout may change during a long bench
   try:
     for i in range(n):
       seed = FLAGS.seed + i
@@ -144,7 +147,7 @@ def benchmark() -> dict[str, Any]:
         f"compile {one['compile_seconds']:.2f} s ({one['compile_cache_hits']} cached programs)",
         flush=True,
       )
-      result = summarise(runs, n, cache, experiment)
+      result = summarise(runs, n, cache, experiment, code)
       write(result, *paths)
   except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: what finished is written; nothing resumes
     kept = f"; {paths[0]} and .md hold those" if runs else ""
@@ -172,8 +175,11 @@ def _spread(values: list[float]) -> dict[str, Any]:
   }
 
 
-def summarise(runs: list[dict[str, Any]], requested: int, cache: str, experiment: str) -> dict[str, Any]:
-  """bench JSON: the runs so far, their summary, the flags and the provenance."""
+def summarise(
+  runs: list[dict[str, Any]], requested: int, cache: str, experiment: str, code: dict[str, Any] | None = None
+) -> dict[str, Any]:
+  """bench JSON: the runs so far, their summary, the flags and the provenance; `code`: the git
+  state when the bench started (default: now)."""
   accuracy = [r["test_accuracy"] for r in runs]
   classes = list(runs[0]["per_class_accuracy"])
   compile_seconds = [r["compile_seconds"] for r in runs]
@@ -213,6 +219,7 @@ def summarise(runs: list[dict[str, Any]], requested: int, cache: str, experiment
     "runs": runs,
     "flags": all_flags(),
     **{k: v for k, v in provenance.items() if k != "command"},
+    **({"git": code} if code is not None else {}),
     "compilation_cache_dir": cache,
   }
 

@@ -62,6 +62,11 @@ def test_bench_runs_seeds_back_to_back_and_reports_them(cifar_data_dir, tmp_path
     np.median([r["images_per_second"] for r in results])
   )
   assert len(bench["wall_seconds"]["per_run"]) == 2
+  for run_, workdir_result in zip(bench["runs"], results):  # each epoch's row, kept past the workdir
+    rows = [json.loads(line) for line in open(os.path.join(run_["workdir"], "metrics.jsonl"))]
+    assert run_["test_accuracy_per_epoch"] == [row["test_accuracy"] for row in rows]
+    assert len(rows) == workdir_result["epochs"]
+  assert bench["git"]["commit"] == results[0]["git"]["commit"]  # the code the runs used
   for name, value in bench["per_class_accuracy_mean"].items():
     assert value == pytest.approx(np.mean([r["test"]["per_class_accuracy"][name] for r in results]))
   # Compiled once: the first run compiled into the fresh cache under --out, the second loaded it.
