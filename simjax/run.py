@@ -118,10 +118,6 @@ def _lock(workdir: str, **kwargs):
   """The workdir's lock (simjax.workdir_lock). In a multi-process run process 0 holds it for
   all, and every process learns whether it could: if not, process 0 raises its error and the
   others a WorkdirError saying so, instead of waiting for it in their next collective."""
-  if distributed.process_count() == 1:
-    with workdir_lock.hold(workdir, **kwargs) as writable:
-      yield writable
-    return
   with contextlib.ExitStack() as stack:
     writable, error = True, None
     if distributed.is_primary():

@@ -42,25 +42,23 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  """A copy of `tree` on every device of the mesh. Several processes: each puts its own copy
-  on its own devices (the values must be the same in every process; JAX's device_put would
-  check that by gathering every process's whole array)."""
-  if jax.process_count() == 1:
-    return jax.device_put(tree, replicated(mesh))
-  sharding = replicated(mesh)
-  return jax.tree_util.tree_map(
-    lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda index: np.asarray(x)[index]), tree
-  )
+  """A copy of `tree` on every device of the mesh (the values must be the same in every process)."""
+  return _put(tree, replicated(mesh))
 
 
 def shard_batch(batch: Any, mesh: Mesh, batch_axis: int = 0) -> Any:
-  """The global batch (host arrays, the same in every process) split over the mesh: each
-  process transfers only the rows of its own devices."""
-  sharding = batch_sharded(mesh, batch_axis)
+  """The global batch (host arrays, the same in every process) split over the mesh."""
+  return _put(batch, batch_sharded(mesh, batch_axis))
+
+
+def _put(tree: Any, sharding: NamedSharding) -> Any:
+  """`jax.device_put`; with several processes each transfers only its own devices' parts
+  (device_put would first check that every process holds the same whole array, gathering
+  all of them)."""
   if jax.process_count() == 1:
-    return jax.device_put(batch, sharding)
+    return jax.device_put(tree, sharding)
   return jax.tree_util.tree_map(
-    lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda index: np.asarray(x)[index]), batch
+    lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda index: np.asarray(x)[index]), tree
   )
 
 

@@ -29,6 +29,18 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _run_one(*flags: str) -> subprocess.CompletedProcess:
+  """`python -m experiments.main FLAGS` in one process with one CPU device."""
+  return subprocess.run(
+    [sys.executable, "-m", "experiments.main", *flags],
+    cwd=REPO,
+    env=_env(1),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+
+
 def _start(flags: list[str], workdir, processes: int, tmp_path, tag: str) -> list[subprocess.Popen]:
   """`processes` processes of one run (2 devices each), or one process with 4 devices."""
   if processes == 1:
@@ -156,22 +168,7 @@ def test_two_processes_train_cifar10_like_one_with_4_devices(cifar_data_dir, tmp
   # Records are process 0's alone: one lock-free workdir, no file written twice or left behind.
   assert sorted(os.listdir(two)) == sorted(os.listdir(one))
   # Trained by 2 processes on 4 devices, evaluated by one process on one device.
-  evaluated = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "experiments.main",
-      "--mode=eval",
-      f"--workdir={two}",
-      *flags[1:3],
-      "--eval_split=test[:63]",
-    ],
-    cwd=REPO,
-    env=_env(1),
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  evaluated = _run_one("--mode=eval", f"--workdir={two}", *flags[1:3], "--eval_split=test[:63]")
   assert evaluated.returncode == 0, evaluated.stderr
   accuracy = json.load(open(two / "eval.json"))["test"]["accuracy"]
   assert abs(accuracy - results["two"]["test"]["accuracy"]) <= 2 / 63  # argmax ties may flip
@@ -180,23 +177,13 @@ def test_two_processes_train_cifar10_like_one_with_4_devices(cifar_data_dir, tmp
 def test_a_coordinator_that_never_answers_is_one_error_line_not_a_hang(tmp_path):
   port = _free_port()  # nobody listens there
   started = time.monotonic()
-  done = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "experiments.main",
-      "--flagfile=cnn_gap.flags",
-      f"--workdir={tmp_path / 'run'}",
-      f"--coordinator_address=localhost:{port}",
-      "--num_processes=2",
-      "--process_id=1",
-      "--distributed_timeout=3",
-    ],
-    cwd=REPO,
-    env=_env(1),
-    capture_output=True,
-    text=True,
-    timeout=120,
+  done = _run_one(
+    "--flagfile=cnn_gap.flags",
+    f"--workdir={tmp_path / 'run'}",
+    f"--coordinator_address=localhost:{port}",
+    "--num_processes=2",
+    "--process_id=1",
+    "--distributed_timeout=3",
   )
   assert done.returncode == 1 and time.monotonic() - started < 60
   assert done.stderr.strip().splitlines()[-1] == (
@@ -210,21 +197,7 @@ def test_a_coordinator_that_never_answers_is_one_error_line_not_a_hang(tmp_path)
 
 
 def test_process_flags_without_a_coordinator_are_refused():
-  done = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "experiments.main",
-      "--flagfile=cnn_gap.flags",
-      "--num_processes=2",
-      "--process_id=1",
-    ],
-    cwd=REPO,
-    env=_env(1),
-    capture_output=True,
-    text=True,
-    timeout=120,
-  )
+  done = _run_one("--flagfile=cnn_gap.flags", "--num_processes=2", "--process_id=1")
   assert done.returncode == 1
   assert done.stderr.strip() == (
     "error: a process count or id was given without the coordinator's address: give process 0's "
