@@ -10,7 +10,7 @@ from absl import flags
 
 from experiments import common
 from simjax.tasks.similarity import datasets, input_pipeline, task as training
-from simjax.tasks.similarity.models import CELLS, HEADS, POOLINGS, ModelConfig
+from simjax.tasks.similarity.models import CELLS, HEADS, MANHATTAN_SCALES, POOLINGS, ModelConfig
 
 FLAGS = flags.FLAGS
 
@@ -50,6 +50,13 @@ flags.DEFINE_integer("num_layers", 1, "Stacked recurrent layers.", lower_bound=1
 flags.DEFINE_bool("bidirectional", False, "Also read sentences right to left.")
 flags.DEFINE_enum("pooling", "last", list(POOLINGS), "Sentence vector from the recurrent outputs.")
 flags.DEFINE_enum("head", "manhattan", list(HEADS), "Similarity head.")
+flags.DEFINE_enum(
+  "manhattan_scale",
+  "fixed",
+  list(MANHATTAN_SCALES),
+  "manhattan head: fixed = MaLSTM's exp(-||u-v||_1) (its gradient vanishes at start with a large "
+  "--hidden_size); learned = exp(-s * ||u-v||_1 / size) with a learned scale s starting at 1.",
+)
 flags.DEFINE_integer("mlp_hidden", 128, "Hidden units of the mlp head.", lower_bound=1)
 flags.DEFINE_enum(
   "best_metric", "pearson", ["pearson", "spearman", "mse"], "Dev metric that picks the best checkpoint."

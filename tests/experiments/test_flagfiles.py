@@ -191,6 +191,22 @@ def test_variants_differ_exactly_in_what_the_study_varies(real_variants):
     "freeze_embeddings",
     "pretrained_vocab_size",
   }
+  # The study's own settings (issue 14): the same four variants, and the epochs it trained.
+  assert _differing(parsed["study_rnn"], parsed["study_lstm"]) == {"experiment", "cell", "epochs"}
+  assert _differing(parsed["study_lstm"], parsed["study_lstm_stacked_dropout"]) == {
+    "experiment",
+    "num_layers",
+    "dropout",
+    "epochs",
+  }
+  assert {name: parsed[f"study_{name}"]["values"]["epochs"] for name in ("rnn", "lstm", "lstm_glove")} == {
+    "rnn": 30,
+    "lstm": 85,
+    "lstm_glove": 100,
+  }
+  assert _differing(parsed["lstm"], parsed["study_lstm"]) >= {"optimizer", "bidirectional", "pooling", "head"}
+  assert parsed["study_lstm_glove"]["values"]["embeddings"] == "glove"
+  assert parsed["study_lstm_glove"]["values"]["pretrained_vocab_size"] == 0
   assert _differing(parsed["cnn_fc"], parsed["cnn_dropout"]) == {"experiment", "dropout"}
   assert _differing(parsed["cnn_fc"], parsed["cnn_gap"]) == {"experiment", "cnn_head"}
   assert _differing(parsed["cnn_gap"], parsed["cnn_gap_dropout"]) == {"experiment", "dropout"}

@@ -34,6 +34,46 @@ def test_every_study_experiment_has_a_flagfile_and_a_quick_command():
     reproduce.selected(["nope"])
 
 
+# Prints the flag values of each argv (a JSON list of argvs), parsed with the real definitions.
+_PARSE = """
+import json, sys
+from absl import flags
+import experiments.main  # defines every flag
+from experiments import common, flagfiles
+
+out = []
+for argv in json.loads(sys.argv[1]):
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(flagfiles.expand(argv))
+  out.append(common.flag_values())
+print(json.dumps(out, default=repr))
+"""
+
+
+def test_the_ablation_walks_from_the_study_settings_to_our_recipe_one_change_at_a_time():
+  steps = [e for e in reproduce.EXPERIMENTS if e.group == "ablation"]
+  argvs = [["prog", "--flagfile=study_lstm_glove.flags"], ["prog", "--flagfile=lstm_glove.flags"]]
+  argvs += [["prog", f"--flagfile={e.flagfile}", *e.flags] for e in steps]
+  done = subprocess.run(
+    [sys.executable, "-c", _PARSE, json.dumps(argvs)],
+    env={**os.environ, "PYTHONPATH": str(REPO)},
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  assert done.returncode == 0, done.stderr
+  study_settings, ours, *walked = json.loads(done.stdout)
+  differing = lambda a, b: {k for k in a if k != "experiment" and a[k] != b[k]}  # noqa: E731
+  assert differing(walked[-1], ours) == set()  # the last step is our recipe
+  previous = study_settings
+  for step, values, (_, step_flags, _) in zip(steps, walked, reproduce.ABLATION_STEPS, strict=True):
+    # Each step changes exactly what it names, and keeps the steps before it.
+    assert differing(previous, values) == {f.lstrip("-").split("=")[0] for f in step_flags}, step.name
+    assert values["experiment"] == step.name
+    previous = values
+  assert len({e.label for e in steps}) == len(steps)
+
+
 def test_extra_flags_for_every_run_must_be_flags_both_tasks_know():
   reproduce.check_extra_flags(
     ["--deterministic", "--nodeterministic", "--epochs=3", "--compilation_cache_dir=/c"]

@@ -17,6 +17,10 @@ import jax.numpy as jnp
 CELLS = ("rnn", "lstm", "gru")
 POOLINGS = ("last", "mean", "max")
 HEADS = ("manhattan", "cosine", "mlp")
+# manhattan head: "fixed" is MaLSTM's exp(-||u-v||_1); "learned" divides the distance by the
+# vector size and multiplies it by a learned scale (starting at 1). With 128 units the fixed
+# form starts near exp(-10): every score near the bottom of the range and a vanishing gradient.
+MANHATTAN_SCALES = ("fixed", "learned")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +36,7 @@ class ModelConfig:
   bidirectional: bool = False
   pooling: str = "last"
   head: str = "manhattan"
+  manhattan_scale: str = "fixed"
   mlp_hidden: int = 128
   score_min: float = 0.0
   score_max: float = 5.0
@@ -41,6 +46,7 @@ class ModelConfig:
     _check_choice("cell", self.cell, CELLS)
     _check_choice("pooling", self.pooling, POOLINGS)
     _check_choice("head", self.head, HEADS)
+    _check_choice("manhattan_scale", self.manhattan_scale, MANHATTAN_SCALES)
     if self.num_layers < 1:
       raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
     if not 0.0 <= self.dropout < 1.0:
@@ -116,7 +122,12 @@ class SimilarityHead(nn.Module):
   def __call__(self, u: jax.Array, v: jax.Array) -> jax.Array:
     cfg = self.config
     if cfg.head == "manhattan":  # MaLSTM (Mueller & Thyagarajan, 2016)
-      similarity = jnp.exp(-jnp.sum(jnp.abs(u - v), axis=-1))
+      distance = jnp.sum(jnp.abs(u - v), axis=-1)
+      if cfg.manhattan_scale == "learned":
+        # exp(log_scale) keeps the scale positive; log_scale = 0 starts at the mean per-unit distance.
+        log_scale = self.param("log_scale", nn.initializers.zeros, ())
+        distance = jnp.exp(log_scale) * distance / u.shape[-1]
+      similarity = jnp.exp(-distance)
     elif cfg.head == "cosine":
       # sqrt(x + eps), not norm(): the norm's gradient is NaN at a zero vector (an empty sentence).
       norms = jnp.sqrt(jnp.sum(u * u, -1) * jnp.sum(v * v, -1) + 1e-12)

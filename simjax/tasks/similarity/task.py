@@ -381,12 +381,19 @@ class SimilarityTask(Task):
     splits, batch_size, max_length = self.prepared.splits, self.batch_size, self.data.max_length
     dev = evaluate(state, splits["dev"], batch_size, max_length)
     test = evaluate(state, splits["test"], batch_size, max_length)
+    # The last epoch's model too: a study that trains a fixed number of epochs reports that one.
+    last_dev = evaluate(fit.state, splits["dev"], batch_size, max_length)
+    last_test = evaluate(fit.state, splits["test"], batch_size, max_length)
     extras = {
       "best_metric": self.best_metric,
       "seconds_per_step": _median_step_seconds(fit.history, self.steps_per_epoch),
       "steps_per_epoch": self.steps_per_epoch,
     }
-    return [{"dev": d, "test": t} for d, t in zip(dev, test)], extras
+    per_seed = [
+      {"dev": d, "test": t, "last_epoch": {"epoch": fit.epochs, "dev": ld, "test": lt}}
+      for d, t, ld, lt in zip(dev, test, last_dev, last_test)
+    ]
+    return per_seed, extras
 
   def evaluate_trained(
     self, state: TrainState, batch_size: int
