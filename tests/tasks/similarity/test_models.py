@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,3 +123,30 @@ def test_pretrained_embeddings_are_loaded_and_shape_checked():
 def test_bad_config_is_one_clear_error():
   with pytest.raises(ValueError, match="cell must be one of"):
     _tiny(cell="transformer")
+
+
+def _scores_and_encoder_gradient(config, seed=0):
+  rng = np.random.default_rng(seed)
+  a, b = (jnp.asarray(rng.integers(2, config.vocab_size, (16, 12)), jnp.int32) for _ in range(2))
+  lengths = jnp.full((16,), 12, jnp.int32)
+  model = SiameseSimilarity(config)
+  params = model.init(jax.random.PRNGKey(seed), a, lengths, b, lengths)["params"]
+  loss = lambda p: jnp.mean((model.apply({"params": p}, a, lengths, b, lengths) - 2.5) ** 2)  # noqa: E731
+  gradient = jax.grad(loss)(params)["encoder"]
+  norm = float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree_util.tree_leaves(gradient))))
+  return model.apply({"params": params}, a, lengths, b, lengths), norm
+
+
+def test_the_learned_manhattan_scale_keeps_the_gradient_alive_at_the_study_size():
+  # MaLSTM's exp(-||u-v||_1) over 128 units starts every pair of different sentences near 0,
+  # where its gradient vanishes: the study's RNN (hidden 128) cannot leave that corner.
+  study = ModelConfig(vocab_size=200, embedding_dim=128, hidden_size=128, cell="rnn")
+  scores, gradient = _scores_and_encoder_gradient(study)
+  assert float(scores.max()) < 1e-6 and gradient < 1e-6
+  scores, gradient = _scores_and_encoder_gradient(dataclasses.replace(study, manhattan_scale="learned"))
+  assert 1.0 < float(scores.min()) and float(scores.max()) < 5.0 and gradient > 1e-2
+  # Identical sentences still score the top of the range, whatever the scale.
+  model, variables = _init(_tiny(manhattan_scale="learned"))
+  ids, lengths = jnp.array([[4, 5, 6, 0]]), jnp.array([3])
+  np.testing.assert_allclose(model.apply(variables, ids, lengths, ids, lengths), [5.0], rtol=1e-6)
+  assert set(variables["params"]) == {"encoder", "head"}

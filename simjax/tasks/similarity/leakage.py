@@ -1,0 +1,72 @@
+"""The leakage guard: no evaluation pair in the training data of a run that mixes datasets.
+
+Pairs are compared normalised (lower-cased, whitespace collapsed) and in either order, the
+way ../shared/README.md measured them. Extra training data loses every pair that is also a
+dev or test pair of the evaluated dataset; sources a benchmark's own rules forbid are refused
+outright (the STS Benchmark is drawn from SemEval STS 2012-2016, so those sets hold most of
+its test pairs; its readme also rules out SICK and MSRP test). The check's outcome is
+recorded in results.json (data.leakage_check).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from simjax import errors
+
+# dataset -> {extra source: why it may not be trained on for that dataset}
+FORBIDDEN = {
+  "stsb": {
+    "semeval_sts": "the STS Benchmark is drawn from SemEval STS 2012-2016 (1,004 of its 1,379 test "
+    "pairs are in them) and its readme forbids training on them",
+    "sick": "the STS Benchmark's readme forbids training STS-B systems on SICK",
+  },
+}
+NORMALISATION = "lower-cased, whitespace collapsed, either order"
+
+
+class LeakageError(errors.DataError):
+  """Training data that holds evaluation pairs, or a source the benchmark forbids."""
+
+
+def normalise(sentence: str) -> str:
+  return " ".join(sentence.lower().split())
+
+
+def pair_key(sentence1: str, sentence2: str) -> tuple[str, str]:
+  """The same key for (a, b) and (b, a)."""
+  a, b = normalise(sentence1), normalise(sentence2)
+  return (a, b) if a <= b else (b, a)
+
+
+def keys(sentence1: Iterable[str], sentence2: Iterable[str]) -> list[tuple[str, str]]:
+  return [pair_key(a, b) for a, b in zip(sentence1, sentence2)]
+
+
+def check_source_allowed(dataset: str, source: str) -> None:
+  why = FORBIDDEN.get(dataset, {}).get(source)
+  if why is not None:
+    raise LeakageError(
+      f"{source} may not be training data for {dataset}: {why}; drop it from the extra training data",
+      settings=("extra_train",),
+    )
+
+
+def evaluation_rows(training_keys: list[tuple[str, str]], evaluation_keys: set[tuple[str, str]]) -> list[int]:
+  """Positions of the training pairs that are evaluation pairs."""
+  return [i for i, key in enumerate(training_keys) if key in evaluation_keys]
+
+
+def check(extra_keys: list[tuple[str, str]], evaluation: dict[str, list[tuple[str, str]]]) -> dict[str, int]:
+  """Refuses extra training data holding any pair of `evaluation` ({split: keys}); returns
+  {split: 0}, the counts checked, for the record."""
+  found = {name: len(evaluation_rows(extra_keys, set(split_keys))) for name, split_keys in evaluation.items()}
+  leaking = {name: n for name, n in found.items() if n}
+  if leaking:
+    raise LeakageError(
+      "the extra training data holds evaluation pairs ("
+      + ", ".join(f"{n} of {name}" for name, n in leaking.items())
+      + f"; compared {NORMALISATION}): remove them before training",
+      settings=("extra_train",),
+    )
+  return found

@@ -1,0 +1,91 @@
+"""The leakage guard: extra training data never holds an evaluation pair, and the check is recorded."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from simjax import optim, run
+from simjax.tasks.similarity import datasets, leakage
+from simjax.tasks.similarity import task as train
+from simjax.tasks.similarity.models import ModelConfig
+
+
+def test_pairs_match_in_either_order_whatever_the_case_and_spacing():
+  assert leakage.pair_key("A  man is\tsinging", "A woman ") == leakage.pair_key("a woman", "a man is singing")
+  assert leakage.pair_key("a man", "a dog") != leakage.pair_key("a man", "a dog .")
+  evaluation = {"dev": leakage.keys(["A b"], ["c D"]), "test": []}
+  assert leakage.check(leakage.keys(["x"], ["y"]), evaluation) == {"dev": 0, "test": 0}
+  with pytest.raises(leakage.LeakageError, match=r"holds evaluation pairs \(1 of dev; compared lower-cased"):
+    leakage.check(leakage.keys(["x", "C d"], ["y", "a B"]), evaluation)
+
+
+def test_a_source_the_benchmark_forbids_is_refused():
+  leakage.check_source_allowed("sick", "semeval_sts")
+  with pytest.raises(leakage.LeakageError, match="semeval_sts may not be training data for stsb: the STS"):
+    leakage.check_source_allowed("stsb", "semeval_sts")
+
+
+@pytest.fixture(scope="module")
+def mixed_data(manual_dir, tmp_path_factory):
+  """A manual dir with the real SICK files and a small SemEval STS folder in which two rows are
+  SICK dev / test pairs in disguise (other order, case and spacing), and a TFDS data_dir."""
+  root = tmp_path_factory.mktemp("manual")
+  shutil.copytree(manual_dir / "sick2014", root / "sick2014")
+  dev = datasets.load_pairs("sick", "validation[:1]", str(root / "tfds"), str(root))
+  test = datasets.load_pairs("sick", "test[:1]", str(root / "tfds"), str(root))
+  rows = {
+    "2012": ["4.0\tA dog runs .\tA dog is running .", f"2.5\t{dev.sentence2[0].upper()}\t{dev.sentence1[0]}"],
+    "2013": ["\tunlabeled rows\tare skipped", "0.0\tA cat sleeps .\tThe market fell ."],
+    "2014": [f"5.0\t  {test.sentence1[0]}\t{test.sentence2[0]}  "],
+    "2015": ["1.0\tOne .\tTwo ."],
+    "2016": ["3.0\tThree .\tFour ."],
+  }
+  for year, lines in rows.items():
+    (root / "semeval-sts" / year).mkdir(parents=True)
+    (root / "semeval-sts" / year / "set.test.tsv").write_text("\n".join(lines) + "\n")
+  return root
+
+
+def _data(root, dataset, **overrides):
+  settings = dict(
+    dataset=dataset,
+    data_dir=str(root / "tfds"),
+    manual_dir=str(root),
+    train_split="train[:64]",
+    eval_split="validation[:8]",
+    test_split="test[:8]",
+    max_length=8,
+    extra_train=("semeval_sts",),
+  )
+  return train.DataConfig(**{**settings, **overrides})
+
+
+def test_evaluation_pairs_are_removed_from_extra_data_and_the_check_is_recorded(mixed_data, tmp_path):
+  prepared = train.prepare_data(_data(mixed_data, "sick"), seeds=[0])
+  record = prepared.info["leakage_check"]
+  assert record["extra"][0]["rows"] == 6  # the scored rows of the five years
+  assert record["extra"][0]["removed_evaluation_pairs"] == 2
+  assert record["extra"][0]["evaluation_pairs_left"] == {"dev": 0, "test": 0}
+  assert prepared.info["rows"]["train_with_extra"] == 64 + 4
+  # SemEval's 0-5 scores land on SICK's 1-5 range: 4.0 -> 4.2, 0.0 -> 1.0.
+  scores = prepared.splits["train"].score[64:]
+  np.testing.assert_allclose(sorted(scores), [1.0, 1.8, 3.4, 4.2], rtol=1e-6)
+
+  # A whole run records the check in results.json.
+  config = train.TrainConfig(epochs=1, batch_size=16)
+  task = train.SimilarityTask(
+    lambda data: ModelConfig(vocab_size=len(data.vocab), embedding_dim=4, hidden_size=4, score_min=1.0),
+    _data(mixed_data, "sick"),
+    optim.OptimConfig(),
+  )
+  run.train_and_evaluate(task, config, str(tmp_path / "run"))
+  results = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert results["data"]["leakage_check"]["extra"][0]["removed_evaluation_pairs"] == 2
+
+
+def test_stsb_refuses_semeval_sts_before_any_work(mixed_data, manual_dir):
+  shutil.copytree(manual_dir / "stsbenchmark", mixed_data / "stsbenchmark", dirs_exist_ok=True)
+  with pytest.raises(leakage.LeakageError, match="semeval_sts may not be training data for stsb"):
+    train.prepare_data(_data(mixed_data, "stsb"), seeds=[0])
