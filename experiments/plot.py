@@ -18,6 +18,7 @@ import json
 import os
 import sys
 
+import numpy as np
 from absl import app, flags
 
 from simjax import run_records
@@ -127,8 +128,12 @@ def plot(workdirs: list[str], out: str, names: list[str] | None = None) -> list[
   return [comparison, per_class_path]
 
 
-def learning_curves(workdirs: list[str], out: str, title: str = "") -> str:
-  """<out>/learning_curves.png: train and dev MSE per epoch of sentence-similarity runs."""
+def learning_curves(
+  workdirs: list[str], out: str, title: str = "", study: dict[str, dict[int, dict]] | None = None
+) -> str:
+  """<out>/learning_curves.png: train and dev MSE per epoch of sentence-similarity runs.
+  `study` ({run folder name: {epoch: {"train_mse", "dev_mse"}}}) adds the epochs the study
+  printed, as markers in the run's colour."""
   _, plt = _pyplot()
   figure, (train_axis, dev_axis) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
   for workdir in workdirs:
@@ -138,6 +143,13 @@ def learning_curves(workdirs: list[str], out: str, title: str = "") -> str:
     name = os.path.basename(os.path.normpath(workdir))
     _curve(train_axis, history, "train_mse", name)
     _curve(dev_axis, history, "dev_mse", name)
+    reported = (study or {}).get(name)
+    if reported:
+      epochs = sorted(reported)
+      for axis, key in ((train_axis, "train_mse"), (dev_axis, "dev_mse")):
+        colour = axis.get_lines()[-1].get_color()
+        values = [reported[e][key] for e in epochs]
+        axis.plot(epochs, values, "o--", color=colour, alpha=0.7, markersize=4, label=f"{name}: the study")
   train_axis.set(xlabel="epoch", ylabel="MSE", title="Train MSE")
   dev_axis.set(xlabel="epoch", title="Dev MSE")
   for axis in (train_axis, dev_axis):
@@ -148,6 +160,34 @@ def learning_curves(workdirs: list[str], out: str, title: str = "") -> str:
   figure.tight_layout()
   os.makedirs(out, exist_ok=True)
   path = os.path.join(out, "learning_curves.png")
+  figure.savefig(path, dpi=120)
+  plt.close(figure)
+  return path
+
+
+def ablation(
+  steps: list[tuple[str, list[float]]], out: str, title: str = "", study: float | None = None
+) -> str:
+  """<out>/ablation.png: test Pearson of each step (its seeds as dots, their mean as a bar
+  with ± one standard deviation), top to bottom in step order; `study` as a dashed line."""
+  _, plt = _pyplot()
+  figure, axis = plt.subplots(figsize=(9, 0.55 * len(steps) + 1.6))
+  rows = np.arange(len(steps))[::-1]
+  for row, (label, values) in zip(rows, steps):
+    values = np.asarray(values, float)
+    std = values.std(ddof=1) if len(values) > 1 else 0.0
+    axis.barh(row, values.mean(), xerr=std, color="tab:blue", alpha=0.35, capsize=3)
+    axis.plot(values, np.full(len(values), row), "o", color="tab:blue", markersize=3)
+    axis.text(values.mean(), row + 0.3, f" {values.mean():.3f}", va="center", fontsize="small")
+  if study is not None:
+    axis.axvline(study, color="tab:red", linestyle="--", label=f"the study: {study:.3f}")
+    axis.legend(fontsize="small", loc="lower right")
+  axis.set_yticks(rows, [label for label, _ in steps], fontsize="small")
+  axis.set(xlabel="test Pearson (seeds as dots, mean ± std as bars)", title=title)
+  axis.grid(alpha=0.3, axis="x")
+  figure.tight_layout()
+  os.makedirs(out, exist_ok=True)
+  path = os.path.join(out, "ablation.png")
   figure.savefig(path, dpi=120)
   plt.close(figure)
   return path

@@ -131,6 +131,7 @@ def _cnn(structure: str) -> Experiment:
 # The ablation: from the study's settings (study_lstm_glove, its best variant) toward our
 # recipe (lstm_glove.flags), one change at a time, each step keeping the ones before it. The
 # last step is our recipe (tests/experiments/test_reproduce.py checks that they agree).
+ABLATION_START = "study_lstm_glove"
 ABLATION_STEPS = (
   ("best dev epoch of 12, not the last of 100", ("--epochs=12",), 240.0),
   (
@@ -214,6 +215,8 @@ def selected(only: list[str]) -> list[Experiment]:
   if not only:
     return list(EXPERIMENTS)
   chosen = [e for e in EXPERIMENTS if {e.name, e.task, e.dataset, e.group} & set(only)]
+  if any(e.group == "ablation" for e in chosen):  # the ablation starts from the study's settings
+    chosen = [e for e in EXPERIMENTS if e in chosen or e.name == ABLATION_START]
   known = {name for e in EXPERIMENTS for name in (e.name, e.task, e.dataset, e.group)}
   unknown = sorted(set(only) - known)
   if unknown:
@@ -350,6 +353,57 @@ def _values_text(values: list[float], digits: int = 3) -> str:
   return mean_std_text(values, f".{digits}f")
 
 
+def _last_epoch(results: dict) -> str:
+  s = results["summary"].get("last_epoch.test.pearson")
+  return "–" if s is None else f"{_mean_std(s)} (epoch {results['epochs']})"
+
+
+def _ensemble(results: dict) -> str:
+  ensemble = results.get("ensemble")
+  return "–" if ensemble is None else f"{ensemble['test']['pearson']:.3f} ({ensemble['seeds']} seeds)"
+
+
+def _ablation_path(experiments: list[Experiment]) -> list[tuple[Experiment, str]]:
+  """The ablation's rows: its start (the study's settings), then its steps."""
+  steps = [e for e in experiments if e.group == "ablation"]
+  if not steps:
+    return []
+  start = next(e for e in EXPERIMENTS if e.name == ABLATION_START)
+  return [(start, "the study's settings (study_lstm_glove.flags)")] + [(e, f"+ {e.label}") for e in steps]
+
+
+def _ablation_lines(experiments: list[Experiment], loaded: dict, commands: dict) -> list[str]:
+  path = _ablation_path(experiments)
+  if not path:
+    return []
+  lines = [
+    "",
+    "## Ablation: from the study's settings to our recipe, one change at a time (STS-B)",
+    "",
+    "Each step keeps the changes above it; the last row is our recipe (lstm_glove.flags). Test "
+    "Pearson of each seed's best dev epoch; Δ is the change of the mean from the row above.",
+    "",
+    "| step | change | test Pearson (mean ± std) | n | Δ | last epoch | ensemble | command |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  previous = None
+  for i, (e, label) in enumerate(path):
+    run = loaded.get(e.name)
+    command = " ".join(commands.get(e.name, [])) or "see above"
+    if run is None:
+      lines.append(f"| {i} | {label} | not run | | | | | `{command}` |")
+      previous = None
+      continue
+    s = run[0]["summary"]["test.pearson"]
+    delta = "" if previous is None else f"{s['mean'] - previous:+.3f}"
+    lines.append(
+      f"| {i} | {label} | {_mean_std(s)} | {s['n']} | {delta} | {_last_epoch(run[0])} | {_ensemble(run[0])} "
+      f"| `{command}` |"
+    )
+    previous = s["mean"]
+  return lines
+
+
 def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> str:
   loaded = {e.name: _load_run(report_dir, e) for e in experiments}
   commands = plan["commands"]
@@ -371,25 +425,30 @@ def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> 
     "single runs). Study values are from " + STUDY_SOURCE + ". **CIFAR-10 here is the JPEG stand-in** "
     "(see ../shared/README.md): our CIFAR accuracies are on it, the study's on the official data.",
     "",
-    "## Sentence similarity: test Pearson (best dev epoch of each seed)",
+    "## Sentence similarity: test Pearson",
     "",
-    "| experiment | dataset | study | ours (mean ± std) | n | min – max | command |",
-    "|---|---|---|---|---|---|---|",
+    "Ours: each seed at its best dev epoch (mean ± std, n, min – max); at the last epoch (what a "
+    "study that trains a fixed number of epochs reports); and the ensemble, the mean score of the "
+    "seeds. study_* rows use the study's own settings (study_*.flags); the others our recipe.",
+    "",
+    "| experiment | dataset | study | ours (mean ± std) | n | min – max | last epoch | ensemble | command |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
-  for e in (e for e in experiments if e.task == "similarity"):
+  for e in (e for e in experiments if e.task == "similarity" and e.group != "ablation"):
     run = loaded[e.name]
     pearson = e.study.get("test.pearson")
     study_text = f"{pearson:.3f}" if pearson is not None else "–"
     if run is None:
       lines.append(
-        f"| {e.name} | {e.dataset} | {study_text} | not run | | | `{' '.join(commands[e.name])}` |"
+        f"| {e.name} | {e.dataset} | {study_text} | not run | | | | | `{' '.join(commands[e.name])}` |"
       )
       continue
     s = run[0]["summary"]["test.pearson"]
     lines.append(
       f"| {e.name} | {e.dataset} | {study_text} | {_mean_std(s)} | {s['n']} | {s['min']:.3f} – {s['max']:.3f} "
-      f"| `{' '.join(commands[e.name])}` |"
+      f"| {_last_epoch(run[0])} | {_ensemble(run[0])} | `{' '.join(commands[e.name])}` |"
     )
+  lines += _ablation_lines(experiments, loaded, commands)
   lines += [
     "",
     "## Sentence similarity: train / dev MSE per epoch (mean ± std over seeds)",
@@ -400,7 +459,7 @@ def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> 
     "| experiment | epoch | study train MSE | train MSE | study dev MSE | dev MSE | dev Pearson |",
     "|---|---|---|---|---|---|---|",
   ]
-  for e in (e for e in experiments if e.task == "similarity"):
+  for e in (e for e in experiments if e.task == "similarity" and e.group != "ablation"):
     run = loaded[e.name]
     if run is None:
       continue
@@ -471,6 +530,8 @@ def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> 
           cells = [f"{100 * v:.0f}" for v in reported["per_class"].values()]
           lines.append(f"| {e.name}, study | " + " | ".join(cells) + " |")
   figures = _figures(report_dir, experiments, loaded)
+  if any(e.group == "ablation" for e in experiments):
+    figures += _ablation_figure(report_dir, experiments, loaded)
   if figures:
     lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
   lines += [
@@ -490,12 +551,47 @@ def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> 
   return path
 
 
+def _ablation_figure(report_dir: str, experiments: list[Experiment], loaded: dict) -> list[str]:
+  steps = []
+  for i, (e, label) in enumerate(_ablation_path(experiments)):
+    run = loaded.get(e.name)
+    if run is not None:
+      steps.append((f"{i}. {label}", [r["test"]["pearson"] for r in run[0]["per_seed"]]))
+  if len(steps) < 2:
+    return []
+  try:
+    plot.ablation(
+      steps,
+      report_dir,
+      "From the study's settings to our recipe (STS-B)",
+      study.sentence_pearson("lstm_glove"),
+    )
+  except plot.MissingPlotDependency as e:
+    print(f"warning: figures skipped: {e}", file=sys.stderr)
+    return []
+  return ["ablation.png"]
+
+
 def _figures(report_dir: str, experiments: list[Experiment], loaded: dict) -> list[str]:
 
   written = []
   try:
+    study_names = [e.name for e in experiments if e.group == "study" and loaded[e.name] is not None]
+    if study_names:
+      path = plot.learning_curves(
+        [os.path.join(report_dir, "runs", n) for n in study_names],
+        report_dir,
+        "The study's settings on STS-B: ours (lines, mean of seeds) and the study's printed epochs (markers)",
+        study={e.name: study.sentence_mse(e.variant) for e in experiments if e.group == "study"},
+      )
+      os.replace(path, os.path.join(report_dir, "learning_curves_study.png"))
+      written.append("learning_curves_study.png")
     for dataset in ("stsb", "sick"):
-      names = [e.name for e in experiments if e.dataset == dataset and loaded[e.name] is not None]
+      names = [
+        e.name
+        for e in experiments
+        if e.dataset == dataset and e.group == "ours" and loaded[e.name] is not None
+      ]
       if names:
         path = plot.learning_curves(
           [os.path.join(report_dir, "runs", n) for n in names], report_dir, f"Sentence similarity, {dataset}"

@@ -44,6 +44,13 @@ flags.DEFINE_list(
   "Extra training data, 'source' or 'source:split' (semeval_sts: SemEval STS 2012-2016, for SICK "
   "only); its dev and test pairs are removed first, and sources the dataset's rules forbid are refused.",
 )
+flags.DEFINE_integer(
+  "synonym_pairs",
+  0,
+  "Add N new pairs per train pair, one word of each sentence swapped for a WordNet synonym "
+  "(MaLSTM's augmentation; WordNet from <manual_dir>/wordnet, else NLTK's data).",
+  lower_bound=0,
+)
 flags.DEFINE_bool("freeze_embeddings", False, "Keep the embedding table fixed during training.")
 
 # Model.

@@ -7,6 +7,7 @@ which runs reproduce as well."""
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,7 +137,8 @@ def test_quick_report_is_complete_resumable_and_never_mixed_with_another_study(
   assert "## CIFAR-10" not in report  # no CIFAR experiment ran: no empty CIFAR tables
   rnn_row = next(line for line in report.splitlines() if line.startswith("| rnn_stsb | stsb |"))
   cells = [c.strip() for c in rnn_row.split("|")[1:-1]]
-  assert cells[2] == "0.237" and "±" in cells[3] and cells[4] == "2" and "--num_seeds=2" in cells[6]
+  assert cells[2] == "0.237" and "±" in cells[3] and cells[4] == "2" and "--num_seeds=2" in cells[8]
+  assert cells[6].endswith("(epoch 3)") and cells[7].endswith("(2 seeds)")  # last epoch; ensemble
   results = json.load(open(report_dir / "runs" / "rnn_stsb" / "results.json"))
   assert f"{results['summary']['test.pearson']['mean']:.3f} ±" in cells[3]
   assert [line for line in report.splitlines() if line.startswith("| rnn_stsb | 3 |")]  # last epoch's MSE row
@@ -154,6 +156,20 @@ def test_quick_report_is_complete_resumable_and_never_mixed_with_another_study(
   assert other.returncode == 1
   assert "holds a different study" in other.stderr and "Traceback" not in other.stderr
   assert (report_dir / "report.md").read_text() == report  # untouched
+
+  # The ablation's table and figure, drawn from stand-in runs (copies of this one: what is
+  # under test here is the report, not the runs).
+  for name in ["study_lstm_glove"] + [f"ablation_{i}" for i in range(1, len(reproduce.ABLATION_STEPS) + 1)]:
+    shutil.copytree(report_dir / "runs" / "rnn_stsb", report_dir / "runs" / name)
+  drawn = run("--report_only", "--only=ablation")
+  assert drawn.returncode == 0, drawn.stderr[-3000:]
+  report = (report_dir / "report.md").read_text()
+  assert "## Ablation: from the study's settings to our recipe" in report
+  steps = [line for line in report.splitlines() if line.startswith("| ") and "| + " in line]
+  assert len(steps) == len(reproduce.ABLATION_STEPS) and all("| +0.000 |" in line for line in steps)
+  assert "| 0 | the study's settings (study_lstm_glove.flags) |" in report
+  for figure in ("ablation.png", "learning_curves_study.png"):
+    assert (report_dir / figure).stat().st_size > 10_000 and f"![{figure}]({figure})" in report
 
 
 def _commands_mentioning(text: str) -> list[str]:

@@ -16,7 +16,7 @@ from simjax import distributed, loop, metrics, optim, replicas, run, sharding
 from simjax.errors import ConfigError, WorkdirError
 from simjax.run import RunConfig
 from simjax.tasks.base import Task
-from simjax.tasks.similarity import datasets, glove, input_pipeline, leakage, text
+from simjax.tasks.similarity import augment, datasets, glove, input_pipeline, leakage, text
 from simjax.tasks.similarity.models import ModelConfig, SiameseSimilarity, with_pretrained_embeddings
 from simjax.train_state import TrainState
 
@@ -43,6 +43,8 @@ class DataConfig:
   # Extra training data, "source" or "source:split" (e.g. "semeval_sts"): its scores are mapped
   # linearly onto the dataset's range, and every dev or test pair is removed from it first.
   extra_train: tuple[str, ...] = ()
+  # N new pairs per train pair, one word of each sentence swapped for a WordNet synonym (MaLSTM).
+  synonym_pairs: int = 0
 
   def __post_init__(self):
     object.__setattr__(self, "extra_train", tuple(self.extra_train))  # config.json gives a list
@@ -97,7 +99,7 @@ def prepare_data(data: DataConfig, *, seeds: list[int], vocab: text.Vocabulary |
     "rows": {name: len(p) for name, p in pairs.items()},
     "source_sha256": datasets.source_checksums(data.dataset, data.data_dir, data.manual_dir),
   }
-  pairs["train"], info["leakage_check"] = _with_extra_training_data(data, pairs)
+  pairs["train"], info["leakage_check"] = training_pairs(data, pairs)
   info["rows"]["train_with_extra"] = len(pairs["train"])
   words = vectors = None
   if data.embeddings == "glove":
@@ -121,12 +123,13 @@ def prepare_data(data: DataConfig, *, seeds: list[int], vocab: text.Vocabulary |
   return PreparedData(vocab, encoded, info, matrices)
 
 
-def _with_extra_training_data(
+def training_pairs(
   data: DataConfig, pairs: dict[str, datasets.SentencePairs]
 ) -> tuple[datasets.SentencePairs, dict[str, Any]]:
   """The train split with the extra training data appended (dev and test pairs removed from
   it, checked again after), and the leakage check's record for results.json."""
   evaluation = {name: leakage.keys(pairs[name].sentence1, pairs[name].sentence2) for name in ("dev", "test")}
+  unwanted = set(evaluation["dev"]) | set(evaluation["test"])
   train = pairs["train"]
   # The dataset's own train split is the official one, kept as it is; its overlap is recorded.
   own = {
@@ -134,36 +137,47 @@ def _with_extra_training_data(
     for name, keys in evaluation.items()
   }
   record: dict[str, Any] = {"compared": leakage.NORMALISATION, "official_train_overlap": own, "extra": []}
-  if not data.extra_train:
-    return train, record
+  extras = []  # (name, pairs in the dataset's score range, provenance)
   low, high = datasets.SCORE_RANGE[data.dataset]
-  parts = [train]
   for entry in data.extra_train:
     source, _, split = entry.partition(":")
     leakage.check_source_allowed(data.dataset, source)
     extra = datasets.load_pairs(source, split or "train", data.data_dir, data.manual_dir)
-    extra_keys = leakage.keys(extra.sentence1, extra.sentence2)
-    unwanted = set(evaluation["dev"]) | set(evaluation["test"])
-    keep = [i for i, key in enumerate(extra_keys) if key not in unwanted]
-    kept = datasets.SentencePairs(
-      sentence1=[extra.sentence1[i] for i in keep],
-      sentence2=[extra.sentence2[i] for i in keep],
-      score=_rescaled(extra.score[keep], datasets.SCORE_RANGE[source], (low, high)),
-      ids=[f"{source}:{extra.ids[i]}" for i in keep],
-      index=extra.index[keep],
+    extra = dataclasses.replace(
+      extra,
+      score=_rescaled(extra.score, datasets.SCORE_RANGE[source], (low, high)),
+      ids=[f"{source}:{i}" for i in extra.ids],
     )
+    extras.append(
+      (entry, extra, {"source_sha256": datasets.source_checksums(source, data.data_dir, data.manual_dir)})
+    )
+  if data.synonym_pairs > 0:
+    synonyms = augment.Synonyms(augment.wordnet(data.manual_dir, _nltk_data(data.data_dir)))
+    first, second, score, origin = augment.synonym_pairs(
+      train.sentence1, train.sentence2, train.score, data.synonym_pairs, synonyms
+    )
+    made = datasets.SentencePairs(
+      first, second, score, [f"synonyms:{train.ids[i]}" for i in origin], train.index[origin]
+    )
+    extras.append((f"wordnet synonyms x{data.synonym_pairs}", made, {"from": "the train split"}))
+  parts = [train]
+  for name, extra, provenance in extras:
+    extra_keys = leakage.keys(extra.sentence1, extra.sentence2)
+    keep = [i for i, key in enumerate(extra_keys) if key not in unwanted]
     # The guard itself: refuses (rather than trusts the removal above) if any pair got through.
     checked = leakage.check([extra_keys[i] for i in keep], evaluation)
     record["extra"].append(
       {
-        "source": entry,
+        "source": name,
         "rows": len(extra),
         "removed_evaluation_pairs": len(extra) - len(keep),
         "evaluation_pairs_left": checked,
-        "source_sha256": datasets.source_checksums(source, data.data_dir, data.manual_dir),
+        **provenance,
       }
     )
-    parts.append(kept)
+    parts.append(_rows(extra, keep))
+  if len(parts) == 1:
+    return train, record
   merged = datasets.SentencePairs(
     sentence1=[s for p in parts for s in p.sentence1],
     sentence2=[s for p in parts for s in p.sentence2],
@@ -172,6 +186,26 @@ def _with_extra_training_data(
     index=np.concatenate([p.index for p in parts]),
   )
   return merged, record
+
+
+def _rows(pairs: datasets.SentencePairs, keep: list[int]) -> datasets.SentencePairs:
+  return datasets.SentencePairs(
+    sentence1=[pairs.sentence1[i] for i in keep],
+    sentence2=[pairs.sentence2[i] for i in keep],
+    score=pairs.score[keep],
+    ids=[pairs.ids[i] for i in keep],
+    index=pairs.index[keep],
+  )
+
+
+def _nltk_data(data_dir: str | None) -> str:
+  """NLTK's data folder beside the TFDS data (TFDS's default when data_dir is None)."""
+  root = (
+    data_dir
+    or os.environ.get("TFDS_DATA_DIR")
+    or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+  )
+  return os.path.join(root, "nltk_data")
 
 
 def _rescaled(score: np.ndarray, source: tuple[float, float], target: tuple[float, float]) -> np.ndarray:
@@ -351,8 +385,9 @@ class SimilarityTask(Task):
     # Added later: workdirs written before them lack them, and had their defaults.
     if self.model.manhattan_scale == "fixed":
       del config["model"]["manhattan_scale"]
-    if not self.data.extra_train:
-      del config["data"]["extra_train"]
+    for name in ("extra_train", "synonym_pairs"):
+      if not getattr(self.data, name):
+        del config["data"][name]
     return config
 
   def prepare(self, workdir: str, config: RunConfig, *, resuming: bool) -> dict[str, Any]:

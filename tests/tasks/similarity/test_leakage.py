@@ -89,3 +89,26 @@ def test_stsb_refuses_semeval_sts_before_any_work(mixed_data, manual_dir):
   shutil.copytree(manual_dir / "stsbenchmark", mixed_data / "stsbenchmark", dirs_exist_ok=True)
   with pytest.raises(leakage.LeakageError, match="semeval_sts may not be training data for stsb"):
     train.prepare_data(_data(mixed_data, "stsb"), seeds=[0])
+
+
+def test_wordnet_synonym_pairs_are_deterministic_keep_scores_and_pass_the_guard(mixed_data, manual_dir):
+  shutil.copytree(manual_dir / "wordnet", mixed_data / "wordnet", dirs_exist_ok=True)
+  config = _data(mixed_data, "sick", extra_train=(), synonym_pairs=2)
+  load = lambda split: datasets.load_pairs("sick", split, config.data_dir, config.manual_dir)  # noqa: E731
+  official = load(config.train_split)
+  splits = {"train": official, "dev": load(config.eval_split), "test": load(config.test_split)}
+  (made, record), (again, _) = (train.training_pairs(config, splits) for _ in range(2))
+  assert [r["source"] for r in record["extra"]] == ["wordnet synonyms x2"]
+  assert record["extra"][0]["evaluation_pairs_left"] == {"dev": 0, "test": 0}
+  assert 64 < len(made.score) <= 64 * 3 and made.sentence1 == again.sentence1
+  for i in range(64, len(made.score)):
+    source = official.ids.index(made.ids[i].removeprefix("synonyms:"))
+    assert made.score[i] == official.score[source]  # a new pair keeps its pair's score
+    changed = [
+      sum(a != b for a, b in zip(new.split(), old.split()))
+      for new, old in (
+        (made.sentence1[i], official.sentence1[source]),
+        (made.sentence2[i], official.sentence2[source]),
+      )
+    ]
+    assert sorted(changed) in ([0, 1], [1, 1])  # one word swapped in one or both sentences
