@@ -70,6 +70,16 @@ flags.DEFINE_enum(
   "manhattan head: fixed = MaLSTM's exp(-||u-v||_1) (its gradient vanishes at start with a large "
   "--hidden_size); learned = exp(-s * ||u-v||_1 / size) with a learned scale s starting at 1.",
 )
+flags.DEFINE_float(
+  "word_dropout",
+  0.0,
+  "Training: replace each word by <unk> with this probability.",
+  lower_bound=0.0,
+  upper_bound=0.95,
+)
+flags.DEFINE_float(
+  "embedding_dropout", 0.0, "Training: dropout on the embedded words.", lower_bound=0.0, upper_bound=0.95
+)
 flags.DEFINE_integer("mlp_hidden", 128, "Hidden units of the mlp head.", lower_bound=1)
 flags.DEFINE_enum(
   "best_metric", "pearson", ["pearson", "spearman", "mse"], "Dev metric that picks the best checkpoint."

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from simjax.tasks.similarity.text import PAD, UNK
+
 CELLS = ("rnn", "lstm", "gru")
 POOLINGS = ("last", "mean", "max")
 HEADS = ("manhattan", "cosine", "mlp")
@@ -41,6 +43,10 @@ class ModelConfig:
   score_min: float = 0.0
   score_max: float = 5.0
   freeze_embeddings: bool = False
+  # Regularisers (training only): a word is replaced by <unk> with probability word_dropout; the
+  # embedded vectors see dropout at embedding_dropout.
+  word_dropout: float = 0.0
+  embedding_dropout: float = 0.0
 
   def __post_init__(self):
     _check_choice("cell", self.cell, CELLS)
@@ -49,8 +55,9 @@ class ModelConfig:
     _check_choice("manhattan_scale", self.manhattan_scale, MANHATTAN_SCALES)
     if self.num_layers < 1:
       raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
-    if not 0.0 <= self.dropout < 1.0:
-      raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+    for name in ("dropout", "word_dropout", "embedding_dropout"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
     if self.hidden_size < 1 or self.embedding_dim < 1:
       raise ValueError("hidden_size and embedding_dim must be positive")
     if self.score_max <= self.score_min:
@@ -80,7 +87,12 @@ class SentenceEncoder(nn.Module):
     cfg = self.config
     # An empty sentence still needs a defined state: read it after one (padding) step.
     lengths = jnp.maximum(lengths, 1)
+    if train and cfg.word_dropout > 0:
+      dropped = jax.random.bernoulli(self.make_rng("dropout"), cfg.word_dropout, token_ids.shape)
+      token_ids = jnp.where(dropped & (token_ids != PAD), UNK, token_ids)
     x = nn.Embed(cfg.vocab_size, cfg.embedding_dim, name="embedding")(token_ids)
+    if cfg.embedding_dropout > 0:
+      x = nn.Dropout(cfg.embedding_dropout, deterministic=not train)(x)
     for layer in range(cfg.num_layers):
       if layer > 0 and cfg.dropout > 0:
         x = nn.Dropout(cfg.dropout, deterministic=not train)(x)

@@ -385,6 +385,9 @@ class SimilarityTask(Task):
     # Added later: workdirs written before them lack them, and had their defaults.
     if self.model.manhattan_scale == "fixed":
       del config["model"]["manhattan_scale"]
+    for name in ("word_dropout", "embedding_dropout"):
+      if not getattr(self.model, name):
+        del config["model"][name]
     for name in ("extra_train", "synonym_pairs"):
       if not getattr(self.data, name):
         del config["data"][name]

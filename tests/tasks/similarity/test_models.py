@@ -150,3 +150,21 @@ def test_the_learned_manhattan_scale_keeps_the_gradient_alive_at_the_study_size(
   ids, lengths = jnp.array([[4, 5, 6, 0]]), jnp.array([3])
   np.testing.assert_allclose(model.apply(variables, ids, lengths, ids, lengths), [5.0], rtol=1e-6)
   assert set(variables["params"]) == {"encoder", "head"}
+
+
+def test_word_and_embedding_dropout_act_in_training_only():
+  config = _tiny(word_dropout=0.5, embedding_dropout=0.3, head="mlp")
+  model, variables = _init(config)
+  ids = jnp.array([[4, 5, 6, 7, 8, 9, 0, 0]])
+  lengths = jnp.array([6])
+  score = lambda key, train: model.apply(  # noqa: E731
+    variables, ids, lengths, ids[:, ::-1], lengths, train=train, rngs={"dropout": key}
+  )
+  evaluated = [score(jax.random.PRNGKey(k), False) for k in range(3)]
+  assert all(np.array_equal(e, evaluated[0]) for e in evaluated)  # deterministic in evaluation
+  trained = {float(score(jax.random.PRNGKey(k), True)[0]) for k in range(6)}
+  assert len(trained) > 1  # a different mask per key in training
+  baseline = _tiny(head="mlp")
+  np.testing.assert_allclose(
+    evaluated[0], SiameseSimilarity(baseline).apply(variables, ids, lengths, ids[:, ::-1], lengths), rtol=1e-6
+  )  # the same parameters and function when not training
