@@ -51,6 +51,13 @@ flags.DEFINE_integer(
   "(MaLSTM's augmentation; WordNet from <manual_dir>/wordnet, else NLTK's data).",
   lower_bound=0,
 )
+flags.DEFINE_integer(
+  "extra_train_epochs",
+  0,
+  "> 0: train on the extra data (--extra_train, --synonym_pairs) in the first N epochs only "
+  "(pre-training), then on the dataset's train split alone; 0: in every epoch.",
+  lower_bound=0,
+)
 flags.DEFINE_bool("freeze_embeddings", False, "Keep the embedding table fixed during training.")
 
 # Model.

@@ -45,6 +45,9 @@ class DataConfig:
   extra_train: tuple[str, ...] = ()
   # N new pairs per train pair, one word of each sentence swapped for a WordNet synonym (MaLSTM).
   synonym_pairs: int = 0
+  # > 0: the extra data and synonym pairs are trained on in the first N epochs only (pre-training),
+  # the later epochs on the dataset's own train split (fine-tuning); 0: in every epoch.
+  extra_train_epochs: int = 0
 
   def __post_init__(self):
     object.__setattr__(self, "extra_train", tuple(self.extra_train))  # config.json gives a list
@@ -99,8 +102,11 @@ def prepare_data(data: DataConfig, *, seeds: list[int], vocab: text.Vocabulary |
     "rows": {name: len(p) for name, p in pairs.items()},
     "source_sha256": datasets.source_checksums(data.dataset, data.data_dir, data.manual_dir),
   }
+  official_train = pairs["train"]
   pairs["train"], info["leakage_check"] = training_pairs(data, pairs)
   info["rows"]["train_with_extra"] = len(pairs["train"])
+  if data.extra_train_epochs > 0:  # pre-training on all of it, then the dataset's own train split
+    pairs["train_official"] = official_train
   words = vectors = None
   if data.embeddings == "glove":
     words, vectors = glove.load_glove(data.glove_path)
@@ -388,7 +394,7 @@ class SimilarityTask(Task):
     for name in ("word_dropout", "embedding_dropout"):
       if not getattr(self.model, name):
         del config["model"][name]
-    for name in ("extra_train", "synonym_pairs"):
+    for name in ("extra_train", "synonym_pairs", "extra_train_epochs"):
       if not getattr(self.data, name):
         del config["data"][name]
     return config
@@ -404,7 +410,7 @@ class SimilarityTask(Task):
     if not resuming and distributed.is_primary():  # every process built the same vocabulary
       self.prepared.vocab.save(vocab_path)
     self.vocab = self.prepared.vocab
-    pairs = len(self.prepared.splits["train"].score)
+    pairs = len(self.prepared.splits.get("train_official", self.prepared.splits["train"]))
     if config.batch_size > pairs:  # padding a batch that large only spends memory (or runs out)
       raise ConfigError(
         f"batch size {config.batch_size} is larger than the {pairs} sentence pairs of "
@@ -415,10 +421,20 @@ class SimilarityTask(Task):
     self.mesh = sharding.data_mesh()  # data parallel over every device (of every process)
     sharding.check_batch_size(config.batch_size, self.mesh)
     self.batch_size, self.epochs, self.seeds = config.batch_size, config.epochs, config.seeds
-    self.steps_per_epoch = input_pipeline.num_batches(
-      self.prepared.splits["train"], config.batch_size, self.data.max_length
-    )
+    self.steps_per_epoch = self.steps_of(1)  # of the first epoch (the optimizer's schedule counts these)
+
     return self.prepared.info
+
+  def _train_split(self, epoch: int) -> input_pipeline.EncodedPairs:
+    splits = self.prepared.splits
+    return (
+      splits["train_official"]
+      if "train_official" in splits and epoch > self.data.extra_train_epochs
+      else splits["train"]
+    )
+
+  def steps_of(self, epoch: int) -> int:
+    return input_pipeline.num_batches(self._train_split(epoch), self.batch_size, self.data.max_length)
 
   def create_train_state(self, seeds: list[int]) -> TrainState:
     if self.prepared is None:  # eval / predict: the structure to restore into
@@ -428,7 +444,7 @@ class SimilarityTask(Task):
       self.model,
       self.optim,
       steps_per_epoch=self.steps_per_epoch,
-      total_steps=self.steps_per_epoch * self.epochs,
+      total_steps=sum(self.steps_of(epoch) for epoch in range(1, self.epochs + 1)),
       pretrained_embeddings=self._embeddings_of(seeds),
     )
     return sharding.replicate(state, self.mesh)
@@ -447,7 +463,7 @@ class SimilarityTask(Task):
     # alone, so the replicas' batches stack into one array.
     orders = [
       input_pipeline.batches(
-        self.prepared.splits["train"],
+        self._train_split(epoch),
         self.batch_size,
         self.data.max_length,
         shuffle_rng=np.random.default_rng([s, epoch]),
@@ -455,7 +471,8 @@ class SimilarityTask(Task):
       )
       for s in self.seeds
     ]
-    bar = self.progress(self.steps_per_epoch, f"epoch {epoch}") if self.progress else None
+    steps = self.steps_of(epoch)
+    bar = self.progress(steps, f"epoch {epoch}") if self.progress else None
     if bar is not None and start_step:
       bar.update(start_step)
     step_metrics = []
@@ -477,7 +494,7 @@ class SimilarityTask(Task):
         name: np.asarray([m[name] for m in step_metrics]).reshape(-1, replicas_)
         for name in ("loss", "squared_error", "weight")
       },
-      complete=start_step + len(step_metrics) == self.steps_per_epoch,
+      complete=start_step + len(step_metrics) == steps,
     )
 
   def epoch_metrics(self, step_metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -497,7 +514,7 @@ class SimilarityTask(Task):
     last_test = evaluate(fit.state, splits["test"], batch_size, max_length)
     extras = {
       "best_metric": self.best_metric,
-      "seconds_per_step": _median_step_seconds(fit.history, self.steps_per_epoch),
+      "seconds_per_step": _median_step_seconds(fit.history, self.steps_of),
       "steps_per_epoch": self.steps_per_epoch,
     }
     if len(scores["test"]) > 1:
@@ -533,10 +550,11 @@ class SimilarityTask(Task):
     return per_seed, {"data": data_info}
 
 
-def _median_step_seconds(history, steps_per_epoch) -> float | None:
+def _median_step_seconds(history, steps_of: Callable[[int], int]) -> float | None:
   # Epoch 1 includes compilation; later epochs measure the steady state.
-  times = [row["epoch_seconds"] for row in history[1:]] or [row["epoch_seconds"] for row in history]
-  return float(np.median(times)) / steps_per_epoch if times else None
+  rows = history[1:] or history
+  times = [row["epoch_seconds"] / steps_of(row["epoch"]) for row in rows]
+  return float(np.median(times)) if times else None
 
 
 def load_trained(workdir: str, **data_settings) -> tuple[TrainState, dict[str, Any], SimilarityTask]:

@@ -112,3 +112,15 @@ def test_wordnet_synonym_pairs_are_deterministic_keep_scores_and_pass_the_guard(
       )
     ]
     assert sorted(changed) in ([0, 1], [1, 1])  # one word swapped in one or both sentences
+
+
+def test_extra_data_can_be_pre_training_only(mixed_data, tmp_path):
+  task = train.SimilarityTask(
+    lambda data: ModelConfig(vocab_size=len(data.vocab), embedding_dim=4, hidden_size=4, score_min=1.0),
+    _data(mixed_data, "sick", extra_train_epochs=1),
+    optim.OptimConfig(),
+  )
+  results = run.train_and_evaluate(task, train.TrainConfig(epochs=2, batch_size=4), str(tmp_path / "run"))
+  # Epoch 1 trains on the 64 SICK pairs and the 4 SemEval pairs left, epoch 2 on SICK's alone.
+  assert [task.steps_of(epoch) for epoch in (1, 2)] == [17, 16]
+  assert results["data"]["rows"]["train_with_extra"] == 68 and results["epochs"] == 2
