@@ -1,5 +1,7 @@
 """STS Benchmark / SICK builders: real files prepared once per session (see conftest)."""
 
+import shutil
+
 import numpy as np
 import pytest
 import requests
@@ -32,6 +34,21 @@ def test_row_counts_and_score_range(prepared, name, sizes):
     assert pairs.score.min() == lo and pairs.score.max() == hi  # both ends are used in every split
     np.testing.assert_array_equal(pairs.index, np.arange(size))  # file order
     assert len(set(pairs.ids)) == size  # ids identify rows within a split
+
+
+def test_semeval_sts_is_every_scored_row_of_2012_to_2016(prepared):
+  pairs = datasets.load_pairs("semeval_sts", "train", prepared("semeval_sts"), None)
+  assert len(pairs) == 13_278  # ../shared/README.md: 13,278 scored rows; unlabeled ones left out
+  assert pairs.score.min() == 0.0 and pairs.score.max() == 5.0
+  assert pairs.ids[0].startswith("2012/") and pairs.ids[-1].startswith("2016/")
+  assert len(datasets.source_checksums("semeval_sts", prepared("semeval_sts"), None)) == 25  # files
+
+
+def test_semeval_sts_refuses_a_missing_year_offline(tmp_path, no_network, manual_dir):
+  shutil.copytree(manual_dir / "semeval-sts", tmp_path / "manual" / "semeval-sts")
+  shutil.rmtree(tmp_path / "manual" / "semeval-sts" / "2015")
+  with pytest.raises(DataError, match="SemEval STS 2012-2016 files not found in .* and download failed"):
+    datasets.prepare("semeval_sts", str(tmp_path / "data"), str(tmp_path / "manual"))
 
 
 def test_sts_known_rows(prepared):
