@@ -75,7 +75,8 @@ flags.DEFINE_enum(
   "fixed",
   list(MANHATTAN_SCALES),
   "manhattan head: fixed = MaLSTM's exp(-||u-v||_1) (its gradient vanishes at start with a large "
-  "--hidden_size); learned = exp(-s * ||u-v||_1 / size) with a learned scale s starting at 1.",
+  "--hidden_size); learned = exp(-||u-v||_1 * size ** (p - 1)) with p learned from 0 (the mean "
+  "distance per unit; p = 1 is MaLSTM's sum).",
 )
 flags.DEFINE_float(
   "word_dropout",

@@ -19,9 +19,9 @@ from simjax.tasks.similarity.text import PAD, UNK
 CELLS = ("rnn", "lstm", "gru")
 POOLINGS = ("last", "mean", "max")
 HEADS = ("manhattan", "cosine", "mlp")
-# manhattan head: "fixed" is MaLSTM's exp(-||u-v||_1); "learned" divides the distance by the
-# vector size and multiplies it by a learned scale (starting at 1). With 128 units the fixed
-# form starts near exp(-10): every score near the bottom of the range and a vanishing gradient.
+# manhattan head: "fixed" is MaLSTM's exp(-||u-v||_1); "learned" scales the distance by
+# size ** (p - 1), p learned from 0 (the mean per unit). With 128 units the fixed form can start
+# near exp(-10): every score at the bottom of the range and a vanishing gradient.
 MANHATTAN_SCALES = ("fixed", "learned")
 
 
@@ -136,9 +136,12 @@ class SimilarityHead(nn.Module):
     if cfg.head == "manhattan":  # MaLSTM (Mueller & Thyagarajan, 2016)
       distance = jnp.sum(jnp.abs(u - v), axis=-1)
       if cfg.manhattan_scale == "learned":
-        # exp(log_scale) keeps the scale positive; log_scale = 0 starts at the mean per-unit distance.
-        log_scale = self.param("log_scale", nn.initializers.zeros, ())
-        distance = jnp.exp(log_scale) * distance / u.shape[-1]
+        # distance * size ** (p - 1) with p learned, starting at 0: the mean distance per unit
+        # (a gradient at start); p = 1 is MaLSTM's sum. In this form one learning-rate-sized
+        # step of p moves the scale by a factor size ** lr, so the few hundred steps of an
+        # epoch can cover the whole way from mean to sum (a plain log-scale cannot).
+        power = self.param("distance_power", nn.initializers.zeros, ())
+        distance = distance * jnp.exp((power - 1.0) * jnp.log(float(u.shape[-1])))
       similarity = jnp.exp(-distance)
     elif cfg.head == "cosine":
       # sqrt(x + eps), not norm(): the norm's gradient is NaN at a zero vector (an empty sentence).
