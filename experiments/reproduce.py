@@ -94,6 +94,8 @@ class Experiment:
   variant: str | None = None  # the study's sentence variant it stands beside (rnn, lstm, ...)
   flags: tuple[str, ...] = ()  # added after the flagfile (an ablation step's changes)
   label: str = ""  # an ablation step: what it changes
+  published: tuple[str, float] | None = None  # a best recipe: the published number to beat
+  target: float | None = None  # a best recipe: the test Pearson it aims at (mean over seeds)
 
 
 def _sentence(variant: str, dataset: str, seconds: float) -> Experiment:
@@ -172,6 +174,26 @@ def _ablation() -> list[Experiment]:
   return steps
 
 
+def _best(name: str, dataset: str, published: tuple[str, float], target: float, seconds: float) -> Experiment:
+  return Experiment(
+    name,
+    f"{name}.flags",
+    "similarity",
+    dataset,
+    {},
+    seconds,
+    group="best",
+    published=published,
+    target=target,
+  )
+
+
+# Our best recipes against the best published Siamese / sentence-encoder numbers.
+BEST = [
+  _best("best_sick", "sick", ("MaLSTM, AAAI 2016", 0.8822), 0.885, 60.0),
+  _best("best_stsb", "stsb", ("InferSent, fastText vectors", 0.784), 0.78, 60.0),
+]
+
 EXPERIMENTS = [
   *(
     _sentence(variant, dataset, seconds)
@@ -194,6 +216,7 @@ EXPERIMENTS = [
     )
   ),
   *_ablation(),
+  *BEST,
   *(_cnn(structure) for structure in (*study.CNN_STRUCTURES, "cnn_resnet")),
 ]
 CNN_STRUCTURES = study.CNN_STRUCTURES
@@ -363,6 +386,51 @@ def _ensemble(results: dict) -> str:
   return "–" if ensemble is None else f"{ensemble['test']['pearson']:.3f} ({ensemble['seeds']} seeds)"
 
 
+def _leakage_text(results: dict) -> str:
+  check = results.get("data", {}).get("leakage_check")
+  if check is None:
+    return "–"
+  own = check["official_train_overlap"]
+  parts = [f"official train shares {own['dev']} dev / {own['test']} test pairs"]
+  for extra in check["extra"]:
+    left = extra["evaluation_pairs_left"]
+    parts.append(
+      f"{extra['source']}: {extra['rows']:,} rows, {extra['removed_evaluation_pairs']} evaluation pairs "
+      f"removed, {left['dev'] + left['test']} left"
+    )
+  return "; ".join(parts)
+
+
+def _best_lines(experiments: list[Experiment], loaded: dict, commands: dict) -> list[str]:
+  best = [e for e in experiments if e.group == "best"]
+  if not best:
+    return []
+  lines = [
+    "",
+    "## Best recipes against the published numbers",
+    "",
+    "Mean ± std of single seeds (each at its best dev epoch), and the ensemble (the mean score "
+    "of the seeds) as its own row. The leakage check is the run's own record (results.json, "
+    "data.leakage_check; pairs compared lower-cased, whitespace collapsed, either order).",
+    "",
+    "| recipe | dataset | published | target | ours (mean ± std) | n | ensemble | leakage check | command |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for e in best:
+    run = loaded[e.name]
+    command = " ".join(commands[e.name])
+    published = f"{e.published[1]:.4f} ({e.published[0]})"
+    if run is None:
+      lines.append(f"| {e.name} | {e.dataset} | {published} | ≥ {e.target} | not run | | | | `{command}` |")
+      continue
+    s = run[0]["summary"]["test.pearson"]
+    lines.append(
+      f"| {e.name} | {e.dataset} | {published} | ≥ {e.target} | {_mean_std(s)} | {s['n']} | {_ensemble(run[0])} "
+      f"| {_leakage_text(run[0])} | `{command}` |"
+    )
+  return lines
+
+
 def _ablation_path(experiments: list[Experiment]) -> list[tuple[Experiment, str]]:
   """The ablation's rows: its start (the study's settings), then its steps."""
   steps = [e for e in experiments if e.group == "ablation"]
@@ -434,7 +502,7 @@ def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> 
     "| experiment | dataset | study | ours (mean ± std) | n | min – max | last epoch | ensemble | command |",
     "|---|---|---|---|---|---|---|---|---|",
   ]
-  for e in (e for e in experiments if e.task == "similarity" and e.group != "ablation"):
+  for e in (e for e in experiments if e.task == "similarity" and e.group not in ("ablation", "best")):
     run = loaded[e.name]
     pearson = e.study.get("test.pearson")
     study_text = f"{pearson:.3f}" if pearson is not None else "–"
@@ -449,6 +517,7 @@ def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> 
       f"| {_last_epoch(run[0])} | {_ensemble(run[0])} | `{' '.join(commands[e.name])}` |"
     )
   lines += _ablation_lines(experiments, loaded, commands)
+  lines += _best_lines(experiments, loaded, commands)
   lines += [
     "",
     "## Sentence similarity: train / dev MSE per epoch (mean ± std over seeds)",

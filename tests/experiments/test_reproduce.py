@@ -30,6 +30,7 @@ def test_every_study_experiment_has_a_flagfile_and_a_quick_command():
     "lstm_sick",
     "lstm_stacked_dropout_sick",
     "lstm_glove_sick",
+    "best_sick",
   }
   with pytest.raises(ValueError, match="unknown nope"):
     reproduce.selected(["nope"])
@@ -159,15 +160,22 @@ def test_quick_report_is_complete_resumable_and_never_mixed_with_another_study(
 
   # The ablation's table and figure, drawn from stand-in runs (copies of this one: what is
   # under test here is the report, not the runs).
-  for name in ["study_lstm_glove"] + [f"ablation_{i}" for i in range(1, len(reproduce.ABLATION_STEPS) + 1)]:
+  stand_ins = ["study_lstm_glove", "best_stsb"] + [
+    f"ablation_{i}" for i in range(1, len(reproduce.ABLATION_STEPS) + 1)
+  ]
+  for name in stand_ins:
     shutil.copytree(report_dir / "runs" / "rnn_stsb", report_dir / "runs" / name)
-  drawn = run("--report_only", "--only=ablation")
+  drawn = run("--report_only", "--only=ablation,best_stsb")
   assert drawn.returncode == 0, drawn.stderr[-3000:]
   report = (report_dir / "report.md").read_text()
   assert "## Ablation: from the study's settings to our recipe" in report
   steps = [line for line in report.splitlines() if line.startswith("| ") and "| + " in line]
   assert len(steps) == len(reproduce.ABLATION_STEPS) and all("| +0.000 |" in line for line in steps)
   assert "| 0 | the study's settings (study_lstm_glove.flags) |" in report
+  best = next(line for line in report.splitlines() if line.startswith("| best_stsb | stsb |"))
+  assert "0.7840 (InferSent" in best and "| ≥ 0.78 |" in best and "(2 seeds)" in best
+  shared = results["data"]["leakage_check"]["official_train_overlap"]  # the run's own record
+  assert f"official train shares {shared['dev']} dev / {shared['test']} test pairs" in best
   for figure in ("ablation.png", "learning_curves_study.png"):
     assert (report_dir / figure).stat().st_size > 10_000 and f"![{figure}]({figure})" in report
 
