@@ -135,7 +135,7 @@ def _cnn(structure: str) -> Experiment:
 # last step is our recipe (tests/experiments/test_reproduce.py checks that they agree).
 ABLATION_START = "study_lstm_glove"
 ABLATION_STEPS = (
-  ("best dev epoch of 12, not the last of 100", ("--epochs=12",), 240.0),
+  ("best dev epoch of 12, not the last of 100", ("--epochs=12",), 30.0),
   (
     "Adam 1e-3 (x0.5 after 1 epoch without dev improvement), clip 5, not SGD 0.1",
     (
@@ -151,6 +151,7 @@ ABLATION_STEPS = (
   ("max pooling, not the last state", ("--pooling=max",), 60.0),
   ("MLP head on [|u-v|, u*v], not exp(-|u-v|_1)", ("--head=mlp",), 60.0),
   ("50,000 GloVe words added to the vocabulary", ("--pretrained_vocab_size=50000",), 60.0),
+  ("flax's initialisation, not PyTorch's", ("--init=flax",), 60.0),
 )
 
 

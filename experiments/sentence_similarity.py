@@ -10,7 +10,7 @@ from absl import flags
 
 from experiments import common
 from simjax.tasks.similarity import datasets, input_pipeline, task as training
-from simjax.tasks.similarity.models import CELLS, HEADS, MANHATTAN_SCALES, POOLINGS, ModelConfig
+from simjax.tasks.similarity.models import CELLS, HEADS, INITS, MANHATTAN_SCALES, POOLINGS, ModelConfig
 
 FLAGS = flags.FLAGS
 
@@ -66,6 +66,13 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_enum("cell", "lstm", list(CELLS), "Recurrent cell.")
 flags.DEFINE_integer("hidden_size", 128, "Recurrent state size.", lower_bound=1)
+flags.DEFINE_enum(
+  "init",
+  "flax",
+  list(INITS),
+  "Recurrent cells' initialisation: flax's defaults, or pytorch's (every weight and bias uniform "
+  "in +-1/sqrt(hidden_size): the study's framework).",
+)
 flags.DEFINE_integer("num_layers", 1, "Stacked recurrent layers.", lower_bound=1)
 flags.DEFINE_bool("bidirectional", False, "Also read sentences right to left.")
 flags.DEFINE_enum("pooling", "last", list(POOLINGS), "Sentence vector from the recurrent outputs.")

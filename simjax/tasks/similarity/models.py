@@ -23,6 +23,11 @@ HEADS = ("manhattan", "cosine", "mlp")
 # size ** (p - 1), p learned from 0 (the mean per unit). With 128 units the fixed form can start
 # near exp(-10): every score at the bottom of the range and a vanishing gradient.
 MANHATTAN_SCALES = ("fixed", "learned")
+# Initialisation of the recurrent cells: "flax" (its defaults: LeCun-normal input kernels,
+# orthogonal recurrent kernels, zero biases) or "pytorch" (torch.nn.RNN/LSTM's: every weight and
+# bias uniform in +-1/sqrt(hidden_size)), the study's framework. The recurrent kernel's scale
+# decides how far apart two sentences' states start, which the manhattan head is sensitive to.
+INITS = ("flax", "pytorch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +48,7 @@ class ModelConfig:
   score_min: float = 0.0
   score_max: float = 5.0
   freeze_embeddings: bool = False
+  init: str = "flax"
   # Regularisers (training only): a word is replaced by <unk> with probability word_dropout; the
   # embedded vectors see dropout at embedding_dropout.
   word_dropout: float = 0.0
@@ -53,6 +59,7 @@ class ModelConfig:
     _check_choice("pooling", self.pooling, POOLINGS)
     _check_choice("head", self.head, HEADS)
     _check_choice("manhattan_scale", self.manhattan_scale, MANHATTAN_SCALES)
+    _check_choice("init", self.init, INITS)
     if self.num_layers < 1:
       raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
     for name in ("dropout", "word_dropout", "embedding_dropout"):
@@ -69,12 +76,17 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
-def _make_cell(kind: str, hidden_size: int, name: str) -> nn.RNNCellBase:
+def _make_cell(kind: str, hidden_size: int, name: str, init: str = "flax") -> nn.RNNCellBase:
+  inits = {}
+  if init == "pytorch":
+    bound = hidden_size**-0.5
+    uniform = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)  # noqa: E731
+    inits = {"kernel_init": uniform, "recurrent_kernel_init": uniform, "bias_init": uniform}
   if kind == "rnn":
-    return nn.SimpleCell(hidden_size, name=name)
+    return nn.SimpleCell(hidden_size, name=name, **inits)
   if kind == "lstm":
-    return nn.OptimizedLSTMCell(hidden_size, name=name)
-  return nn.GRUCell(hidden_size, name=name)
+    return nn.OptimizedLSTMCell(hidden_size, name=name, **inits)
+  return nn.GRUCell(hidden_size, name=name, **inits)
 
 
 class SentenceEncoder(nn.Module):
@@ -96,13 +108,13 @@ class SentenceEncoder(nn.Module):
     for layer in range(cfg.num_layers):
       if layer > 0 and cfg.dropout > 0:
         x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
-      forward = nn.RNN(_make_cell(cfg.cell, cfg.hidden_size, f"forward_{layer}"))
+      forward = nn.RNN(_make_cell(cfg.cell, cfg.hidden_size, f"forward_{layer}", cfg.init))
       outputs = forward(x, seq_lengths=lengths)
       if cfg.bidirectional:
         # keep_order=True re-aligns outputs with the input; seq_lengths makes the
         # backward pass start at each sentence's last real token, not in the padding.
         backward = nn.RNN(
-          _make_cell(cfg.cell, cfg.hidden_size, f"backward_{layer}"), reverse=True, keep_order=True
+          _make_cell(cfg.cell, cfg.hidden_size, f"backward_{layer}", cfg.init), reverse=True, keep_order=True
         )
         outputs = jnp.concatenate([outputs, backward(x, seq_lengths=lengths)], axis=-1)
       x = outputs

@@ -391,6 +391,8 @@ class SimilarityTask(Task):
     # Added later: workdirs written before them lack them, and had their defaults.
     if self.model.manhattan_scale == "fixed":
       del config["model"]["manhattan_scale"]
+    if self.model.init == "flax":
+      del config["model"]["init"]
     for name in ("word_dropout", "embedding_dropout"):
       if not getattr(self.model, name):
         del config["model"][name]

@@ -168,3 +168,17 @@ def test_word_and_embedding_dropout_act_in_training_only():
   np.testing.assert_allclose(
     evaluated[0], SiameseSimilarity(baseline).apply(variables, ids, lengths, ids[:, ::-1], lengths), rtol=1e-6
   )  # the same parameters and function when not training
+
+
+def test_pytorch_initialisation_lets_the_study_rnn_start_with_a_gradient():
+  # torch.nn.RNN's weights are uniform in +-1/sqrt(hidden): the study's RNN under its framework's
+  # initialisation starts with its two sentence states close enough for the head to learn.
+  study = ModelConfig(vocab_size=200, embedding_dim=128, hidden_size=128, cell="rnn", init="pytorch")
+  model, variables = _init(study)
+  cell = variables["params"]["encoder"]["forward_0"]
+  for leaf in jax.tree_util.tree_leaves(cell):
+    assert float(jnp.abs(leaf).max()) <= 128**-0.5
+  scores, gradient = _scores_and_encoder_gradient(study)
+  flax_scores, flax_gradient = _scores_and_encoder_gradient(dataclasses.replace(study, init="flax"))
+  assert float(scores.min()) > 1e-5 > 1e-10 > float(flax_scores.max())
+  assert gradient > 1e-3 > 1e-6 > flax_gradient
