@@ -41,8 +41,9 @@ flags.DEFINE_integer(
 flags.DEFINE_list(
   "extra_train",
   [],
-  "Extra training data, 'source' or 'source:split' (semeval_sts: SemEval STS 2012-2016, for SICK "
-  "only); its dev and test pairs are removed first, and sources the dataset's rules forbid are refused.",
+  "Extra training data, 'source' or 'source:split': semeval_sts (SemEval STS 2012-2016; SICK only), "
+  "msrp (MSRP train or validation, labels as STS scores 2.75 / 3.75). Dev and test pairs are removed "
+  "from it first; sources the dataset's rules forbid are refused.",
 )
 flags.DEFINE_integer(
   "synonym_pairs",

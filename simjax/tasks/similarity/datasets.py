@@ -326,9 +326,45 @@ class SemevalSts(_SentencePairBuilder):
         yield f"{name}:{line}", cols[1], cols[2], _parse_score(cols[0], lo, hi, where)
 
 
+class Msrp(_SentencePairBuilder):
+  """Microsoft Research Paraphrase Corpus (train, validation = the last 500 pairs of the original
+  train, test), its binary label as the score: 1 = paraphrase, 0 = not."""
+
+  name = "msrp"
+  FILES = {"train": "msr-para-train.tsv", "validation": "msr-para-val.tsv", "test": "msr-para-test.tsv"}
+  SUBDIR = "msrp"
+  URLS = ["https://github.com/brmson/dataset-sts/archive/refs/heads/master.zip"]
+  SCORE_RANGE = (0.0, 1.0)
+  TITLE = "MSRP"
+  HOMEPAGE = "https://www.microsoft.com/en-us/download/details.aspx?id=52398"
+  CITATION = "Dolan and Brockett 2005, Automatically Constructing a Corpus of Sentential Paraphrases."
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+    "Optional (otherwise the brmson/dataset-sts archive is downloaded): put msr-para-train.tsv, "
+    "msr-para-val.tsv and msr-para-test.tsv in the manual dir or its subfolder msrp/."
+  )
+  HEADER = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
+
+  def _parse(self, path, data):
+    lo, hi = self.SCORE_RANGE
+    rows = _csv_rows(path, data.removeprefix(b"\xef\xbb\xbf"))  # the train file starts with a BOM
+    line, header = next(rows, (1, []))
+    if header != self.HEADER:
+      raise DataError(f"{path}: line {line}: expected header {self.HEADER}, got {header}")
+    for line, cols in rows:
+      where = f"{path}: line {line}"
+      if len(cols) != 5:
+        raise DataError(f"{where}: expected 5 tab-separated columns, got {len(cols)}; fix the row")
+      label, id1, id2, sentence1, sentence2 = cols
+      yield f"{id1}/{id2}", sentence1, sentence2, _parse_score(label, lo, hi, where)
+
+
 DATASETS = {"stsb": StsBenchmark, "sick": SickRelatedness}
 # Extra training data only (no dev or test split of their own).
-AUXILIARY = {"semeval_sts": SemevalSts}
+AUXILIARY = {"semeval_sts": SemevalSts, "msrp": Msrp}
+# A binary label as a similarity score on the STS 0-5 scale, for extra training data: the mean
+# STS-B train score of the MSRP train/val pairs that STS-B train also holds (448 pairs: label 0
+# -> 2.77, label 1 -> 3.75; tests/tasks/similarity/test_leakage.py measures it again).
+LABEL_AS_SIMILARITY = {"msrp": {0.0: 2.75, 1.0: 3.75}}
 SCORE_RANGE = {short: cls.SCORE_RANGE for short, cls in {**DATASETS, **AUXILIARY}.items()}
 
 

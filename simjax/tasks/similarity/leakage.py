@@ -22,6 +22,7 @@ FORBIDDEN = {
     "semeval_sts": "the STS Benchmark is drawn from SemEval STS 2012-2016 (1,004 of its 1,379 test "
     "pairs are in them) and its readme forbids training on them",
     "sick": "the STS Benchmark's readme forbids training STS-B systems on SICK",
+    "msrp:test": "the STS Benchmark's readme forbids training STS-B systems on MSRP test",
   },
 }
 NORMALISATION = "lower-cased, whitespace collapsed, either order"
@@ -45,13 +46,15 @@ def keys(sentence1: Iterable[str], sentence2: Iterable[str]) -> list[tuple[str, 
   return [pair_key(a, b) for a, b in zip(sentence1, sentence2)]
 
 
-def check_source_allowed(dataset: str, source: str) -> None:
-  why = FORBIDDEN.get(dataset, {}).get(source)
-  if why is not None:
-    raise LeakageError(
-      f"{source} may not be training data for {dataset}: {why}; drop it from the extra training data",
-      settings=("extra_train",),
-    )
+def check_source_allowed(dataset: str, source: str, split: str = "train") -> None:
+  """Refuses a source (any of its splits) or a source's split that `dataset`'s rules forbid."""
+  rules = FORBIDDEN.get(dataset, {})
+  for name in (source, f"{source}:{split.split('[')[0]}"):
+    if name in rules:
+      raise LeakageError(
+        f"{name} may not be training data for {dataset}: {rules[name]}; drop it from the extra training data",
+        settings=("extra_train",),
+      )
 
 
 def evaluation_rows(training_keys: list[tuple[str, str]], evaluation_keys: set[tuple[str, str]]) -> list[int]:

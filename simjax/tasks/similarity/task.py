@@ -147,12 +147,15 @@ def training_pairs(
   low, high = datasets.SCORE_RANGE[data.dataset]
   for entry in data.extra_train:
     source, _, split = entry.partition(":")
-    leakage.check_source_allowed(data.dataset, source)
-    extra = datasets.load_pairs(source, split or "train", data.data_dir, data.manual_dir)
+    split = split or "train"
+    leakage.check_source_allowed(data.dataset, source, split)
+    extra = datasets.load_pairs(source, split, data.data_dir, data.manual_dir)
+    score, scale = extra.score, datasets.SCORE_RANGE[source]
+    if source in datasets.LABEL_AS_SIMILARITY:  # a binary label: its similarity on the STS 0-5 scale
+      as_similarity = datasets.LABEL_AS_SIMILARITY[source]
+      score, scale = np.asarray([as_similarity[float(label)] for label in score], np.float32), (0.0, 5.0)
     extra = dataclasses.replace(
-      extra,
-      score=_rescaled(extra.score, datasets.SCORE_RANGE[source], (low, high)),
-      ids=[f"{source}:{i}" for i in extra.ids],
+      extra, score=_rescaled(score, scale, (low, high)), ids=[f"{source}:{i}" for i in extra.ids]
     )
     extras.append(
       (entry, extra, {"source_sha256": datasets.source_checksums(source, data.data_dir, data.manual_dir)})

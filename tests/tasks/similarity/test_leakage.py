@@ -124,3 +124,36 @@ def test_extra_data_can_be_pre_training_only(mixed_data, tmp_path):
   # Epoch 1 trains on the 64 SICK pairs and the 4 SemEval pairs left, epoch 2 on SICK's alone.
   assert [task.steps_of(epoch) for epoch in (1, 2)] == [17, 16]
   assert results["data"]["rows"]["train_with_extra"] == 68 and results["epochs"] == 2
+
+
+def test_msrp_joins_stsb_without_its_dev_and_test_pairs_and_its_labels_are_calibrated(prepared, manual_dir):
+  data_dir = prepared("stsb")
+  config = train.DataConfig(
+    dataset="stsb", data_dir=data_dir, manual_dir=str(manual_dir), extra_train=("msrp", "msrp:validation")
+  )
+  load = lambda name, split: datasets.load_pairs(name, split, data_dir, str(manual_dir))  # noqa: E731
+  splits = {"train": load("stsb", "train"), "dev": load("stsb", "validation"), "test": load("stsb", "test")}
+  merged, record = train.training_pairs(config, splits)
+  # ../shared/README.md: 121 STS-B dev and 127 test pairs are in MSRP train/val.
+  removed = {r["source"]: r["removed_evaluation_pairs"] for r in record["extra"]}
+  assert sum(removed.values()) == 121 + 127 and [r["rows"] for r in record["extra"]] == [3576, 500]
+  evaluation = set(leakage.keys(splits["dev"].sentence1, splits["dev"].sentence2))
+  evaluation |= set(leakage.keys(splits["test"].sentence1, splits["test"].sentence2))
+  extra_keys = leakage.keys(merged.sentence1[5749:], merged.sentence2[5749:])
+  assert len(merged.score) == 5749 + 4076 - 248 and not evaluation & set(extra_keys)
+  assert set(np.unique(merged.score[5749:])) == {2.75, 3.75}
+  # The label scores are what STS-B train itself says of the MSRP pairs it holds.
+  sts = {}
+  for a, b, score in zip(splits["train"].sentence1, splits["train"].sentence2, splits["train"].score):
+    sts.setdefault(leakage.pair_key(a, b), []).append(score)
+  for label, as_score in datasets.LABEL_AS_SIMILARITY["msrp"].items():
+    msrp = [load("msrp", split) for split in ("train", "validation")]
+    shared = [
+      np.mean(sts[key])
+      for pairs in msrp
+      for key, value in zip(leakage.keys(pairs.sentence1, pairs.sentence2), pairs.score)
+      if value == label and key in sts
+    ]
+    assert len(shared) > 200 and abs(np.mean(shared) - as_score) < 0.05
+  with pytest.raises(leakage.LeakageError, match="msrp:test may not be training data for stsb"):
+    train.training_pairs(train.DataConfig(dataset="stsb", extra_train=("msrp:test",)), splits)
