@@ -457,6 +457,7 @@ def _ablation_lines(experiments: list[Experiment], loaded: dict, commands: dict)
   ]
   previous = None
   for i, (e, label) in enumerate(path):
+    label = label.replace("|", "\\|")  # a table cell: |u-v| would end it
     run = loaded.get(e.name)
     command = " ".join(commands.get(e.name, [])) or "see above"
     if run is None:

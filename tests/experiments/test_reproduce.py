@@ -171,6 +171,7 @@ def test_quick_report_is_complete_resumable_and_never_mixed_with_another_study(
   assert "## Ablation: from the study's settings to our recipe" in report
   steps = [line for line in report.splitlines() if line.startswith("| ") and "| + " in line]
   assert len(steps) == len(reproduce.ABLATION_STEPS) and all("| +0.000 |" in line for line in steps)
+  assert all(len(line.replace("\\|", "").split("|")) == 10 for line in steps)  # 8 cells: no stray |
   assert "| 0 | the study's settings (study_lstm_glove.flags) |" in report
   best = next(line for line in report.splitlines() if line.startswith("| best_stsb | stsb |"))
   assert "0.7840 (InferSent" in best and "| ≥ 0.78 |" in best and "(2 seeds)" in best
