@@ -411,7 +411,7 @@ def _best_lines(experiments: list[Experiment], loaded: dict, commands: dict) -> 
     "## Best recipes against the published numbers",
     "",
     "Mean ± std of single seeds (each at its best dev epoch), and the ensemble (the mean score "
-    "of the seeds) as its own row. The leakage check is the run's own record (results.json, "
+    "of the seeds) in its own column. The leakage check is the run's own record (results.json, "
     "data.leakage_check; pairs compared lower-cased, whitespace collapsed, either order).",
     "",
     "| recipe | dataset | published | target | ours (mean ± std) | n | ensemble | leakage check | command |",
