@@ -128,6 +128,15 @@ def plot(workdirs: list[str], out: str, names: list[str] | None = None) -> list[
   return [comparison, per_class_path]
 
 
+def _save(plt, figure, out: str, name: str) -> str:
+  figure.tight_layout()
+  os.makedirs(out, exist_ok=True)
+  path = os.path.join(out, name)
+  figure.savefig(path, dpi=120)
+  plt.close(figure)
+  return path
+
+
 def learning_curves(
   workdirs: list[str], out: str, title: str = "", study: dict[str, dict[int, dict]] | None = None
 ) -> str:
@@ -157,12 +166,7 @@ def learning_curves(
     axis.legend(fontsize="small")
   if title:
     figure.suptitle(title)
-  figure.tight_layout()
-  os.makedirs(out, exist_ok=True)
-  path = os.path.join(out, "learning_curves.png")
-  figure.savefig(path, dpi=120)
-  plt.close(figure)
-  return path
+  return _save(plt, figure, out, "learning_curves.png")
 
 
 def ablation(
@@ -185,12 +189,7 @@ def ablation(
   axis.set_yticks(rows, [label for label, _ in steps], fontsize="small")
   axis.set(xlabel="test Pearson (seeds as dots, mean ± std as bars)", title=title)
   axis.grid(alpha=0.3, axis="x")
-  figure.tight_layout()
-  os.makedirs(out, exist_ok=True)
-  path = os.path.join(out, "ablation.png")
-  figure.savefig(path, dpi=120)
-  plt.close(figure)
-  return path
+  return _save(plt, figure, out, "ablation.png")
 
 
 def main(argv: list[str]) -> int:

@@ -67,6 +67,20 @@ def _csv_rows(path: epath.Path, data: bytes):
       yield reader.line_num, cols
 
 
+def _rows_after_header(path: epath.Path, data: bytes, header: list[str]):
+  """Yields ("<path>: line N", columns) of a tab-separated file whose first row must be
+  `header` and whose every row has as many columns."""
+  rows = _csv_rows(path, data)
+  line, found = next(rows, (1, []))
+  if found != header:
+    raise DataError(f"{path}: line {line}: expected header {' '.join(header)}, got {found}")
+  for line, cols in rows:
+    where = f"{path}: line {line}"
+    if len(cols) != len(header):
+      raise DataError(f"{where}: expected {len(header)} tab-separated columns, got {len(cols)}; fix the row")
+    yield where, cols
+
+
 def _check_reachable(urls: list[str], timeout: float = 10.0) -> None:
   """Raises quickly when the download hosts cannot be reached.
 
@@ -247,14 +261,7 @@ class SickRelatedness(_SentencePairBuilder):
 
   def _parse(self, path, data):
     lo, hi = self.SCORE_RANGE
-    rows = _csv_rows(path, data)
-    line, header = next(rows, (1, []))
-    if header != self.HEADER:
-      raise DataError(f"{path}: line {line}: expected header {' '.join(self.HEADER)}, got {header}")
-    for line, cols in rows:
-      where = f"{path}: line {line}"
-      if len(cols) != 5:
-        raise DataError(f"{where}: expected 5 tab-separated columns, got {len(cols)}; fix the row")
+    for where, cols in _rows_after_header(path, data, self.HEADER):
       pair_id, sentence1, sentence2, score, _ = cols
       yield pair_id, sentence1, sentence2, _parse_score(score, lo, hi, where)
 
@@ -346,14 +353,8 @@ class Msrp(_SentencePairBuilder):
 
   def _parse(self, path, data):
     lo, hi = self.SCORE_RANGE
-    rows = _csv_rows(path, data.removeprefix(b"\xef\xbb\xbf"))  # the train file starts with a BOM
-    line, header = next(rows, (1, []))
-    if header != self.HEADER:
-      raise DataError(f"{path}: line {line}: expected header {self.HEADER}, got {header}")
-    for line, cols in rows:
-      where = f"{path}: line {line}"
-      if len(cols) != 5:
-        raise DataError(f"{where}: expected 5 tab-separated columns, got {len(cols)}; fix the row")
+    data = data.removeprefix(b"\xef\xbb\xbf")  # the train file starts with a BOM
+    for where, cols in _rows_after_header(path, data, self.HEADER):
       label, id1, id2, sentence1, sentence2 = cols
       yield f"{id1}/{id2}", sentence1, sentence2, _parse_score(label, lo, hi, where)
 
