@@ -168,30 +168,47 @@ def simjax_cli(*flags: str) -> None:
   attributes[1] &= ~termios.ONLCR  # keep "\n" as it is
   termios.tcsetattr(follower, termios.TCSANOW, attributes)
   fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 110, 0, 0))  # progress bars need a width
-  process = subprocess.Popen(
-    [sys.executable, "-m", "experiments.main", *flags],
-    stdin=subprocess.DEVNULL,
-    stdout=follower,
-    stderr=follower,
-    env=SUBPROCESS_ENV,
-  )
-  os.close(follower)
-  decoder, output = codecs.getincrementaldecoder("utf-8")("replace"), []
-  while True:
-    try:
-      chunk = os.read(leader, 4096)
-    except KeyboardInterrupt:  # the cell was interrupted: let the run save a checkpoint and stop
+  # The stop button sends SIGINT to the kernel (Jupyter: to its whole process group, the run
+  # included). This handler passes it on to the run, which saves a checkpoint and stops (it takes
+  # the group's copy and this one, seconds apart at most, as one request; a second press stops it
+  # at once); the cell then ends with the run's own last line. A KeyboardInterrupt instead could
+  # leave the cell between any two lines, without the run's last words.
+  process, pending = None, []
+
+  def forward_interrupt(signum, frame):
+    if process is None:
+      pending.append(signum)
+    else:
       process.send_signal(signal.SIGINT)
-      continue
-    except OSError:  # the run closed its terminal
-      break
-    if not chunk:
-      break
-    output.append(decoder.decode(chunk))
-    sys.stdout.write(output[-1])
-    sys.stdout.flush()
-  os.close(leader)
-  if process.wait():
+
+  previous_handler = signal.signal(signal.SIGINT, forward_interrupt)
+  try:
+    process = subprocess.Popen(
+      [sys.executable, "-m", "experiments.main", *flags],
+      stdin=subprocess.DEVNULL,
+      stdout=follower,
+      stderr=follower,
+      env=SUBPROCESS_ENV,
+    )
+    if pending:
+      process.send_signal(signal.SIGINT)
+    os.close(follower)
+    decoder, output = codecs.getincrementaldecoder("utf-8")("replace"), []
+    while True:
+      try:
+        chunk = os.read(leader, 4096)
+      except OSError:  # the run closed its terminal
+        break
+      if not chunk:
+        break
+      output.append(decoder.decode(chunk))
+      sys.stdout.write(output[-1])
+      sys.stdout.flush()
+    process.wait()
+  finally:
+    signal.signal(signal.SIGINT, previous_handler)
+    os.close(leader)
+  if process.returncode:
     lines = [line for line in "".join(output).replace("\r", "\n").splitlines() if line.strip()]
     raise SystemExit(f"the run stopped with status {process.returncode}: {lines[-1] if lines else ''}")
 

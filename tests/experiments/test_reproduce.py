@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from experiments import reproduce
+from experiments import common, reproduce
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -148,10 +148,12 @@ def test_quick_report_is_complete_resumable_and_never_mixed_with_another_study(
     assert f"![{figure}]({figure})" in report
   assert (report_dir / "logs" / "rnn_stsb.log").read_text().startswith("$ python -m experiments.main")
 
-  again = run()
+  again = run("--jobs=2")  # another command for the same plan
   assert again.returncode == 0, again.stderr[-3000:]
   assert again.stdout.count("done, skipped") == 1  # resumable: a finished experiment is not rerun
   report = (report_dir / "report.md").read_text()
+  shown = " ".join(["python -m experiments.reproduce", *command[3:]])
+  assert f"from the runs of `{shown}`; `{shown} --jobs=2`" in report.splitlines()[2]
 
   other = run("--num_seeds=3")
   assert other.returncode == 1
@@ -179,6 +181,69 @@ def test_quick_report_is_complete_resumable_and_never_mixed_with_another_study(
   assert f"official train shares {shared['dev']} dev / {shared['test']} test pairs" in best
   for figure in ("ablation.png", "learning_curves_study.png"):
     assert (report_dir / figure).stat().st_size > 10_000 and f"![{figure}]({figure})" in report
+
+
+def _fake(name: str) -> reproduce.Experiment:
+  return reproduce.Experiment(name, f"{name}.flags", "similarity", "stsb", {}, 1.0)
+
+
+def test_runs_at_once_keep_their_own_logs_and_the_first_failure_stops_the_others(tmp_path, capsys):
+  # Fake experiments (what is under test is the runner): python -c commands.
+  lines = "for i in range(50): print('{0}', i, flush=True)"
+  commands = {
+    "a": ["python", "-c", lines.format("a")],
+    "b": ["python", "-c", lines.format("b")],
+    "c": ["python", "-c", lines.format("c")],
+  }
+  finished = []
+  reproduce.run_experiments(
+    [_fake(n) for n in "abc"],
+    commands,
+    str(tmp_path),
+    2,
+    lambda e: None,
+    lambda e, s: finished.append(e.name),
+  )
+  assert sorted(finished) == ["a", "b", "c"]
+  for name in "abc":
+    logged = (tmp_path / "logs" / f"{name}.log").read_text().splitlines()
+    assert logged[1:] == [f"{name} {i}" for i in range(50)]  # whole lines, its own only
+  shown = capsys.readouterr().out.splitlines()
+  assert "  [b] b 49" in shown and len([line for line in shown if line.startswith("  [a] a ")]) == 50
+
+  sleeper = ["python", "-c", "import time; print('started', flush=True); time.sleep(120)"]
+  commands = {"slow": sleeper, "broken": ["python", "-c", "raise SystemExit(3)"], "never": sleeper}
+  start = time.monotonic()
+  with pytest.raises(reproduce.ExperimentFailed, match=r"broken failed \(exit 3\)"):
+    reproduce.run_experiments(
+      [_fake(n) for n in ("slow", "broken", "never")],
+      commands,
+      str(tmp_path),
+      2,
+      lambda e: None,
+      lambda e, s: None,
+    )
+  assert time.monotonic() - start < 60  # the slow one was stopped, not waited for
+  assert not (tmp_path / "logs" / "never.log").exists()  # nothing new starts after a failure
+  assert not _commands_mentioning("time.sleep(120)")
+
+  # SIGTERM (raised as common.Terminated, here while a finished run is being reported) reaches
+  # the run under way, which saves and stops.
+  saving = (
+    "import signal, sys, time; "
+    "signal.signal(signal.SIGTERM, lambda *_: (print('saved', flush=True), sys.exit(143))); "
+    "print('started', flush=True); time.sleep(120)"
+  )
+  commands = {"quick": ["python", "-c", "import time; time.sleep(2)"], "saving": ["python", "-c", saving]}
+
+  def preempted(e, seconds):
+    raise common.Terminated()
+
+  with pytest.raises(common.Terminated, match="saving ended with exit status 143.*rerun the same command"):
+    reproduce.run_experiments(
+      [_fake("quick"), _fake("saving")], commands, str(tmp_path), 2, lambda e: None, preempted
+    )
+  assert (tmp_path / "logs" / "saving.log").read_text().splitlines()[1:] == ["started", "saved"]
 
 
 def _commands_mentioning(text: str) -> list[str]:
