@@ -215,6 +215,10 @@ def test_a_killed_run_resumes_to_the_same_numbers_and_eval_and_predict_use_a_tra
   evaluation = json.load(open(workdir / "eval.json"))
   for got, want in zip(evaluation["per_seed"], results["per_seed"]):
     assert got["test"] == pytest.approx(want["test"], abs=1e-6)
+  # The seeds as one model (the mean of their scores), as the training run reported it.
+  assert evaluation["ensemble"]["seeds"] == 2
+  assert evaluation["ensemble"]["test"] == pytest.approx(results["ensemble"]["test"], abs=1e-6)
+  assert "ensemble (mean score of the 2 seeds)" in evaluated.stdout
   # Elsewhere (here: other recorded versions and data), eval says what differs.
   run_info = json.load(open(workdir / "run_info.json"))
   run_info["versions"]["jax"] = "0.0.1"

@@ -512,8 +512,10 @@ class SimilarityTask(Task):
 
   def report(self, state: TrainState, fit: loop.FitResult) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     splits, batch_size, max_length = self.prepared.splits, self.batch_size, self.data.max_length
-    scores = {name: predict(state, splits[name], batch_size, max_length) for name in ("dev", "test")}
-    dev, test = ([metrics.regression_metrics(p, splits[n].score) for p in scores[n]] for n in ("dev", "test"))
+    scored, ensemble = _seeds_and_ensemble(
+      state, {n: splits[n] for n in ("dev", "test")}, batch_size, max_length
+    )
+    dev, test = scored["dev"], scored["test"]
     # The last epoch's model too: a study that trains a fixed number of epochs reports that one.
     last_dev = evaluate(fit.state, splits["dev"], batch_size, max_length)
     last_test = evaluate(fit.state, splits["test"], batch_size, max_length)
@@ -522,12 +524,8 @@ class SimilarityTask(Task):
       "seconds_per_step": _median_step_seconds(fit.history, self.steps_of),
       "steps_per_epoch": self.steps_per_epoch,
     }
-    if len(scores["test"]) > 1:
-      # The seeds as one model: the mean of their scores (each seed at its best dev epoch).
-      extras["ensemble"] = {
-        "seeds": len(scores["test"]),
-        **{n: metrics.regression_metrics(scores[n].mean(axis=0), splits[n].score) for n in ("dev", "test")},
-      }
+    if ensemble is not None:
+      extras["ensemble"] = ensemble
     per_seed = [
       {"dev": d, "test": t, "last_epoch": {"epoch": fit.epochs, "dev": ld, "test": lt}}
       for d, t, ld, lt in zip(dev, test, last_dev, last_test)
@@ -537,22 +535,41 @@ class SimilarityTask(Task):
   def evaluate_trained(
     self, state: TrainState, batch_size: int
   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """eval from a workdir: dev and test metrics of the loaded (best) state."""
-    per_seed = [{} for _ in range(replicas.num_replicas(state))]
+    """eval from a workdir: dev and test metrics of the loaded (best) state, and of the seeds'
+    ensemble."""
     splits = {"dev": self.data.eval_split, "test": self.data.test_split}
+    encoded = {}
     for name, split in splits.items():
       pairs = datasets.load_pairs(self.data.dataset, split, self.data.data_dir, self.data.manual_dir)
-      encoded = input_pipeline.encode_pairs(
+      encoded[name] = input_pipeline.encode_pairs(
         pairs.sentence1, pairs.sentence2, pairs.score, self.vocab, self.data.max_length
       )
-      for r, m in enumerate(evaluate(state, encoded, batch_size, self.data.max_length)):
-        per_seed[r][name] = m
+    scored, ensemble = _seeds_and_ensemble(state, encoded, batch_size, self.data.max_length)
+    per_seed = [{name: scored[name][r] for name in splits} for r in range(replicas.num_replicas(state))]
     data_info = {
       "dataset": self.data.dataset,
       "splits": splits,
       "source_sha256": datasets.source_checksums(self.data.dataset, self.data.data_dir, self.data.manual_dir),
     }
-    return per_seed, {"data": data_info}
+    return per_seed, {"data": data_info, **({"ensemble": ensemble} if ensemble is not None else {})}
+
+
+def _seeds_and_ensemble(
+  state: TrainState, splits: dict[str, input_pipeline.EncodedPairs], batch_size: int, max_length: int
+) -> tuple[dict[str, list[dict[str, float]]], dict[str, Any] | None]:
+  """Every seed's metrics on each split, and (2+ seeds) the ensemble's: the seeds as one model,
+  scoring a pair with the mean of their scores."""
+  scores = {name: predict(state, data, batch_size, max_length) for name, data in splits.items()}
+  scored = {
+    name: [metrics.regression_metrics(p, splits[name].score) for p in scores[name]] for name in splits
+  }
+  if replicas.num_replicas(state) < 2:
+    return scored, None
+  ensemble = {
+    "seeds": replicas.num_replicas(state),
+    **{name: metrics.regression_metrics(scores[name].mean(axis=0), splits[name].score) for name in splits},
+  }
+  return scored, ensemble
 
 
 def _median_step_seconds(history, steps_of: Callable[[int], int]) -> float | None:
