@@ -476,17 +476,28 @@ def error_line(error: BaseException) -> str:
 def stop_process(process: subprocess.Popen, sig: int, wait: float, *, group: bool = False) -> None:
   """Sends `sig` to a child (to its whole process group with `group`) and waits up to `wait`
   seconds for it to end; then SIGKILL and up to 30 seconds more."""
-  send = (lambda s: os.killpg(process.pid, s)) if group else process.send_signal
+  stop_processes([process], sig, wait, group=group)
+
+
+def stop_processes(processes: list[subprocess.Popen], sig: int, wait: float, *, group: bool = False) -> None:
+  """stop_process for several children at once: each gets `sig` once, then all share the wait
+  (a run counts the same signal again, seconds later, as a second request: stop at once)."""
   for signal_, timeout in ((sig, wait), (signal.SIGKILL, 30)):
-    try:
-      send(signal_)
-    except ProcessLookupError:
-      return
-    try:
-      process.wait(timeout=timeout)
-      return
-    except subprocess.TimeoutExpired:
-      continue
+    alive = [p for p in processes if p.poll() is None]
+    for process in alive:
+      try:
+        if group:
+          os.killpg(process.pid, signal_)
+        else:
+          process.send_signal(signal_)
+      except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    for process in alive:
+      try:
+        process.wait(timeout=max(0.0, deadline - time.monotonic()))
+      except subprocess.TimeoutExpired:
+        pass
 
 
 class Terminated(KeyboardInterrupt):

@@ -418,24 +418,11 @@ def _stop(running: list[Running], sig: int) -> None:
   second signal here is passed on as well: the runs then stop at once."""
   processes = [r.process for r in running]
   try:
-    _signal_and_wait(processes, sig, 120)
+    common.stop_processes(processes, sig, 120)
   except KeyboardInterrupt:
-    _signal_and_wait(processes, sig, 30)
+    common.stop_processes(processes, sig, 30)
   for run in running:
     run.wait_for_output()  # the runs' last lines
-
-
-def _signal_and_wait(processes: list[subprocess.Popen], sig: int, wait: float) -> None:
-  for process in processes:
-    if process.poll() is None:
-      process.send_signal(sig)
-  deadline = time.monotonic() + wait
-  for process in processes:
-    try:
-      process.wait(timeout=max(0.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-      process.kill()
-      process.wait(timeout=30)
 
 
 def finished(experiment: Experiment, report_dir: str) -> bool:
