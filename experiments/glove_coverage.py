@@ -62,8 +62,13 @@ def main(argv):
     found = coverage(FLAGS.datasets, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.glove_path)
     print(table(found))
     if FLAGS.output:
-      with open(FLAGS.output, "w") as f:
-        json.dump(found, f, indent=2)
+      try:
+        with open(FLAGS.output, "w") as f:
+          json.dump(found, f, indent=2)
+      except OSError as e:
+        raise OSError(
+          f"cannot write {FLAGS.output}: {e.strerror}; pass a path in an existing folder"
+        ) from None
 
   common.run_mode(run)
 
