@@ -140,6 +140,15 @@ def define_training_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_integer(
     "keep_checkpoints", 3, "How many latest checkpoints to keep.", lower_bound=1, flag_values=flag_values
   )
+  flags.DEFINE_integer(
+    "early_stop_patience",
+    0,
+    "Stop before --epochs once no seed's dev metric (the one that picks the best epoch) has "
+    "improved for this many epochs; 0: train every epoch. Each seed's best epoch is the one "
+    "a full run would pick unless it improves again later.",
+    lower_bound=0,
+    flag_values=flag_values,
+  )
   flags.DEFINE_float(
     "warmup_start",
     0.0,

@@ -19,6 +19,7 @@ import dataclasses
 import datetime
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,9 +73,16 @@ def define_flags() -> None:
   flags.DEFINE_integer(
     "jobs",
     1,
-    "Experiments run at once. These small models leave cores idle: on the 2-vCPU CPU machine two at "
-    "once finished 1.17x sooner (benchmarks/reproduce_jobs.sh); on one GPU they share its memory.",
+    "Experiments run at once, each on its own share of the CPU cores (see --split_cores); on one GPU "
+    "they share its memory. benchmarks/reproduce_jobs.sh measures what it gains.",
     lower_bound=1,
+  )
+  flags.DEFINE_bool(
+    "split_cores",
+    True,
+    "With --jobs=N > 1, give each run its own 1/N of this process's CPU cores (Linux taskset), so "
+    "XLA's CPU threads of the runs do not contend. A run's CPU numbers depend on how many cores it "
+    "had (run_info.json records them): --nosplit_cores lets every run use every core.",
   )
   flags.DEFINE_bool("report_only", False, "Write report.md from the finished experiments; run nothing.")
 
@@ -325,16 +333,27 @@ class Running:
   """One experiment's command under way: its output is shown (each line after `prefix`) and
   appended to logs/<name>.log by a thread of its own."""
 
-  def __init__(self, experiment: Experiment, argv: list[str], report_dir: str, prefix: str, env: dict):
+  def __init__(
+    self,
+    experiment: Experiment,
+    argv: list[str],
+    report_dir: str,
+    prefix: str,
+    env: dict,
+    cores: tuple[int, ...] | None = None,
+  ):
     os.makedirs(os.path.join(report_dir, "logs"), exist_ok=True)
     self.experiment = experiment
+    self.cores = cores
     self.log_path = os.path.join(report_dir, "logs", f"{experiment.name}.log")
     self.start = time.perf_counter()
+    # taskset execs the command: the process (and the signals sent to it) is the run itself.
+    pinned = ["taskset", "--cpu-list", ",".join(map(str, cores))] if cores else []
     self._log = open(self.log_path, "a")
-    self._log.write(f"$ {' '.join(argv)}\n")
+    self._log.write(f"$ {' '.join(pinned + argv)}\n")
     self._log.flush()
     self.process = subprocess.Popen(
-      [sys.executable, *argv[1:]],
+      [*pinned, sys.executable, *argv[1:]],
       stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT,
       text=True,
@@ -361,6 +380,28 @@ class Running:
     self._reader.join(timeout=30)
 
 
+def core_groups(jobs: int, cores: list[int]) -> list[tuple[int, ...]] | None:
+  """`cores` split into `jobs` groups of consecutive cores, as even as they go (the first groups
+  take the remainder); None when there are fewer cores than jobs (nothing to split)."""
+  if jobs < 2 or len(cores) < jobs:
+    return None
+  size, extra = divmod(len(cores), jobs)
+  groups, start = [], 0
+  for i in range(jobs):
+    end = start + size + (i < extra)
+    groups.append(tuple(cores[start:end]))
+    start = end
+  return groups
+
+
+def available_core_groups(jobs: int) -> list[tuple[int, ...]] | None:
+  """This process's CPU cores split among `jobs` runs, or None where that cannot be done here
+  (one job, fewer cores than jobs, no CPU affinity: not Linux, or no taskset)."""
+  if jobs < 2 or not hasattr(os, "sched_getaffinity") or shutil.which("taskset") is None:
+    return None
+  return core_groups(jobs, sorted(os.sched_getaffinity(0)))
+
+
 def run_experiments(
   todo: list[Experiment],
   commands: dict[str, list[str]],
@@ -368,11 +409,16 @@ def run_experiments(
   jobs: int,
   on_started: Callable[[Experiment], None],
   on_finished: Callable[[Experiment, float], None],
+  cores: list[tuple[int, ...]] | None = None,
 ) -> None:
   """Runs the experiments' commands, `jobs` at a time, in order; `on_started(experiment)` before
-  each, `on_finished(experiment, wall seconds)` after. The first to fail stops the others (with a checkpoint: a rerun
-  resumes them) and raises ExperimentFailed. Ctrl-C or SIGTERM is passed on to every run under
-  way, each of which saves the step in progress and stops; no training outlives this call."""
+  each, `on_finished(experiment, wall seconds)` after. With `cores` (one group per job), each run
+  is pinned to a group no other run under way holds. The first to fail stops the others (with a
+  checkpoint: a rerun resumes them) and raises ExperimentFailed. Ctrl-C or SIGTERM is passed on
+  to every run under way, each of which saves the step in progress and stops; no training
+  outlives this call."""
+  if cores is not None and len(cores) < jobs:
+    raise ValueError(f"{jobs} jobs need {jobs} core groups, got {len(cores)}")
   env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
   if jobs > 1 and "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env:
     # On one GPU the runs share its memory: each takes its part, not JAX's default 75%.
@@ -384,7 +430,9 @@ def run_experiments(
         experiment = waiting.pop(0)
         on_started(experiment)
         prefix = "  " if jobs == 1 else f"  [{experiment.name}] "
-        running.append(Running(experiment, commands[experiment.name], report_dir, prefix, env))
+        held = {r.cores for r in running}
+        free = None if cores is None else next(group for group in cores if group not in held)
+        running.append(Running(experiment, commands[experiment.name], report_dir, prefix, env, free))
       time.sleep(0.05)
       for run in [r for r in running if r.finished()]:
         running.remove(run)
@@ -825,9 +873,14 @@ def reproduce(argv_command: str) -> str:
   for i, e in enumerate(experiments, 1):
     if e not in todo:
       print(f"[{i}/{len(experiments)}] {e.name}: done, skipped")
+  cores = available_core_groups(FLAGS.jobs) if FLAGS.split_cores else None
   if FLAGS.jobs > 1 and len(todo) > 1:
+    shares = (
+      "" if cores is None else f", each on CPU cores {' | '.join(','.join(map(str, g)) for g in cores)}"
+    )
     print(
-      f"{min(FLAGS.jobs, len(todo))} experiments at a time (--jobs={FLAGS.jobs}); each one's output also in {report_dir}/logs/"
+      f"{min(FLAGS.jobs, len(todo))} experiments at a time (--jobs={FLAGS.jobs}{shares}); each one's "
+      f"output also in {report_dir}/logs/"
     )
   position = {e.name: i for i, e in enumerate(experiments, 1)}
 
@@ -838,7 +891,7 @@ def reproduce(argv_command: str) -> str:
     print(f"[{position[e.name]}/{len(experiments)}] {e.name}: finished in {seconds:.0f} s", flush=True)
     write_report(report_dir, plan, experiments)  # a partial report after each experiment
 
-  run_experiments(todo, commands, report_dir, FLAGS.jobs, on_started, on_finished)
+  run_experiments(todo, commands, report_dir, FLAGS.jobs, on_started, on_finished, cores)
   path = write_report(report_dir, plan, experiments)
   print(f"report written: {path}")
   return path

@@ -114,8 +114,10 @@ def fit(
   plateau: optim.optax.GradientTransformationExtraArgs | None = None,
   on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
   stop: StopRequest | None = None,
+  early_stop_patience: int = 0,
 ) -> FitResult:
-  """Trains until `epochs` are done (resuming if the workdir has a checkpoint).
+  """Trains until `epochs` are done (resuming if the workdir has a checkpoint), or, with
+  `early_stop_patience` N > 0, until no replica's best epoch is among the last N (see `stalled`).
 
   `state` stacks one replica per seed; `train_epoch(state, epoch, start_step=, stop=)` runs
   an epoch's steps from `start_step` on, returning early once `stop()` is true;
@@ -179,8 +181,15 @@ def fit(
         stop.request("a stop request of another process")
       return agreed
 
+    if early_stop_patience > 0 and selection.best_metric is None:
+      raise ConfigError(
+        "early stopping needs a dev metric that picks the best epoch; this task keeps none",
+        settings=("early_stop_patience",),
+      )
     with stop.honouring():
       for epoch in range(meta["epoch"] + 1, epochs + 1):
+        if stalled(meta["best"], meta["epoch"], early_stop_patience):  # also on a resumed run
+          break
         if stopped():  # between epochs: the latest checkpoint holds everything done
           raise Preempted(stop.reason, epoch=epoch - 1, steps_done=None, saved_step=store.latest_step())
         done = _steps_from_json(partial["step_metrics"]) if partial else None
@@ -259,6 +268,15 @@ def fit(
     return FitResult.from_meta(state, meta)
   finally:
     log.close()
+
+
+def stalled(best: list[dict[str, Any] | None], epoch: int, patience: int) -> bool:
+  """Early stopping: after `epoch`, no replica has improved its best dev metric for `patience`
+  epochs (0: never stop early). The replicas train together, so all of them must have
+  stalled; a run that stops is a prefix of the full run, so each replica's best epoch, and
+  everything reported at it, is the one the full run would have had, unless it improves again
+  after `patience` epochs."""
+  return patience > 0 and all(b is not None and epoch - b["epoch"] >= patience for b in best)
 
 
 def mean_of_steps(step_metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -54,6 +54,8 @@ class RunConfig:
   num_seeds: int = 1  # replicas trained together (jax.vmap) and reported as mean ± std
   sequential_seeds: bool = False  # train the seeds one after another instead (less memory)
   keep_checkpoints: int = 3
+  # > 0: stop once no seed has improved its best dev metric for this many epochs (loop.stalled).
+  early_stop_patience: int = 0
 
   def __post_init__(self):
     if self.epochs < 1 or self.batch_size < 1:
@@ -63,6 +65,19 @@ class RunConfig:
       )
     if self.num_seeds < 1:
       raise ConfigError(f"num_seeds must be >= 1, got {self.num_seeds}", settings=("num_seeds",))
+    if self.early_stop_patience < 0:
+      raise ConfigError(
+        f"early_stop_patience must be >= 0 (0: never stop early), got {self.early_stop_patience}",
+        settings=("early_stop_patience",),
+      )
+    if self.early_stop_patience > 0 and self.sequential_seeds and self.num_seeds > 1:
+      # Stacked seeds stop together, when the last of them stalls; seeds trained one after
+      # another cannot wait for the later ones, and their histories would differ in length.
+      raise ConfigError(
+        "early stopping works on seeds trained together: drop --sequential_seeds or set "
+        "--early_stop_patience=0",
+        settings=("early_stop_patience", "sequential_seeds"),
+      )
 
   @property
   def seeds(self) -> list[int]:
@@ -198,6 +213,7 @@ def _train_stacked(
       plateau=optim.plateau_transform(task.optim),
       on_epoch=on_epoch,
       stop=records["stop"],
+      early_stop_patience=config.early_stop_patience,
     )
     selects = task.selection.best_metric is not None
     final_state = store.restore_best(abstract_state(fit.state))[0] if selects else fit.state
@@ -211,6 +227,11 @@ def _train_stacked(
   results = {
     **summary.combine(per_seed),
     "epochs": fit.epochs,
+    **(
+      {"early_stop": {"patience": config.early_stop_patience, "stopped": fit.epochs < config.epochs}}
+      if config.early_stop_patience > 0
+      else {}
+    ),
     "train_seconds": fit.train_seconds,  # all seeds together; compilation on first use included
     # Time JAX spent compiling: ahead of time (not part of train_seconds) plus on first use
     # during the epochs (part of train_seconds). Near 0 on a rerun with a compilation cache.

@@ -81,6 +81,9 @@ def device_info() -> dict[str, Any]:
     "host": platform.node(),
     "processor": _cpu_model() or platform.processor() or platform.machine(),
     "cpu_count": os.cpu_count(),
+    # The cores this process may run on (a taskset or a container can allow fewer than cpu_count):
+    # XLA's CPU threads follow it, and with them the order of its sums, so CPU numbers depend on it.
+    **({"cpu_cores_available": len(os.sched_getaffinity(0))} if hasattr(os, "sched_getaffinity") else {}),
   }
 
 

@@ -155,6 +155,39 @@ def test_each_seed_keeps_its_own_best_epoch(tmp_path):
   np.testing.assert_array_equal(best[1], latest_params(tmp_path / "run")[1])
 
 
+def test_early_stopping_waits_for_the_last_seed_to_stall_and_keeps_every_best_epoch(tmp_path):
+  # Lower is better. Seed 0 stalls after epoch 2, seed 1 after epoch 3: with patience 2 the seeds
+  # (trained together) stop after epoch 5, the first when neither improved for 2 epochs.
+  script = {0: [3.0, 1.0, 2.0, 2.0, 2.0, 0.5, 2.0, 2.0], 1: [4.0, 3.0, 2.0, 2.5, 2.5, 2.5, 2.5, 2.5]}
+  full = train(tmp_path / "full", Scripted(script=script), num_seeds=2, epochs=8)
+  early = train(tmp_path / "early", Scripted(script=script), num_seeds=2, epochs=8, early_stop_patience=2)
+  assert early["epochs"] == 5 and early["early_stop"] == {"patience": 2, "stopped": True}
+  assert len(run_records.read_metrics(str(tmp_path / "early"))) == 5
+  assert [r["best_epoch"] for r in early["per_seed"]] == [2, 3]
+  assert [r["best_epoch"] for r in full["per_seed"]] == [6, 3]  # seed 0 improved again, late
+  # A stopped run is a prefix of the full one: seed 1's best epoch is the same one, the same model.
+  np.testing.assert_array_equal(
+    load(tmp_path / "early").params["w"][1], load(tmp_path / "full").params["w"][1]
+  )
+  # Rerun (as reproduce does): it stays stopped; more patience trains on from where it stopped.
+  assert (
+    train(tmp_path / "early", Scripted(script=script), num_seeds=2, epochs=8, early_stop_patience=2)["epochs"]
+    == 5
+  )
+  longer = train(tmp_path / "early", Scripted(script=script), num_seeds=2, epochs=8, early_stop_patience=3)
+  assert longer["epochs"] == 8 and longer["early_stop"]["stopped"] is False
+  assert [r["best_epoch"] for r in longer["per_seed"]] == [6, 3]
+
+
+def test_early_stopping_is_refused_where_it_cannot_work(tmp_path):
+  with pytest.raises(errors.ConfigError, match="drop --sequential_seeds or set --early_stop_patience=0"):
+    run.RunConfig(num_seeds=2, sequential_seeds=True, early_stop_patience=2)
+  task = Scripted()
+  task.selection = run.loop.Selection(best_metric=None)
+  with pytest.raises(errors.ConfigError, match="early stopping needs a dev metric that picks the best epoch"):
+    train(tmp_path / "run", task, early_stop_patience=2)
+
+
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   with pytest.raises(
     errors.TrainingDiverged, match=r"loss became nan at step 9 \(epoch 3\) \(seed 0\)"

@@ -258,3 +258,39 @@ def _commands_mentioning(text: str) -> list[str]:
     if text in command:
       found.append(command)
   return found
+
+
+def test_core_groups_split_the_cores_evenly_and_in_order():
+  assert reproduce.core_groups(2, [0, 1]) == [(0,), (1,)]
+  assert reproduce.core_groups(2, [0, 1, 2, 3, 4]) == [(0, 1, 2), (3, 4)]
+  assert reproduce.core_groups(3, [4, 5, 6, 7]) == [(4, 5), (6,), (7,)]
+  assert reproduce.core_groups(1, [0, 1]) is None  # one job: every core
+  assert reproduce.core_groups(3, [0, 1]) is None  # fewer cores than jobs: nothing to split
+
+
+@pytest.mark.skipif(
+  not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2 or shutil.which("taskset") is None,
+  reason="needs Linux CPU affinity, taskset and 2 cores",
+)
+def test_runs_at_once_each_get_their_own_cores(tmp_path):
+  first, second = sorted(os.sched_getaffinity(0))[:2]
+  # Each fake run prints the cores it may use. a and b start together; b ends first, so c starts
+  # while a still runs and must get b's cores.
+  shows = "import os, time; print(sorted(os.sched_getaffinity(0)), flush=True); time.sleep({})"
+  commands = {"a": ["python", "-c", shows.format(3)], "b": ["python", "-c", shows.format(1)]}
+  commands["c"] = ["python", "-c", shows.format(0)]
+  order = []
+  reproduce.run_experiments(
+    [_fake(n) for n in "abc"],
+    commands,
+    str(tmp_path),
+    2,
+    lambda e: order.append(e.name),
+    lambda e, s: order.append(f"{e.name} done"),
+    cores=[(first,), (second,)],
+  )
+  cores = {n: (tmp_path / "logs" / f"{n}.log").read_text().splitlines() for n in "abc"}
+  assert cores["a"][1] == f"[{first}]" and cores["b"][1] == f"[{second}]"
+  assert order.index("b done") < order.index("c") < order.index("a done")
+  assert cores["c"][1] == f"[{second}]"  # b's cores, freed
+  assert cores["c"][0].startswith(f"$ taskset --cpu-list {second} python -c")
