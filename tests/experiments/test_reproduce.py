@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -244,6 +245,37 @@ def test_runs_at_once_keep_their_own_logs_and_the_first_failure_stops_the_others
       [_fake("quick"), _fake("saving")], commands, str(tmp_path), 2, lambda e: None, preempted
     )
   assert (tmp_path / "logs" / "saving.log").read_text().splitlines()[1:] == ["started", "saved"]
+
+
+def test_a_runs_log_holds_each_line_while_the_run_is_under_way(tmp_path):
+  # The fake run prints a line, then waits for the test to have read that line in its log.
+  seen = tmp_path / "seen"
+  waits = (
+    "import os, sys, time; print('started', flush=True); "
+    f"deadline = time.time() + 30\nwhile not os.path.exists({str(seen)!r}) and time.time() < deadline: time.sleep(0.05)\n"
+    f"sys.exit(0 if os.path.exists({str(seen)!r}) else 7)"
+  )
+  log = tmp_path / "logs" / "follows.log"
+
+  def watch():
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+      if log.exists() and "started" in log.read_text().splitlines():
+        seen.touch()
+        return
+      time.sleep(0.05)
+
+  watcher = threading.Thread(target=watch)
+  watcher.start()
+  reproduce.run_experiments(
+    [_fake("follows")],
+    {"follows": ["python", "-c", waits]},
+    str(tmp_path),
+    1,
+    lambda e: None,
+    lambda e, s: None,
+  )  # raises ExperimentFailed if the line never reached the log in time
+  watcher.join()
 
 
 def _commands_mentioning(text: str) -> list[str]:
