@@ -81,8 +81,8 @@ def define_flags() -> None:
     "split_cores",
     True,
     "With --jobs=N > 1, give each run its own 1/N of this process's CPU cores (Linux taskset), so "
-    "XLA's CPU threads of the runs do not contend. A run's CPU numbers depend on how many cores it "
-    "had (run_info.json records them): --nosplit_cores lets every run use every core.",
+    "XLA's CPU threads of the runs do not contend (run_info.json records the cores a run had); "
+    "--nosplit_cores lets every run use every core.",
   )
   flags.DEFINE_bool("report_only", False, "Write report.md from the finished experiments; run nothing.")
 
@@ -490,6 +490,30 @@ def _load_run(report_dir: str, experiment: Experiment):
   return results, run_records.read_metrics(workdir)
 
 
+def _provenance_text(experiments: list[Experiment], loaded: dict) -> str:
+  """The commits the runs were made with, and the CPU cores each had (a run's CPU numbers
+  depend on them), each with the runs it holds for."""
+
+  def grouped(describe) -> str:
+    groups: dict[str, list[str]] = {}
+    for e in experiments:
+      if loaded.get(e.name) is not None:
+        groups.setdefault(describe(loaded[e.name][0]), []).append(e.name)
+    if len(groups) == 1:
+      return next(iter(groups))
+    return "; ".join(f"{key} ({', '.join(names)})" for key, names in groups.items())
+
+  def commit(results: dict) -> str:
+    git = results["git"]
+    return f"{str(git['commit'])[:10]}{' (dirty tree)' if git['dirty'] else ''}"
+
+  def cores(results: dict) -> str:
+    count = results["device"].get("cpu_cores_available")
+    return "not recorded" if count is None else str(count)
+
+  return f"Code: commit {grouped(commit)}. CPU cores a run could use: {grouped(cores)}"
+
+
 def _mean_std(summary: dict | None, scale: float = 1.0, digits: int = 3) -> str:
   if not summary:
     return "–"
@@ -609,10 +633,10 @@ def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> 
     + f"{' (quick: data slices and few epochs; not comparable with the study)' if plan['quick'] else ''}."
   )
   if any_results is not None:
-    device, git = any_results["device"], any_results["git"]
+    device = any_results["device"]
     lines.append(
       f"Hardware: {device['count']} × {device['kind']} ({device['platform']}; host {device['processor']}, "
-      f"{device['cpu_count']} CPUs). Code: commit {str(git['commit'])[:10]}{' (dirty tree)' if git['dirty'] else ''}; "
+      f"{device['cpu_count']} CPUs). {_provenance_text(experiments, loaded)}; "
       f"jax {any_results['versions']['jax']}, flax {any_results['versions']['flax']}."
     )
   lines += [
@@ -857,6 +881,8 @@ def reproduce(argv_command: str) -> str:
     plan = json.load(f)
   plan["command"] = argv_command
 
+  # The report covers every experiment this folder's plan holds, not only this command's.
+  reported = [e for e in EXPERIMENTS if e in experiments or e.name in plan["commands"]]
   todo = [e for e in experiments if not finished(e, report_dir)]
   print(
     f"report: {report_dir}  ({len(experiments)} experiments, {num_seeds} seeds each, {len(todo)} to run; "
@@ -865,7 +891,7 @@ def reproduce(argv_command: str) -> str:
   if todo and not FLAGS.quick:
     estimate = sum(e.cpu_seconds_per_seed * num_seeds for e in todo)
     at_once = (
-      f"; --jobs={FLAGS.jobs} runs them sooner (two at once: 1.2-1.3x on that CPU, README)"
+      f"; --jobs={FLAGS.jobs} runs them sooner (two at once: 1.18x on that CPU, README)"
       if FLAGS.jobs > 1
       else ""
     )
@@ -894,10 +920,10 @@ def reproduce(argv_command: str) -> str:
 
   def on_finished(e: Experiment, seconds: float) -> None:
     print(f"[{position[e.name]}/{len(experiments)}] {e.name}: finished in {seconds:.0f} s", flush=True)
-    write_report(report_dir, plan, experiments)  # a partial report after each experiment
+    write_report(report_dir, plan, reported)  # a partial report after each experiment
 
   run_experiments(todo, commands, report_dir, FLAGS.jobs, on_started, on_finished, cores)
-  path = write_report(report_dir, plan, experiments)
+  path = write_report(report_dir, plan, reported)
   print(f"report written: {path}")
   return path
 

@@ -81,8 +81,8 @@ def device_info() -> dict[str, Any]:
     "host": platform.node(),
     "processor": _cpu_model() or platform.processor() or platform.machine(),
     "cpu_count": os.cpu_count(),
-    # The cores this process may run on (a taskset or a container can allow fewer than cpu_count):
-    # XLA's CPU threads follow it, and with them the order of its sums, so CPU numbers depend on it.
+    # The cores this process may run on (a taskset, e.g. reproduce --jobs, or a container can
+    # allow fewer than cpu_count): XLA sizes its CPU thread pool by it, so CPU timings depend on it.
     **({"cpu_cores_available": len(os.sched_getaffinity(0))} if hasattr(os, "sched_getaffinity") else {}),
   }
 

@@ -156,6 +156,12 @@ def test_quick_report_is_complete_resumable_and_never_mixed_with_another_study(
   shown = " ".join(["python -m experiments.reproduce", *command[3:]])
   assert f"from the runs of `{shown}`; `{shown} --jobs=2`" in report.splitlines()[2]
 
+  # Another experiment run into the same folder: the report keeps the earlier one's rows too.
+  more = run("--only=lstm_stsb")
+  assert more.returncode == 0, more.stderr[-3000:]
+  report = (report_dir / "report.md").read_text()
+  assert "\n| rnn_stsb | stsb |" in report and "\n| lstm_stsb | stsb |" in report
+
   other = run("--num_seeds=3")
   assert other.returncode == 1
   assert "holds a different study" in other.stderr and "Traceback" not in other.stderr
