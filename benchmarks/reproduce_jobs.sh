@@ -20,7 +20,7 @@ for rep in $(seq "$reps"); do
     [[ "$mode" == *nosplit_cores ]] && extra=(--nosplit_cores)
     start=$(date +%s%N)
     ./run.sh reproduce --reports_dir="$scratch" --name="${mode/,/_}_${rep}" --only=lstm_stsb,lstm_sick \
-      --similarity_flags=--epochs="$epochs" --"${mode%%,*}" "${extra[@]}" > "$scratch/${mode/,/_}_${rep}.out"
+      --similarity_flags=--epochs="$epochs" --"${mode%%,*}" ${extra[@]+"${extra[@]}"} > "$scratch/${mode/,/_}_${rep}.out"
     end=$(date +%s%N)
     echo -e "$mode\t$(( (end - start) / 1000000 ))" | tee -a "$times"  # milliseconds
   done

@@ -460,7 +460,7 @@ _ADVICE = {
   errors.TrainingDiverged: "lower --learning_rate or set --grad_clip_norm in a new --workdir "
   "(a workdir with checkpoints resumes only with its own settings)",
   errors.OutOfDeviceMemory: "rerun with --sequential_seeds (the same seeds one after another, same "
-  "results to float tolerance) or fewer --num_seeds",
+  "results to float tolerance; without --early_stop_patience) or fewer --num_seeds",
   errors.ConfigMismatchError: "use a new --workdir, or the original settings to resume",
   errors.WorkdirLocked: "wait for that run to end, or use another --workdir",
   errors.WorkdirError: "check --workdir (to train afresh, use a new one)",

@@ -81,7 +81,7 @@ def define_flags() -> None:
     "split_cores",
     True,
     "With --jobs=N > 1, give each run its own 1/N of this process's CPU cores (Linux taskset), so "
-    "XLA's CPU threads of the runs do not contend (run_info.json records the cores a run had); "
+    "XLA's CPU threads of the runs do not contend (run_info.json records how many a run had); "
     "--nosplit_cores lets every run use every core.",
   )
   flags.DEFINE_bool("report_only", False, "Write report.md from the finished experiments; run nothing.")
@@ -417,8 +417,8 @@ def run_experiments(
   checkpoint: a rerun resumes them) and raises ExperimentFailed. Ctrl-C or SIGTERM is passed on
   to every run under way, each of which saves the step in progress and stops; no training
   outlives this call."""
-  if cores is not None and len(cores) < jobs:
-    raise ValueError(f"{jobs} jobs need {jobs} core groups, got {len(cores)}")
+  if cores is not None and len(set(cores)) < jobs:
+    raise ValueError(f"{jobs} jobs need {jobs} different core groups, got {len(set(cores))}")
   env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
   if jobs > 1 and "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env:
     # On one GPU the runs share its memory: each takes its part, not JAX's default 75%.
@@ -431,7 +431,9 @@ def run_experiments(
         on_started(experiment)
         prefix = "  " if jobs == 1 else f"  [{experiment.name}] "
         held = {r.cores for r in running}
-        free = None if cores is None else next(group for group in cores if group not in held)
+        # Alone (nothing else under way or waiting), a run takes every core.
+        alone = not running and not waiting
+        free = None if cores is None or alone else next(group for group in cores if group not in held)
         running.append(Running(experiment, commands[experiment.name], report_dir, prefix, env, free))
       time.sleep(0.05)
       for run in [r for r in running if r.finished()]:
@@ -872,7 +874,8 @@ def reproduce(argv_command: str) -> str:
     with open(os.path.join(report_dir, "plan.json")) as f:
       saved = json.load(f)
     # Experiments never started get the command they would have run, shown as "not run".
-    path = write_report(report_dir, {**saved, "commands": {**commands, **saved["commands"]}}, experiments)
+    reported = [e for e in EXPERIMENTS if e in experiments or e.name in saved["commands"]]
+    path = write_report(report_dir, {**saved, "commands": {**commands, **saved["commands"]}}, reported)
     print(f"report written: {path}")
     return path
   os.makedirs(report_dir, exist_ok=True)

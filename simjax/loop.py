@@ -188,7 +188,9 @@ def fit(
       )
     with stop.honouring():
       for epoch in range(meta["epoch"] + 1, epochs + 1):
-        if stalled(meta["best"], meta["epoch"], early_stop_patience):  # also on a resumed run
+        # Also on a resumed run; an epoch stopped in the middle is finished first (its state is
+        # not an epoch's end, and the rerun may have been given less patience).
+        if partial is None and stalled(meta["best"], meta["epoch"], early_stop_patience):
           break
         if stopped():  # between epochs: the latest checkpoint holds everything done
           raise Preempted(stop.reason, epoch=epoch - 1, steps_done=None, saved_step=store.latest_step())

@@ -74,8 +74,8 @@ class RunConfig:
       # Stacked seeds stop together, when the last of them stalls; seeds trained one after
       # another cannot wait for the later ones, and their histories would differ in length.
       raise ConfigError(
-        "early stopping works on seeds trained together: drop --sequential_seeds or set "
-        "--early_stop_patience=0",
+        "early stopping needs the seeds trained together: sequential_seeds cannot be combined "
+        "with early_stop_patience > 0",
         settings=("early_stop_patience", "sequential_seeds"),
       )
 
@@ -109,6 +109,11 @@ def train_and_evaluate(
   step in progress with a checkpoint of it and raises errors.Preempted; rerunning resumes.
   """
   records = {"flags": flags or {}, "command": command, "stop": stop}
+  if config.early_stop_patience > 0 and task.selection.best_metric is None:  # before any file is written
+    raise ConfigError(
+      "early stopping needs a dev metric that picks the best epoch; this task keeps none",
+      settings=("early_stop_patience",),
+    )
   new_workdir = not _has_files(workdir)
   try:
     with _lock(workdir):  # one run at a time writes here

@@ -180,12 +180,29 @@ def test_early_stopping_waits_for_the_last_seed_to_stall_and_keeps_every_best_ep
 
 
 def test_early_stopping_is_refused_where_it_cannot_work(tmp_path):
-  with pytest.raises(errors.ConfigError, match="drop --sequential_seeds or set --early_stop_patience=0"):
+  with pytest.raises(
+    errors.ConfigError, match="sequential_seeds cannot be combined with early_stop_patience"
+  ):
     run.RunConfig(num_seeds=2, sequential_seeds=True, early_stop_patience=2)
   task = Scripted()
   task.selection = run.loop.Selection(best_metric=None)
   with pytest.raises(errors.ConfigError, match="early stopping needs a dev metric that picks the best epoch"):
     train(tmp_path / "run", task, early_stop_patience=2)
+  assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_an_epoch_stopped_in_the_middle_is_finished_before_an_early_stop(tmp_path):
+  # Seed 0's best epoch is 1. Stopped in epoch 3 (step 10 of 4-step epochs) with patience 3, the
+  # run is resumed with patience 1, which had stalled it already: epoch 3 is trained to its end
+  # and evaluated first, so the results are an epoch's, never a half-trained state's.
+  script = {0: [1.0, 2.0, 2.0, 2.0, 2.0, 2.0]}
+  with pytest.raises(errors.Preempted):
+    train(tmp_path / "run", Scripted(script=script), epochs=6, early_stop_patience=3, stop=StopAt(10))
+  resumed = train(tmp_path / "run", Scripted(script=script), epochs=6, early_stop_patience=1)
+  assert resumed["epochs"] == 3 and resumed["early_stop"]["stopped"]
+  assert [row["epoch"] for row in run_records.read_metrics(str(tmp_path / "run"))] == [1, 2, 3]
+  train(tmp_path / "three", Scripted(script=script), epochs=3)  # uninterrupted, 3 epochs
+  np.testing.assert_array_equal(latest_params(tmp_path / "run"), latest_params(tmp_path / "three"))
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -160,7 +160,7 @@ def test_quick_report_is_complete_resumable_and_never_mixed_with_another_study(
   more = run("--only=lstm_stsb")
   assert more.returncode == 0, more.stderr[-3000:]
   report = (report_dir / "report.md").read_text()
-  assert "\n| rnn_stsb | stsb |" in report and "\n| lstm_stsb | stsb |" in report
+  assert rnn_row in report.splitlines() and "\n| lstm_stsb | stsb |" in report
 
   other = run("--num_seeds=3")
   assert other.returncode == 1
@@ -332,3 +332,11 @@ def test_runs_at_once_each_get_their_own_cores(tmp_path):
   assert order.index("b done") < order.index("c") < order.index("a done")
   assert cores["c"][1] == f"[{second}]"  # b's cores, freed
   assert cores["c"][0].startswith(f"$ taskset --cpu-list {second} python -c")
+
+  # A run with nothing else under way or waiting takes every core.
+  commands = {"d": ["python", "-c", shows.format(0)]}
+  reproduce.run_experiments(
+    [_fake("d")], commands, str(tmp_path), 2, lambda e: None, lambda e, s: None, cores=[(first,), (second,)]
+  )
+  alone = (tmp_path / "logs" / "d.log").read_text().splitlines()
+  assert alone[0].startswith("$ python -c") and alone[1] == str(sorted(os.sched_getaffinity(0)))
