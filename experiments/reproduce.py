@@ -397,7 +397,7 @@ def core_groups(jobs: int, cores: list[int]) -> list[tuple[int, ...]] | None:
 def available_core_groups(jobs: int) -> list[tuple[int, ...]] | None:
   """This process's CPU cores split among `jobs` runs, or None where that cannot be done here
   (one job, fewer cores than jobs, no CPU affinity: not Linux, or no taskset)."""
-  if jobs < 2 or not hasattr(os, "sched_getaffinity") or shutil.which("taskset") is None:
+  if not hasattr(os, "sched_getaffinity") or shutil.which("taskset") is None:
     return None
   return core_groups(jobs, sorted(os.sched_getaffinity(0)))
 
@@ -493,7 +493,7 @@ def _load_run(report_dir: str, experiment: Experiment):
 
 
 def _provenance_text(experiments: list[Experiment], loaded: dict) -> str:
-  """The commits the runs were made with, and the CPU cores each had (a run's CPU numbers
+  """The commits the runs were made with, and how many CPU cores each could use (its timings
   depend on them), each with the runs it holds for."""
 
   def grouped(describe) -> str:
@@ -874,8 +874,11 @@ def reproduce(argv_command: str) -> str:
     with open(os.path.join(report_dir, "plan.json")) as f:
       saved = json.load(f)
     # Experiments never started get the command they would have run, shown as "not run".
-    reported = [e for e in EXPERIMENTS if e in experiments or e.name in saved["commands"]]
-    path = write_report(report_dir, {**saved, "commands": {**commands, **saved["commands"]}}, reported)
+    path = write_report(
+      report_dir,
+      {**saved, "commands": {**commands, **saved["commands"]}},
+      _reported(experiments, saved["commands"]),
+    )
     print(f"report written: {path}")
     return path
   os.makedirs(report_dir, exist_ok=True)
@@ -884,8 +887,7 @@ def reproduce(argv_command: str) -> str:
     plan = json.load(f)
   plan["command"] = argv_command
 
-  # The report covers every experiment this folder's plan holds, not only this command's.
-  reported = [e for e in EXPERIMENTS if e in experiments or e.name in plan["commands"]]
+  reported = _reported(experiments, plan["commands"])
   todo = [e for e in experiments if not finished(e, report_dir)]
   print(
     f"report: {report_dir}  ({len(experiments)} experiments, {num_seeds} seeds each, {len(todo)} to run; "
@@ -929,6 +931,11 @@ def reproduce(argv_command: str) -> str:
   path = write_report(report_dir, plan, reported)
   print(f"report written: {path}")
   return path
+
+
+def _reported(experiments: list[Experiment], planned: dict[str, list[str]]) -> list[Experiment]:
+  """What a report covers: this command's experiments and every one the folder's plan holds."""
+  return [e for e in EXPERIMENTS if e in experiments or e.name in planned]
 
 
 def _backend() -> str:

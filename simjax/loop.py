@@ -181,11 +181,7 @@ def fit(
         stop.request("a stop request of another process")
       return agreed
 
-    if early_stop_patience > 0 and selection.best_metric is None:
-      raise ConfigError(
-        "early stopping needs a dev metric that picks the best epoch; this task keeps none",
-        settings=("early_stop_patience",),
-      )
+    check_early_stopping(selection, early_stop_patience)
     with stop.honouring():
       for epoch in range(meta["epoch"] + 1, epochs + 1):
         # Also on a resumed run; an epoch stopped in the middle is finished first (its state is
@@ -270,6 +266,15 @@ def fit(
     return FitResult.from_meta(state, meta)
   finally:
     log.close()
+
+
+def check_early_stopping(selection: Selection, patience: int) -> None:
+  """Early stopping watches the dev metric that picks the best epoch: refused without one."""
+  if patience > 0 and selection.best_metric is None:
+    raise ConfigError(
+      "early stopping needs a dev metric that picks the best epoch; this task keeps none",
+      settings=("early_stop_patience",),
+    )
 
 
 def stalled(best: list[dict[str, Any] | None], epoch: int, patience: int) -> bool:

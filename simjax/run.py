@@ -109,11 +109,7 @@ def train_and_evaluate(
   step in progress with a checkpoint of it and raises errors.Preempted; rerunning resumes.
   """
   records = {"flags": flags or {}, "command": command, "stop": stop}
-  if config.early_stop_patience > 0 and task.selection.best_metric is None:  # before any file is written
-    raise ConfigError(
-      "early stopping needs a dev metric that picks the best epoch; this task keeps none",
-      settings=("early_stop_patience",),
-    )
+  loop.check_early_stopping(task.selection, config.early_stop_patience)  # before any file is written
   new_workdir = not _has_files(workdir)
   try:
     with _lock(workdir):  # one run at a time writes here
