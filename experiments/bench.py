@@ -12,13 +12,15 @@ simjax.run, in its own workdir under a temporary folder in --out (removed at the
 seconds are reported apart from the others'. Writes <out>/<experiment>.json (every flag, each
 run's numbers, their summary, device, versions, data) and <out>/<experiment>.md (a short table
 with the command that produced it), rewritten after every run, so a stopped bench keeps the
-runs it finished.
+runs it finished. A bench never overwrites another's files: when <out>/<experiment>.json or .md
+exists, it refuses to start.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import os
 import shlex
 import shutil
@@ -72,6 +74,30 @@ def check_flags() -> None:
       "error: --num_seeds / --sequential_seeds: the bench trains one seed per run, "
       "--runs runs one after another (seeds --seed, --seed+1, ...); use --runs"
     )
+
+
+def check_out() -> None:
+  """Refuses a bench whose <out>/<experiment>.json or .md exists: a finished (or stopped) bench
+  is a record, never overwritten by another one, which may have other settings."""
+  out, experiment = FLAGS.out, FLAGS.experiment
+  paths = [os.path.join(out, f"{experiment}{ext}") for ext in (".json", ".md")]
+  existing = [p for p in paths if os.path.lexists(p)]
+  if not existing:
+    return
+  try:
+    with open(paths[0]) as f:
+      earlier = json.load(f)
+    stopped = "" if earlier.get("complete") else ", stopped early"
+    held = (
+      f" (a bench of {earlier.get('date')}: {earlier.get('runs_completed')} of "
+      f"{earlier.get('runs_requested')} runs{stopped}; command: {earlier.get('command')})"
+    )
+  except (OSError, ValueError, AttributeError):  # only the .md, or not a bench's JSON
+    held = ""
+  sys.exit(
+    f"error: {existing[0]} already exists{held}: a bench never overwrites an earlier result; "
+    f"pass another --out or --experiment, or move {' and '.join(existing)} away"
+  )
 
 
 def command() -> str:
@@ -317,6 +343,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   check_flags()
+  check_out()  # before anything is trained or written
   common.quiet_library_logs()
   common.apply_determinism()  # before the first computation
   common.run_mode(benchmark)

@@ -46,7 +46,8 @@ flags.DEFINE_enum(
   "none",
   ["none", "flip", "flip_translate"],
   "Test-time augmentation when evaluating: the mean logits of the image and its mirror (flip), "
-  "and of both shifted one pixel each way (flip_translate, 6 views). Training is unchanged.",
+  "and of both shifted one pixel each way (flip_translate, 6 views). Training is unchanged. Eval and "
+  "predict: the trained run's own unless given.",
 )
 flags.DEFINE_bool(
   "tta_each_epoch",
@@ -99,7 +100,7 @@ def task_from_flags(progress=common.progress_bar) -> tuple[training.Cifar10Task,
 def train() -> None:
   task, train_config = task_from_flags()
   config = task.data
-  split = "test" if training.tfds_split_name(config.eval_split) == "test" else "eval"
+  split = _split_name(config.eval_split)
   columns = [
     ("epoch", "epoch", "d"),
     ("train loss", "train_loss", ".4f"),
@@ -122,14 +123,14 @@ def train() -> None:
 
 
 def evaluate() -> None:
+  # The evaluated split and test-time augmentation where given, else the run's own.
   settings = {
     "data_dir": FLAGS.data_dir,
     "cache_dir": FLAGS.cache_dir or None,
-    "eval_split": FLAGS.eval_split or DEFAULT_EVAL_SPLIT,
-    "tta": FLAGS.tta,
+    **common.flags_given("eval_split", "tta"),
   }
   results = common.evaluate_workdir(workdir(), lambda path: training.load_trained(path, **settings))
-  tta = f", test-time augmentation {FLAGS.tta}" if FLAGS.tta != "none" else ""
+  tta = f", test-time augmentation {results['tta']}" if results["tta"] != "none" else ""
   info = results["data"]["eval"]
   _print_accuracy(results, info["label"], f"{info['split']}, latest checkpoint of {workdir()}{tta}")
 
@@ -137,11 +138,11 @@ def evaluate() -> None:
 def predict(paths: list[str]) -> None:
   if not paths:
     raise ValueError("predict needs image files: ... --mode=predict --workdir=DIR a.png b.jpg")
-  state, config, _ = training.load_trained(workdir())
+  # The images first: a wrong path or an unusable image fails at once, not after the model loads.
   images = input_pipeline.read_images(paths)
-  predictions = training.predict_classes(
-    state, images, FLAGS.batch_size, config["model"]["dtype"], tta=FLAGS.tta
-  )
+  state, config, _ = training.load_trained(workdir())
+  tta = common.flags_given("tta").get("tta", config["data"].get("tta", "none"))  # else the run's own
+  predictions = training.predict_classes(state, images, FLAGS.batch_size, config["model"]["dtype"], tta=tta)
   names = input_pipeline.CLASS_NAMES
   # A multi-seed workdir predicts by majority vote of its seeds (ties: the lowest class id).
   votes = np.apply_along_axis(np.bincount, 0, predictions, minlength=len(names))
@@ -149,8 +150,13 @@ def predict(paths: list[str]) -> None:
     print(f"{path}\t{names[label]}")
 
 
+def _split_name(split: str) -> str:
+  """How the epochs' rows name `split`: "test" for (a slice of) the test split, else "eval"."""
+  return "test" if training.tfds_split_name(split) == "test" else "eval"
+
+
 def _print_accuracy(results, label: str, where: str) -> None:
-  metrics = results["test"]
+  metrics = results["test"]  # the evaluated split's numbers (results' "evaluation" names it)
   n = len(results["per_seed"])
   mean_of = f", mean of {n} seeds {results['seeds']}" if n > 1 else ""
   print(f"\n{label} accuracy ({where}{mean_of}): {metrics['accuracy']:.4f}")

@@ -49,7 +49,8 @@ def define_training_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_string(
     "eval_split",
     None,
-    "Split evaluated every epoch (default: validation for sentences, test for CIFAR-10).",
+    "Split evaluated every epoch (default: validation for sentences, test for CIFAR-10; eval: the "
+    "trained run's own unless given).",
     flag_values=flag_values,
   )
   flags.DEFINE_float(
@@ -296,7 +297,14 @@ def train_workdir(task: Task, config: run.RunConfig, workdir: str, columns: list
   print(f"workdir: {workdir}")
   table = EpochTable(columns)
   return run.train_and_evaluate(
-    task, config, workdir, flags=flag_values(), command=command_line(), on_epoch=table.print_row, stop=STOP
+    task,
+    config,
+    workdir,
+    flags=flag_values(),
+    command=command_line(),
+    on_epoch=table.print_row,
+    stop=STOP,
+    on_note=lambda line: print(line, flush=True),
   )
 
 
@@ -304,6 +312,8 @@ def evaluate_workdir(workdir: str, load: Callable[[str], tuple]) -> dict[str, An
   """--mode=eval of a trained workdir (`load(workdir)` -> state, config, task): writes
   eval.json and warns where this machine, code or data differ from the training run's."""
   results, differences = run.evaluate_trained(workdir, load, FLAGS.batch_size, command=command_line())
+  if os.access(workdir, os.W_OK):
+    print(f"evaluation recorded in {run.eval_record_path(workdir, results.get('evaluation', {}))}")
   if differences:
     print(f"warning: this evaluation differs from the training run in {workdir}:", file=sys.stderr)
     for line in differences:
@@ -320,6 +330,14 @@ def config_from_flags(config_class: type, **values: Any) -> Any:
     if field.name not in values and field.name in FLAGS
   }
   return config_class(**from_flags, **values)
+
+
+def flags_given(*names: str) -> dict[str, Any]:
+  """{name: value} of the flags among `names` given on the command line or in a flagfile: eval
+  and predict take a trained run's own setting for the others."""
+  return {
+    name: FLAGS[name].value for name in names if FLAGS[name].present and FLAGS[name].value not in (None, "")
+  }
 
 
 def optim_config() -> optim.OptimConfig:
@@ -410,6 +428,29 @@ def read_sentence_pairs(data: bytes, name: str) -> tuple[list[str], list[str]]:
   return first, second
 
 
+def read_input(path: str, wanted: str) -> bytes:
+  """The bytes of the file at `path` ('-': of stdin) that a predict mode reads. One that cannot
+  be read is a ValueError saying why in words, then `wanted`: what to pass instead."""
+  try:
+    if path == "-":
+      if sys.stdin is None:  # the shell closed it (`<&-`): Python then has no sys.stdin at all
+        raise ValueError(f"stdin is closed: pass {wanted}")
+      return sys.stdin.buffer.read()
+    with open(path, "rb") as f:
+      return f.read()
+  except OSError as e:
+    raise ValueError(f"{unreadable_path('stdin' if path == '-' else path, e)}: pass {wanted}") from None
+
+
+def unreadable_path(name: str, error: OSError) -> str:
+  """Why an input path could not be read, in words rather than an errno."""
+  if isinstance(error, FileNotFoundError):
+    return f"{name} does not exist"
+  if isinstance(error, IsADirectoryError):
+    return f"{name} is a directory"
+  return f"cannot read {name} ({error.strerror or error})"
+
+
 def _quiet_unraisable(unraisable) -> None:
   """Drops one known noise: when orbax fails to restore a damaged checkpoint (simjax then
   warns and falls back), tensorstore's late callbacks reach event loops orbax has already
@@ -463,6 +504,10 @@ _ADVICE = {
   "results to float tolerance; without --early_stop_patience) or fewer --num_seeds",
   errors.ConfigMismatchError: "use a new --workdir, or the original settings to resume",
   errors.WorkdirLocked: "wait for that run to end, or use another --workdir",
+  errors.FinishedRunError: "rerun it with its own settings (its results.json stands), evaluate it "
+  "another way with --mode=eval (a record of its own), or train in a new --workdir",
+  errors.DataMismatchError: "point --data_dir (or --manual_dir) at the data the run trained on, or "
+  "train in a new --workdir",
   errors.WorkdirError: "check --workdir (to train afresh, use a new one)",
 }
 

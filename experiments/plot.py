@@ -15,6 +15,7 @@ highest seed, and bars with ± one standard deviation.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 
@@ -52,7 +53,25 @@ class MissingPlotDependency(ImportError):
   """matplotlib is not installed; the message says how to install it."""
 
 
+def _quiet_font_cache_note(record: logging.LogRecord) -> bool:
+  """False for matplotlib's note that it is building its font cache (first use, > 5 s): a
+  delay explained, not a problem."""
+  return not str(record.msg).startswith("Matplotlib is building the font cache")
+
+
+def _quiet_matplotlib_notes() -> None:
+  """Under absl (reproduce, this module's command) Python's root logger prints INFO records in
+  absl's format, so matplotlib's notes (e.g. "generated new fontManager" when it builds its font
+  cache on a first run) would come out as stray log lines. Its warnings still do, and a
+  level set for matplotlib's logger beforehand is kept."""
+  matplotlib_log = logging.getLogger("matplotlib")
+  if matplotlib_log.level == logging.NOTSET:
+    matplotlib_log.setLevel(logging.WARNING)
+  logging.getLogger("matplotlib.font_manager").addFilter(_quiet_font_cache_note)  # added once only
+
+
 def _pyplot():
+  _quiet_matplotlib_notes()  # before the import, which builds the font cache when there is none
   try:  # imported here: optional (reproduce's tables work without it), and slow to import
     import matplotlib
 

@@ -22,7 +22,11 @@ flags.DEFINE_string(
   "Folder with the official raw files for offline preparation "
   "(default: $SIMJAX_MANUAL_DIR; unset: download).",
 )
-flags.DEFINE_string("test_split", "test", "Test split, evaluated with the best-on-dev checkpoint.")
+flags.DEFINE_string(
+  "test_split",
+  "test",
+  "Test split, evaluated with the best-on-dev checkpoint (eval: the trained run's own unless given).",
+)
 flags.DEFINE_integer(
   "max_length", 64, "Maximum tokens per sentence; longer ones are truncated.", lower_bound=1
 )
@@ -160,32 +164,40 @@ def train() -> None:
 
 
 def _data_settings() -> dict:
-  """What eval and predict may change from the trained run's data settings."""
+  """What eval and predict change from the trained run's data settings: where the data is, and
+  the dev and test splits where given (else the run's own, from its config.json)."""
   return {
     "data_dir": FLAGS.data_dir,
     "manual_dir": FLAGS.manual_dir,
-    "eval_split": FLAGS.eval_split or DEFAULT_EVAL_SPLIT,
-    "test_split": FLAGS.test_split,
+    **common.flags_given("eval_split", "test_split"),
   }
 
 
 def evaluate() -> None:
   settings = _data_settings()
   results = common.evaluate_workdir(workdir(), lambda path: training.load_trained(path, **settings))
+  for split, count in results["training_overlap"]["extra"].items():
+    if count:  # only where other splits are evaluated than the run removed from its extra data
+      print(
+        f"warning: {count} {split} pairs ({results['evaluation'][split]}) are in the run's extra "
+        "training data: these numbers are not of unseen pairs",
+        file=sys.stderr,
+      )
   _print_final(results, f"best checkpoint of {workdir()}")
 
 
 def predict(paths: list[str]) -> None:
-  state, config, task = training.load_trained(workdir(), **_data_settings())
   if len(paths) > 1:
     raise ValueError("predict reads one TSV file (or stdin): pass one path, '-' or nothing")
   path = paths[0] if paths else "-"
   name = "stdin" if path == "-" else path
-  if path == "-":
-    data = sys.stdin.buffer.read()
-  else:
-    with open(path, "rb") as f:
-      data = f.read()
+  wanted = "a file of 'sentence1<TAB>sentence2' lines, or pipe one in"
+  # A file is read before the model loads (seconds), so that a wrong path fails at once; stdin
+  # only after it, so that nobody types sentences for a workdir that cannot be loaded.
+  data = None if path == "-" else common.read_input(path, wanted)
+  state, config, task = training.load_trained(workdir(), **_data_settings())
+  if data is None:
+    data = common.read_input(path, wanted)
   first, second = common.read_sentence_pairs(data, name)
   if not first:
     raise ValueError(f"{name}: no sentence pairs to score (expected 'sentence1<TAB>sentence2' lines)")

@@ -30,6 +30,7 @@ from simjax.errors import CheckpointWriteError, ConfigMismatchError, DamagedChec
 from simjax.run_records import write_json
 
 CONFIG_FILE = "config.json"
+_MISSING = object()
 log = logging.getLogger("simjax")
 
 
@@ -56,9 +57,12 @@ class CheckpointStore:
     )
 
   # -- configuration guard ------------------------------------------------------------
-  def guard_config(self, config: dict[str, Any], *, replace: bool = False) -> None:
+  def guard_config(
+    self, config: dict[str, Any], *, replace: bool = False, recorded: dict[str, Any] | None = None
+  ) -> None:
     """Records `config` for a new workdir (or, with `replace`, one without checkpoints);
-    refuses a workdir trained with another configuration."""
+    refuses a workdir trained with another configuration. `recorded`: {flattened key: value}
+    the run recorded elsewhere for keys its config.json lacks (written before they counted)."""
     path = os.path.join(self.workdir, CONFIG_FILE)
     if replace and self.latest_step() is None:
       write_json(path, config)
@@ -70,12 +74,12 @@ class CheckpointStore:
       return
     with open(path) as f:
       saved = json.load(f)
-    saved = traverse_util.flatten_dict(saved, sep=".")
+    saved = {**(recorded or {}), **traverse_util.flatten_dict(saved, sep=".")}
     config = traverse_util.flatten_dict(json.loads(json.dumps(config)), sep=".")  # types as written
     differences = [
-      f"{key}={saved.get(key)!r} there, {config.get(key)!r} now"
+      f"{key}={_shown(saved, key)} there, {_shown(config, key)} now"
       for key in sorted(set(saved) | set(config))
-      if saved.get(key) != config.get(key)
+      if saved.get(key, _MISSING) != config.get(key, _MISSING)
     ]
     if differences:
       raise ConfigMismatchError(self.workdir, differences)
@@ -149,6 +153,12 @@ class CheckpointStore:
       self._open = False
       self._latest.close()
       self._best.close()
+
+
+def _shown(config: dict[str, Any], key: str) -> str:
+  """A setting as the config guard names it. One a config leaves out is at its default: tasks
+  leave out settings added later when at their defaults, and older workdirs lack them."""
+  return repr(config[key]) if key in config else "its default"
 
 
 def _first_line(error: BaseException, limit: int = 160) -> str:

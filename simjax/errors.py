@@ -70,6 +70,33 @@ class ConfigMismatchError(WorkdirError):
     )
 
 
+class DataMismatchError(WorkdirError):
+  """The data a resumed or rerun run would read differs from what it trained on (another
+  split, other rows, other files by checksum, another leakage check); `differences` lists them."""
+
+  def __init__(self, workdir: str, differences: list[str]):
+    self.differences = differences
+    super().__init__(
+      f"the data differs from what the run in {workdir} trained on ({'; '.join(differences)})", workdir
+    )
+
+
+class FinishedRunError(WorkdirError):
+  """A finished run (its results.json) asked to rerun with settings that would train nothing
+  more and only rewrite its record; `differences` lists them. Evaluating it another way
+  writes a record of its own (eval); training it differently needs a new workdir."""
+
+  settings = ("workdir", "epochs", "early_stop_patience")
+
+  def __init__(self, workdir: str, finished: str, differences: list[str]):
+    self.differences = differences
+    super().__init__(
+      f"workdir {workdir} holds a finished run ({finished}); {'; '.join(differences)} would train "
+      "nothing more and only rewrite its results",
+      workdir,
+    )
+
+
 class WorkdirLocked(WorkdirError):
   """Another process holds the workdir's lock (it trains or evaluates there); `holder` is
   what its lock file records: pid, host, started, command."""

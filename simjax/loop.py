@@ -115,6 +115,7 @@ def fit(
   on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
   stop: StopRequest | None = None,
   early_stop_patience: int = 0,
+  on_note: Callable[[str], None] = lambda line: None,
 ) -> FitResult:
   """Trains until `epochs` are done (resuming if the workdir has a checkpoint), or, with
   `early_stop_patience` N > 0, until no replica's best epoch is among the last N (see `stalled`).
@@ -122,7 +123,8 @@ def fit(
   `state` stacks one replica per seed; `train_epoch(state, epoch, start_step=, stop=)` runs
   an epoch's steps from `start_step` on, returning early once `stop()` is true;
   `epoch_metrics` turns an epoch's step metrics into its logged train metrics; `evaluate`
-  returns one metrics dict per replica. Each replica has its own best epoch and plateau:
+  returns one metrics dict per replica; `on_note` gets one line when the run stops early.
+  Each replica has its own best epoch and plateau:
   the "best" checkpoint stacks every replica at its own best epoch. Logged rows hold the
   mean over replicas under each name and every replica's value under "per_seed".
   Each row's "compile_seconds" is the time JAX spent building programs during that epoch's
@@ -161,6 +163,12 @@ def fit(
         f"{partial['epoch']} epochs to finish it (asked for {epochs})",
         settings=("epochs",),
       )
+    if meta["epoch"] > epochs:  # reported as it is, it would be recorded as a run of `epochs` epochs
+      raise ConfigError(
+        f"{store.workdir} holds a run trained for {meta['epoch']} epochs already: train at least "
+        f"{meta['epoch']} epochs there (asked for {epochs})",
+        settings=("epochs",),
+      )
     log.reset(meta["history"])
     # Compiled once: run eagerly, optax's plateau update would recompile every epoch.
     advance_plateau = jax.jit(
@@ -187,6 +195,11 @@ def fit(
         # Also on a resumed run; an epoch stopped in the middle is finished first (its state is
         # not an epoch's end, and the rerun may have been given less patience).
         if partial is None and stalled(meta["best"], meta["epoch"], early_stop_patience):
+          on_note(
+            f"stopped early after epoch {meta['epoch']} of {epochs}: no seed improved "
+            f"{selection.eval_name} {selection.best_metric} for {early_stop_patience} "
+            f"epoch{'s' if early_stop_patience > 1 else ''}"
+          )
           break
         if stopped():  # between epochs: the latest checkpoint holds everything done
           raise Preempted(stop.reason, epoch=epoch - 1, steps_done=None, saved_step=store.latest_step())

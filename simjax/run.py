@@ -10,10 +10,21 @@ results.json. `load_trained` and `evaluate_trained` serve eval and predict from 
 A task (simjax/tasks/base.py) supplies only what differs.
 
 Workdir:  config.json     what the checkpoints were trained as (see Task.run_config)
+          data.json       the data the run trains on, as its first start read it
           run_info.json   flags, data provenance, versions, device, git, command (at the start)
           metrics.jsonl   one row per epoch (tensorboard/ mirrors it)
           checkpoints/    the latest N;   best/  each seed's best epoch (if the task selects)
-          results.json    the final numbers, per seed and summarized;  eval.json  from eval
+          results.json    the final numbers, per seed and summarized
+          eval.json       from eval (eval_<settings>.json: an evaluation with other settings)
+          earlier/epochs_<N>/  the records of the run finished after N epochs, before it trained on
+
+The record rule: a finished run's results.json describes exactly what was trained and evaluated,
+and no rerun rewrites it. Every setting but where the data is (the task's free data fields) is in
+config.json, so a resume or rerun with another one is refused; the data itself is checked against
+data.json (splits, rows, checksums, the leakage check). A rerun of a finished run with its own
+settings returns its record unchanged; more epochs (or more early-stopping patience) train on and
+keep the earlier records in earlier/; anything else is refused (FinishedRunError). Evaluating a
+trained run another way writes a record of its own (eval).
 """
 
 from __future__ import annotations
@@ -22,11 +33,13 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 from typing import Any, Callable
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from simjax import distributed, loop, optim, replicas, run_records, sharding, summary, workdir_lock
 from simjax.checkpoints import (
@@ -37,11 +50,22 @@ from simjax.checkpoints import (
   restore_for_inference,
 )
 from simjax.compilation import CompileClock
-from simjax.errors import ConfigError, OutOfDeviceMemory, WorkdirError
+from simjax.errors import (
+  ConfigError,
+  DataMismatchError,
+  FinishedRunError,
+  OutOfDeviceMemory,
+  WorkdirError,
+)
 from simjax.tasks.base import Task
 
 EVAL_FILE = "eval.json"
+DATA_FILE = "data.json"
+EARLIER_DIR = "earlier"
 SEED_DIR = "seed_{}"
+# Data record keys that say where the data is, not what it is (its checksums say that): a run
+# may find its data elsewhere.
+DATA_LOCATIONS = ("data_dir",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,16 +124,22 @@ def train_and_evaluate(
   command: str | None = None,
   on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
   stop: loop.StopRequest | None = None,
+  on_note: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
   """Trains (or resumes) `task` in `workdir`; returns (and writes) results.json.
 
   With several seeds, results.json holds each seed's results and their summary (see
   simjax.summary). `flags` and `command` are recorded as given; `on_epoch` sees every
-  metrics row. A request on `stop` (e.g. from a SIGTERM handler) ends training after the
-  step in progress with a checkpoint of it and raises errors.Preempted; rerunning resumes.
+  metrics row; `on_note` gets a line on what the run did besides training (stopped early, a
+  finished run found, earlier records kept). A request on `stop` (e.g. from a SIGTERM
+  handler) ends training after the step in progress with a checkpoint of it and raises
+  errors.Preempted; rerunning resumes. A finished run is never rewritten (see the module's
+  record rule): rerun with its own settings, it returns its results.json as it is.
   """
-  records = {"flags": flags or {}, "command": command, "stop": stop}
+  records = {"flags": flags or {}, "command": command, "stop": stop, "note": on_note}
   loop.check_early_stopping(task.selection, config.early_stop_patience)  # before any file is written
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f"workdir {workdir} is a file, not a folder", workdir)
   new_workdir = not _has_files(workdir)
   try:
     with _lock(workdir):  # one run at a time writes here
@@ -174,8 +204,9 @@ def _has_files(workdir: str) -> bool:
 def _train_stacked(
   task: Task, config: RunConfig, workdir: str, records, on_epoch, new_workdir: bool
 ) -> dict[str, Any]:
-  """`records`: {"flags", "command", "stop"}: flags and command written with the provenance to run_info.json and results.json;
-  `new_workdir`: whether the caller found `workdir` empty (then a failed start removes it)."""
+  """`records`: {"flags", "command", "stop", "note"}: flags and command written with the provenance to
+  run_info.json and results.json, the stop request, where notes go; `new_workdir`: whether the
+  caller found `workdir` empty (then a failed start removes it)."""
   seeds = config.seeds
   os.makedirs(workdir, exist_ok=True)
   store = CheckpointStore(workdir, keep=config.keep_checkpoints)
@@ -183,6 +214,13 @@ def _train_stacked(
     # A workdir without checkpoints (say, a run that diverged in its first epoch) takes the
     # new settings; one with checkpoints only resumes with the settings it was trained with.
     resuming = store.latest_step() is not None
+    finished = _read_json(os.path.join(workdir, run_records.RESULTS_FILE))
+    if finished is not None and not resuming:  # before prepare, which may write (e.g. a vocabulary)
+      raise WorkdirError(
+        f"{workdir} holds the results of a finished run but none of its checkpoints: train in a new "
+        "workdir (training here would replace that record)",
+        workdir,
+      )
     try:
       data_info = task.prepare(workdir, config, resuming=resuming)
       replicas.check_memory(task.create_train_state, seeds)  # before any is built
@@ -191,7 +229,25 @@ def _train_stacked(
         store.close()
         _empty(workdir)
       raise
-    store.guard_config(workdir_config(task, config), replace=not resuming)
+    store.guard_config(
+      workdir_config(task, config), replace=not resuming, recorded=_recorded_settings(workdir, task)
+    )
+    data_info = _guard_data(workdir, data_info, resuming=resuming)
+    if finished is not None:
+      if not _trains_on(workdir, finished, config):  # the same run asked again: its record stands
+        if os.path.exists(os.path.join(workdir, run_records.METRICS_FILE)):
+          for row in run_records.read_metrics(workdir):
+            on_epoch(row)
+        records["note"](
+          f"{workdir} holds this run, finished ({_finished_text(finished)}); its results.json "
+          f"(recorded {finished.get('recorded_at', '?')}) stands as it is: nothing to train"
+        )
+        return finished
+      kept = _keep_earlier_records(workdir, finished)
+      records["note"](
+        f"the run in {workdir} finished after {finished['epochs']} epochs; training on to "
+        f"{config.epochs}: its records so far are kept in {kept}"
+      )
     run_records.write_json(
       os.path.join(workdir, run_records.RUN_INFO_FILE),
       {"flags": records["flags"], "data": data_info, **run_records.provenance(records["command"])},
@@ -215,6 +271,7 @@ def _train_stacked(
       on_epoch=on_epoch,
       stop=records["stop"],
       early_stop_patience=config.early_stop_patience,
+      on_note=records["note"],
     )
     selects = task.selection.best_metric is not None
     final_state = store.restore_best(abstract_state(fit.state))[0] if selects else fit.state
@@ -238,12 +295,138 @@ def _train_stacked(
     # during the epochs (part of train_seconds). Near 0 on a rerun with a compilation cache.
     "compile_seconds": ahead_of_time.seconds + fit.compile_seconds,
     **extras,
+    **({"evaluation": task.evaluation()} if task.evaluation() else {}),
     "data": data_info,
+    "run_settings": dataclasses.asdict(config),  # what was asked: epochs, patience, seeds...
     "flags": records["flags"],
     **run_records.provenance(records["command"]),
   }
   run_records.write_json(os.path.join(workdir, run_records.RESULTS_FILE), results)
   return results
+
+
+# --------------------------------------------------------------------------------------
+# The record rule: what a rerun may change
+# --------------------------------------------------------------------------------------
+def _read_json(path: str) -> dict[str, Any] | None:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _guard_data(workdir: str, data_info: dict[str, Any], *, resuming: bool) -> dict[str, Any]:
+  """data.json: the data the run trains on (splits, rows, checksums, the leakage check: the
+  task's data record), written at its first start. A resumed run must read the same data,
+  wherever both records say something (where the data is never counts), or is refused; what
+  it returns, and results.json records, is the first start's record."""
+  path = os.path.join(workdir, DATA_FILE)
+  now = json.loads(run_records.dumps(data_info))  # as JSON has it
+  saved = _read_json(path) if resuming else None
+  if saved is None and resuming:  # a run from before data.json: its results say it, if it finished
+    saved = (_read_json(os.path.join(workdir, run_records.RESULTS_FILE)) or {}).get("data")
+  if saved is None:
+    run_records.write_json(path, now)
+    return now
+  before, after = traverse_util.flatten_dict(saved), traverse_util.flatten_dict(now)
+  differences = [
+    f"{'.'.join(key)}={before[key]!r} there, {after[key]!r} now"
+    for key in sorted(set(before) & set(after))
+    if before[key] != after[key] and not set(key) & set(DATA_LOCATIONS)
+  ]
+  # Every process must agree (some records, e.g. checksums, are read by process 0 alone).
+  if distributed.any_process(bool(differences)):
+    raise DataMismatchError(workdir, differences or ["found by process 0"])
+  if not os.path.exists(path):
+    run_records.write_json(path, saved)
+  return saved
+
+
+def _asked(record: dict[str, Any]) -> dict[str, int]:
+  """The epochs and early-stopping patience a finished run was asked for (a record written before
+  "run_settings" says them in its flags and early_stop fields)."""
+  settings, flags = record.get("run_settings") or {}, record.get("flags") or {}
+  patience = (record.get("early_stop") or {}).get("patience", flags.get("early_stop_patience", 0))
+  return {
+    "epochs": settings.get("epochs", flags.get("epochs", record["epochs"])),
+    "early_stop_patience": settings.get("early_stop_patience", patience),
+  }
+
+
+def _finished_text(record: dict[str, Any]) -> str:
+  asked = _asked(record)
+  if record["epochs"] < asked["epochs"]:
+    return (
+      f"stopped early after epoch {record['epochs']} of {asked['epochs']}, "
+      f"early_stop_patience={asked['early_stop_patience']}"
+    )
+  return f"{record['epochs']} epochs of epochs={asked['epochs']}" + (
+    f", early_stop_patience={asked['early_stop_patience']}" if asked["early_stop_patience"] else ""
+  )
+
+
+def _trains_on(workdir: str, record: dict[str, Any], config: RunConfig) -> bool:
+  """Whether a rerun of the finished run `record` with `config` trains more epochs (more
+  epochs, or more patience after an early stop); False when it asks for what the record was
+  asked for. Refuses (FinishedRunError) anything else: it would only rewrite the record."""
+  asked = _asked(record)
+  now = {"epochs": config.epochs, "early_stop_patience": config.early_stop_patience}
+  if now == asked:
+    return False
+  done = record["epochs"]
+  best = [{"epoch": seed["best_epoch"]} if "best_epoch" in seed else None for seed in record["per_seed"]]
+  if config.epochs > done and not loop.stalled(best, done, config.early_stop_patience):
+    return True
+  differences = [f"{key}={now[key]} (asked {asked[key]} then)" for key in now if now[key] != asked[key]]
+  if config.epochs > done:  # more epochs, but its patience has run out already
+    stalled_for = done - max(b["epoch"] for b in best)
+    differences[-1] += f" with no seed improved for {stalled_for} epochs"
+  raise FinishedRunError(workdir, _finished_text(record), differences)
+
+
+def _recorded_settings(workdir: str, task: Task) -> dict[str, Any]:
+  """For a workdir whose config.json was written before some of its task's data settings were
+  guarded (Task.data_fields_added_later: left out there), the values other than their defaults
+  that its run recorded for them among its flags (run_info.json), under their config.json keys
+  (config.json, too, leaves them out at their defaults)."""
+  flags = (_read_json(os.path.join(workdir, run_records.RUN_INFO_FILE)) or {}).get("flags") or {}
+  defaults = (
+    {f.name: f.default for f in dataclasses.fields(task.data)} if task.data_fields_added_later else {}
+  )
+  return {
+    f"data.{name}": flags[name]
+    for name in task.data_fields_added_later
+    if flags.get(name) not in (None, "", defaults[name])  # unset or the default: left out
+  }
+
+
+def _is_record(name: str) -> bool:
+  """results.json and eval records: what a finished run's state is reported as."""
+  return name == run_records.RESULTS_FILE or bool(re.fullmatch(r"eval(_.*)?\.json", name))
+
+
+def _keep_earlier_records(workdir: str, record: dict[str, Any], *, layout_in_results: bool = False) -> str:
+  """Before a finished run trains on: its records (results.json, eval records, run_info.json)
+  move to earlier/epochs_<N>/, where nothing rewrites them; returns that folder. With
+  `layout_in_results` (seeds one after another: results.json names the seed workdirs, which
+  eval and the layout checks read), results.json is copied, and replaced when the seeds end."""
+  folder = os.path.join(workdir, EARLIER_DIR, f"epochs_{record['epochs']}")
+  again = 1
+  while os.path.exists(folder):  # the same epochs reported again (a run killed as it trained on)
+    again += 1
+    folder = os.path.join(workdir, EARLIER_DIR, f"epochs_{record['epochs']}_{again}")
+  if distributed.is_primary():
+    os.makedirs(folder)
+    run_info = os.path.join(workdir, run_records.RUN_INFO_FILE)
+    if os.path.exists(run_info):  # this start rewrites it
+      shutil.copy2(run_info, folder)
+    for name in sorted(os.listdir(workdir)):
+      if layout_in_results and name == run_records.RESULTS_FILE:
+        shutil.copy2(os.path.join(workdir, name), folder)
+      elif _is_record(name):
+        os.replace(os.path.join(workdir, name), os.path.join(folder, name))
+  distributed.barrier("simjax-earlier-records")
+  return folder
 
 
 def workdir_config(task: Task, config: RunConfig) -> dict[str, Any]:
@@ -265,6 +448,11 @@ def _train_sequentially(task: Task, config: RunConfig, workdir: str, records, on
   results.json and metrics.jsonl in `workdir`, laid out like those of a stacked run."""
   if os.path.exists(os.path.join(workdir, CONFIG_FILE)):
     raise WorkdirError(f"{workdir} holds a run with stacked seeds", workdir)
+  # The record rule as for one workdir (each seed's workdir also guards its own settings and data).
+  finished = _read_json(os.path.join(workdir, run_records.RESULTS_FILE))
+  trains_on = finished is not None and _trains_on(workdir, finished, config)
+  if trains_on:  # before any seed trains on
+    _keep_earlier_records(workdir, finished, layout_in_results=True)
   os.makedirs(workdir, exist_ok=True)
   seed_dirs = [os.path.join(workdir, SEED_DIR.format(s)) for s in config.seeds]
   runs = [
@@ -278,6 +466,8 @@ def _train_sequentially(task: Task, config: RunConfig, workdir: str, records, on
     )
     for s, d in zip(config.seeds, seed_dirs)
   ]
+  if finished is not None and not trains_on:  # every seed's run was found finished as asked
+    return finished
   combined = summary.combine([run["per_seed"][0] for run in runs])
   results = {
     k: v for k, v in runs[0].items() if k not in combined and k not in ("seeds", "per_seed", "summary")
@@ -288,6 +478,7 @@ def _train_sequentially(task: Task, config: RunConfig, workdir: str, records, on
     sum(run.get("compile_seconds") or 0.0 for run in runs)
   )  # each seed's own
   results["sequential_seeds"] = [os.path.basename(d) for d in seed_dirs]
+  results["run_settings"] = dataclasses.asdict(config)
   run_records.MetricsLog(workdir).reset(_merge_rows([run_records.read_metrics(d) for d in seed_dirs]))
   run_records.write_json(os.path.join(workdir, run_records.RESULTS_FILE), results)
   return results
@@ -363,22 +554,57 @@ def evaluate_trained(
 ) -> tuple[dict[str, Any], list[str]]:
   """Evaluates a trained workdir: `load(workdir)` gives (state, config, task) as
   `load_trained` does, and `task.evaluate_trained(state, batch_size)` every replica's
-  metrics and the run-level fields. Writes eval.json; returns it and what differs from the
-  training run's provenance (versions, device, code, data checksums). A read-only workdir
-  is evaluated all the same, with a warning that eval.json is not written there."""
+  metrics and the run-level fields. Writes the eval record (see `eval_record_path`); returns
+  it and what differs from the training run's provenance (versions, device, code, data
+  checksums). A read-only workdir is evaluated all the same, with a warning that no record
+  is written there."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f"workdir {workdir} is a file, not a folder", workdir)
   if not os.path.isdir(workdir):
     raise WorkdirError(f"workdir {workdir} not found", workdir)
   # Not while a run trains there, nor two evaluations at once; a read-only workdir is only read.
   with _lock(workdir, read_only_ok=True) as writable:
     state, config, task = load(workdir)
+    evaluation = task.evaluation()
+    path = eval_record_path(workdir, evaluation) if writable else None  # refused before the work
     per_seed_metrics, extras = task.evaluate_trained(state, batch_size)
     seeds = replicas.from_config(config, workdir)
     per_seed = [{"seed": s, **m} for s, m in zip(seeds, per_seed_metrics)]
-    results = {**summary.combine(per_seed), **extras, **run_records.provenance(command)}
+    results = {
+      **summary.combine(per_seed),
+      **extras,
+      **({"evaluation": evaluation} if evaluation else {}),
+      **run_records.provenance(command),
+    }
     differences = _differences_from_training(workdir, results)
     if writable:
-      run_records.write_json(os.path.join(workdir, EVAL_FILE), results)
+      run_records.write_json(path, results)
   return results, differences
+
+
+def eval_record_path(workdir: str, evaluation: dict[str, Any]) -> str:
+  """Where an evaluation of a trained workdir is recorded: eval.json for the evaluation the
+  run's results.json is of (or, where it does not say, the first one), eval_<settings>.json
+  for any other (e.g. eval_dev-validation_test-train_256.json); a record is only ever replaced by an
+  evaluation with the same settings. Refuses a name another evaluation holds."""
+  default = os.path.join(workdir, EVAL_FILE)
+  held = _read_json(default)
+  if not evaluation or (held is not None and held.get("evaluation") == evaluation):
+    return default
+  if held is None:  # free: it takes the run's own evaluation (or, where results.json does not say, any)
+    trained = (_read_json(os.path.join(workdir, run_records.RESULTS_FILE)) or {}).get("evaluation")
+    if trained is None or trained == evaluation:
+      return default
+  name = "_".join(f"{key}-{value}" for key, value in evaluation.items())
+  path = os.path.join(workdir, f"eval_{re.sub(r'[^A-Za-z0-9.-]+', '_', name).strip('_')}.json")
+  held = _read_json(path)
+  if held is not None and held.get("evaluation") != evaluation:
+    raise WorkdirError(
+      f"{path} holds an evaluation with other settings ({held.get('evaluation')}): move it away to "
+      "record this one",
+      workdir,
+    )
+  return path
 
 
 def _differences_from_training(workdir: str, current: dict[str, Any]) -> list[str]:

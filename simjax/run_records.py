@@ -8,6 +8,7 @@ import math
 import os
 import platform
 import subprocess
+import tomllib
 from importlib import metadata
 from typing import Any, Iterable
 
@@ -61,8 +62,8 @@ def _strict(value: Any) -> Any:
   return value
 
 
-def versions() -> dict[str, str]:
-  found = {"python": platform.python_version()}
+def versions() -> dict[str, str | None]:
+  found = {"python": platform.python_version(), "simjax": package_version()}
   for name in _PACKAGES:
     try:
       found[name] = metadata.version(name)
@@ -99,21 +100,42 @@ def _cpu_model() -> str | None:
   return None
 
 
-def git_state(path: str | None = None) -> dict[str, Any]:
-  """The commit of the code that ran, and whether it had uncommitted changes."""
-  path = path or os.path.dirname(os.path.abspath(__file__))
+def package_version() -> str | None:
+  """simjax's own version. The source tree's pyproject.toml when the package is imported from
+  one: that is the code that runs, even where another copy is installed (e.g. PYTHONPATH set to
+  the checkout); else the installed distribution's; None if neither says."""
+  pyproject = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml")
   try:
-    commit = subprocess.run(
-      ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True, timeout=10
+    with open(pyproject, "rb") as f:
+      project = tomllib.load(f).get("project")
+    if isinstance(project, dict) and project.get("name") == "simjax" and project.get("version"):
+      return str(project["version"])
+  except (OSError, tomllib.TOMLDecodeError):
+    pass  # no source tree around the package: an installed copy
+  try:
+    return metadata.version("simjax")
+  except metadata.PackageNotFoundError:
+    return None
+
+
+def git_state(path: str | None = None) -> dict[str, Any]:
+  """The commit of the code that ran, and whether its work tree had uncommitted changes.
+  `path`: a file or folder of that code (default: this module). Both are None unless git
+  tracks `path` in the work tree it lies in: a copy installed into, say, a .venv/ inside some
+  other repository is not that repository's code (versions()["simjax"] says what it is)."""
+  path = os.path.abspath(path or __file__)
+  folder = path if os.path.isdir(path) else os.path.dirname(path)
+
+  def git(*args: str) -> str:
+    return subprocess.run(
+      ["git", *args], cwd=folder, capture_output=True, text=True, check=True, timeout=10
     ).stdout.strip()
-    dirty = subprocess.run(
-      ["git", "status", "--porcelain", "--untracked-files=no"],
-      cwd=path,
-      capture_output=True,
-      text=True,
-      check=True,
-      timeout=10,
-    ).stdout.strip()
+
+  try:
+    # Fails outside a work tree, and for an untracked or ignored path (a folder: no file of it tracked).
+    git("ls-files", "--error-unmatch", "--", "." if path == folder else os.path.basename(path))
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": bool(dirty)}
   except (OSError, subprocess.SubprocessError):
     return {"commit": None, "dirty": None}

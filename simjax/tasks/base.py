@@ -41,14 +41,24 @@ class Task(abc.ABC):
     Returns the data's provenance (splits, row counts, checksums), recorded in run_info.json
     and results.json."""
 
-  #: Fields of `self.data` a workdir's runs may change (where data is, how it is evaluated).
+  #: Fields of `self.data` a workdir's runs may change: where the data is, nothing else (the
+  #: data record, data.json, says by checksum what the data is). Every other setting changes
+  #: what is trained or what the record says, so config.json holds it (simjax.run's record rule).
   free_data_fields: tuple[str, ...] = ()
+  #: Fields of `self.data` that config.json holds only when they differ from their defaults:
+  #: settings guarded since a later version, which workdirs written before lack.
+  data_fields_added_later: tuple[str, ...] = ()
 
   def run_config(self) -> dict[str, Any]:
-    """What the workdir's checkpoints depend on (its config.json, called after prepare); a
-    workdir resumes only with an equal one. By default the `model`, `data` (less its free
-    fields) and `optim` dataclasses of the task, and its `train_settings()`."""
-    data = {k: v for k, v in dataclasses.asdict(self.data).items() if k not in self.free_data_fields}
+    """What the workdir's checkpoints and records depend on (its config.json, called after
+    prepare); a workdir resumes only with an equal one. By default the `model`, `data` (less
+    its free fields) and `optim` dataclasses of the task, and its `train_settings()`."""
+    defaults = {f.name: f.default for f in dataclasses.fields(self.data)}
+    data = {
+      k: v
+      for k, v in dataclasses.asdict(self.data).items()
+      if k not in self.free_data_fields and not (k in self.data_fields_added_later and v == defaults[k])
+    }
     return {
       "model": dataclasses.asdict(self.model),
       "data": data,
@@ -58,6 +68,13 @@ class Task(abc.ABC):
 
   def train_settings(self) -> dict[str, Any]:
     """The task's own training settings that checkpoints depend on (recorded under "train")."""
+    return {}
+
+  def evaluation(self) -> dict[str, Any]:
+    """What the task's final numbers are of: the evaluated splits by role, and any setting of
+    the evaluation (e.g. {"dev": "validation", "test": "test"}). results.json and eval records
+    hold it; an evaluation of a trained run another way gets a record file of its own. {}: the
+    task does not say (its evaluations then share eval.json)."""
     return {}
 
   @abc.abstractmethod

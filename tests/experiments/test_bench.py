@@ -89,6 +89,19 @@ def test_bench_runs_seeds_back_to_back_and_reports_them(cifar_data_dir, tmp_path
   assert f"`{bench['command']}`" in md and bench["data"]["label"] in md
   assert f"| 2 | 4 | {100 * accuracy[1]:.2f} |" in md
 
+  # A second bench into the same --out is refused before it trains anything: the first's files
+  # stay byte for byte, and nothing is added beside them.
+  files = {name: (out / name).read_bytes() for name in ("cnn_resnet.json", "cnn_resnet.md")}
+  listing = sorted(os.listdir(out))
+  refused = _bench(*TINY, *data, "--runs=1", f"--out={out}")
+  assert refused.returncode == 1 and not refused.stdout
+  assert refused.stderr.strip() == (
+    f"error: {out / 'cnn_resnet.json'} already exists (a bench of {bench['date']}: 2 of 2 runs; "
+    f"command: {bench['command']}): a bench never overwrites an earlier result; pass another --out "
+    f"or --experiment, or move {out / 'cnn_resnet.json'} and {out / 'cnn_resnet.md'} away"
+  )
+  assert {name: (out / name).read_bytes() for name in files} == files and sorted(os.listdir(out)) == listing
+
   # Another bench in another --out, sharing that cache: its one run loads every program,
   # and its workdirs are gone afterwards.
   again = tmp_path / "again"
@@ -101,6 +114,29 @@ def test_bench_runs_seeds_back_to_back_and_reports_them(cifar_data_dir, tmp_path
   )
   assert one["test_accuracy"]["std"] == 0.0 and "workdir" not in one["runs"][0]
   assert "loaded" in (again / "cnn_resnet.md").read_text()  # says its first run was not a cold compile
+
+
+def test_a_bench_stopped_early_is_kept_too(tmp_path):
+  out = tmp_path / "out"
+  out.mkdir()
+  stopped = {
+    "experiment": "cnn_resnet",
+    "command": "python -m experiments.bench --flagfile=cnn_resnet.flags --runs=5",
+    "date": "2026-01-02",
+    "runs_requested": 5,
+    "runs_completed": 2,
+    "complete": False,
+  }
+  (out / "cnn_resnet.json").write_text(json.dumps(stopped))
+  refused = _bench("--flagfile=cnn_resnet.flags", "--runs=1", f"--out={out}")
+  assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+  assert refused.stderr.startswith(
+    f"error: {out / 'cnn_resnet.json'} already exists (a bench of 2026-01-02: 2 of 5 runs, stopped early; "
+    f"command: {stopped['command']}): "
+  )
+  assert refused.stderr.strip().endswith(f"or move {out / 'cnn_resnet.json'} away")
+  assert json.loads((out / "cnn_resnet.json").read_text()) == stopped
+  assert os.listdir(out) == ["cnn_resnet.json"]  # refused before anything was written
 
 
 @pytest.mark.parametrize(

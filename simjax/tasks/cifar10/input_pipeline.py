@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import warnings
 import zipfile
 
 import jax
@@ -209,22 +210,38 @@ def read_images(paths: list[str]) -> np.ndarray:
   images = []
   for path in paths:
     try:
-      with Image.open(path) as image:
+      with warnings.catch_warnings():
+        # PIL warns of an image over its own limit (~89 megapixels), which the lower one
+        # below refuses anyway: its warning would only add lines before that error.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(path)
+      with image:
         width, height = image.size
         if width * height > MAX_IMAGE_PIXELS:
-          raise DataError(
-            f"{path}: {width}x{height} pixels is larger than the {MAX_IMAGE_PIXELS // 1_000_000} "
-            "megapixels read here; downscale it first (the model sees 32x32)"
-          )
+          raise _too_large(path, f"{width}x{height} pixels")
         rgb = _to_rgb(image)
         if rgb.size != (32, 32):
           rgb = rgb.resize((32, 32), Image.BILINEAR)
         images.append(np.asarray(rgb, np.uint8))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
-      raise DataError(
-        f"{path}: not a readable image ({e.__class__.__name__}); pass PNG or JPEG files"
-      ) from None
+    except Image.DecompressionBombError:
+      # PIL refuses twice its own limit while it opens the file, before the size is known here.
+      raise _too_large(path, f"more than {2 * Image.MAX_IMAGE_PIXELS // 1_000_000} megapixels") from None
+    except FileNotFoundError:
+      raise DataError(f"{path} does not exist: pass PNG or JPEG files") from None
+    except IsADirectoryError:
+      raise DataError(f"{path} is a directory: pass PNG or JPEG files") from None
+    except (UnidentifiedImageError, OSError) as e:
+      # The file system's reason (e.g. "Permission denied"), else PIL's kind of failure.
+      why = e.strerror if e.errno is not None else e.__class__.__name__
+      raise DataError(f"{path}: not a readable image ({why}); pass PNG or JPEG files") from None
   return np.stack(images)
+
+
+def _too_large(path: str, size: str) -> DataError:
+  return DataError(
+    f"{path}: {size} is larger than the {MAX_IMAGE_PIXELS // 1_000_000} megapixels read here; "
+    "downscale it first (the model sees 32x32)"
+  )
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

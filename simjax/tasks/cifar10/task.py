@@ -395,7 +395,8 @@ class Cifar10Task(Task):
       label_smoothing=config["train"].get("label_smoothing", 0.0),
     )
 
-  free_data_fields = ("data_dir", "cache_dir", "eval_split", "tta", "tta_each_epoch")
+  free_data_fields = ("data_dir", "cache_dir")  # where the data is
+  data_fields_added_later = ("eval_split", "tta", "tta_each_epoch")
 
   def run_config(self) -> dict[str, Any]:
     config = super().run_config()
@@ -405,6 +406,9 @@ class Cifar10Task(Task):
 
   def train_settings(self) -> dict[str, Any]:
     return {"label_smoothing": self.label_smoothing}
+
+  def evaluation(self) -> dict[str, Any]:
+    return {"split": self.data.eval_split, "tta": self.data.tta}
 
   def prepare(self, workdir: str, config: RunConfig, *, resuming: bool) -> dict[str, Any]:
     self._run = config
@@ -543,7 +547,8 @@ class Cifar10Task(Task):
   def evaluate_trained(
     self, state: TrainState, batch_size: int
   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """eval from a workdir: accuracy on the evaluated split, with the task's test-time augmentation."""
+    """eval from a workdir: accuracy on the evaluated split, with the task's test-time augmentation
+    (under "test", as results.json has it; the record's "evaluation" names the split)."""
     split = input_pipeline.load_split(self.data.eval_split, self.data.data_dir, self.data.cache_dir)
     predictions = predict_classes(state, split.images, batch_size, self.model.dtype, tta=self.data.tta)
     per_seed = [{"test": classification_metrics(p, split.labels, split.class_names)} for p in predictions]

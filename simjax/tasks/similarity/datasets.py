@@ -408,11 +408,18 @@ def load_pairs(dataset: str, split: str, data_dir: str | None, manual_dir: str |
   "test[:10%]") of `dataset` ("stsb", "sick", or an auxiliary set such as "semeval_sts"),
   preparing it if needed.
 
-  Slices count rows in source-file order.
+  Slices count rows in source-file order. One split per call: '+' and 'all' are refused.
   """
   builder = prepare(dataset, data_dir, manual_dir)
-  if "+" in split:  # Row indices would restart mid-way; concatenating is the caller's call.
+  # One split per call: joined splits ('+', or 'all': every split) would restart the row index
+  # mid-way, so `index` would no longer say where a row is; concatenating is the caller's call.
+  if "+" in split:
     raise DataError(f"split {split!r}: '+' is not supported; load each split and concatenate them")
+  if split.split("[", 1)[0].strip() == "all":
+    raise DataError(
+      f"split {split!r} of {dataset}: 'all' (every split joined) is not supported; load each of "
+      f"{', '.join(builder.info.splits)} that you need and concatenate them"
+    )
   try:
     source = builder.as_data_source(split=split)
     num_rows = len(source)  # TFDS only notices reversed slices like [5:2] here.
@@ -423,7 +430,8 @@ def load_pairs(dataset: str, split: str, data_dir: str | None, manual_dir: str |
     ) from None
   rows = list(source.__getitems__(range(num_rows)))
   index = np.array([row["index"] for row in rows], dtype=np.int32)
-  # Slices are only meaningful if storage is in file order (disable_shuffling).
+  # Slices are only meaningful if storage is in file order (disable_shuffling). One split is read,
+  # so a falling index means the stored split itself is out of order.
   if np.any(np.diff(index) <= 0):
     raise DataError(
       f"{dataset} prepared in {builder.data_dir} is not stored in file order; delete that folder and rerun"

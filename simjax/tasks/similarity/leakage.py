@@ -46,13 +46,41 @@ def keys(sentence1: Iterable[str], sentence2: Iterable[str]) -> list[tuple[str, 
   return [pair_key(a, b) for a, b in zip(sentence1, sentence2)]
 
 
+def split_names(spec: str) -> list[str]:
+  """The split names a TFDS split spec reads, one per `+` part, each the text before its slice with
+  surrounding whitespace dropped and case folded: "train[:10%] + TEST" -> ["train", "test"].
+
+  TFDS's own split names are case-sensitive; folding case here only makes the check refuse more
+  (a spec TFDS rejects anyway), never less."""
+  return [part.split("[", 1)[0].strip().casefold() for part in spec.split("+")]
+
+
 def check_source_allowed(dataset: str, source: str, split: str = "train") -> None:
-  """Refuses a source (any of its splits) or a source's split that `dataset`'s rules forbid."""
+  """Refuses a source (any of its splits) or a split spec of a source that reads a split
+  `dataset`'s rules forbid: the split itself, sliced ("test[:10]", "test[:50%]"), one part of a
+  `+` union ("train+test"), or "all" (every split of the source, so every forbidden one)."""
   rules = FORBIDDEN.get(dataset, {})
-  for name in (source, f"{source}:{split.split('[')[0]}"):
-    if name in rules:
+  key = source.strip().casefold()
+  if key in rules:
+    raise LeakageError(
+      f"{source.strip()} may not be training data for {dataset}: {rules[key]}; drop it from the extra "
+      "training data",
+      settings=("extra_train",),
+    )
+  forbidden = {rule.partition(":")[2]: why for rule, why in rules.items() if rule.startswith(f"{key}:")}
+  parts = split_names(split)
+  for part in parts:
+    for hit in sorted(forbidden) if part == "all" else [part] if part in forbidden else []:
+      name = f"{source.strip()}:{' '.join(split.split())}"
+      if parts == [hit]:  # the forbidden split alone, whole or sliced
+        reason, instead = forbidden[hit], ""
+      else:
+        every = " ('all' is every split)" if part == "all" else ""
+        reason = f"it reads {key}:{hit}{every}, and {forbidden[hit]}"
+        instead = f", naming only splits other than {hit}"
       raise LeakageError(
-        f"{name} may not be training data for {dataset}: {rules[name]}; drop it from the extra training data",
+        f"{name} may not be training data for {dataset}: {reason}; drop it from the extra training "
+        f"data{instead}",
         settings=("extra_train",),
       )
 

@@ -382,12 +382,19 @@ class SimilarityTask(Task):
     )
     task.model = model
     task.vocab = text.Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
+    # What the run trained on (its own splits, its data where the data is now): eval compares with it.
+    where = {k: v for k, v in data_settings.items() if k in cls.free_data_fields}
+    task.trained_data = DataConfig(**{**config["data"], **where})
     return task
 
-  free_data_fields = ("data_dir", "manual_dir", "test_split")  # where data is, and the final test split
+  free_data_fields = ("data_dir", "manual_dir")  # where the data is
+  data_fields_added_later = ("test_split",)
 
   def train_settings(self) -> dict[str, Any]:
     return {"best_metric": self.best_metric}
+
+  def evaluation(self) -> dict[str, Any]:
+    return {"dev": self.data.eval_split, "test": self.data.test_split}
 
   def run_config(self) -> dict[str, Any]:
     config = super().run_config()
@@ -537,10 +544,12 @@ class SimilarityTask(Task):
   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """eval from a workdir: dev and test metrics of the loaded (best) state, and of the seeds'
     ensemble."""
-    splits = {"dev": self.data.eval_split, "test": self.data.test_split}
-    encoded = {}
+    splits = self.evaluation()
+    encoded, evaluated = {}, {}
     for name, split in splits.items():
-      pairs = datasets.load_pairs(self.data.dataset, split, self.data.data_dir, self.data.manual_dir)
+      pairs = evaluated[name] = datasets.load_pairs(
+        self.data.dataset, split, self.data.data_dir, self.data.manual_dir
+      )
       encoded[name] = input_pipeline.encode_pairs(
         pairs.sentence1, pairs.sentence2, pairs.score, self.vocab, self.data.max_length
       )
@@ -551,7 +560,31 @@ class SimilarityTask(Task):
       "splits": splits,
       "source_sha256": datasets.source_checksums(self.data.dataset, self.data.data_dir, self.data.manual_dir),
     }
-    return per_seed, {"data": data_info, **({"ensemble": ensemble} if ensemble is not None else {})}
+    extras = {"data": data_info, "training_overlap": self._training_overlap(evaluated)}
+    return per_seed, {**extras, **({"ensemble": ensemble} if ensemble is not None else {})}
+
+  def _training_overlap(self, evaluated: dict[str, datasets.SentencePairs]) -> dict[str, Any]:
+    """How many pairs of each evaluated split the run's training data holds (compared as the
+    leakage guard compares them), rebuilt as training built it: in the dataset's own train split
+    (the benchmark's definition: STS-B's test shares 7 pairs with it) and in the extra training
+    data, from which only the splits the run was evaluated on were removed. Another test split
+    may meet the extra data there: those numbers are then not of unseen pairs."""
+    trained = self.trained_data
+    wanted = {"train": trained.train_split, "dev": trained.eval_split, "test": trained.test_split}
+    pairs = {
+      name: datasets.load_pairs(trained.dataset, split, trained.data_dir, trained.manual_dir)
+      for name, split in wanted.items()
+    }
+    train, _ = training_pairs(trained, pairs)  # the train split first, then the extra data
+    own = len(pairs["train"])
+    official = set(leakage.keys(train.sentence1[:own], train.sentence2[:own]))
+    extra = set(leakage.keys(train.sentence1[own:], train.sentence2[own:]))
+    record: dict[str, Any] = {"compared": leakage.NORMALISATION, "official_train": {}, "extra": {}}
+    for name, split_pairs in evaluated.items():
+      keys = leakage.keys(split_pairs.sentence1, split_pairs.sentence2)
+      record["official_train"][name] = len(leakage.evaluation_rows(keys, official))
+      record["extra"][name] = len(leakage.evaluation_rows(keys, extra))
+    return record
 
 
 def _seeds_and_ensemble(

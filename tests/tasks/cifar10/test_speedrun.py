@@ -23,11 +23,39 @@ def test_the_whitening_conv_whitens_the_patches_it_was_computed_from(images):
   kernel = models.whitening_kernel(normalized, eps=1e-9)
   assert kernel.shape == (2, 2, 3, 24)
   out = jax.lax.conv_general_dilated(
-    normalized, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    normalized,
+    kernel,
+    (1, 1),
+    "VALID",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    precision=jax.lax.Precision.HIGHEST,  # float32 products: the bound below assumes them
   )
   flat = np.asarray(out, np.float64).reshape(-1, 24)
   covariance = flat[:, :12].T @ flat[:, :12] / len(flat)  # uncentred, as computed
-  np.testing.assert_allclose(covariance, np.eye(12), atol=2e-3)
+  # The same 2x2x3 patches, in the conv's (i, j, channel) order, taken here independently.
+  windows = np.lib.stride_tricks.sliding_window_view(np.asarray(normalized), (2, 2), axis=(1, 2))
+  patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, 12)  # float32
+  exact = patches.astype(np.float64).T @ patches.astype(np.float64) / len(patches)
+  # The float32 covariance C32 the kernel comes from, summed the same way as the library sums it.
+  rounded = np.asarray(jnp.asarray(patches).T @ jnp.asarray(patches) / len(patches), np.float64)
+  lam = np.linalg.eigvalsh(exact)[::-1]  # the filters' order: largest first
+  # A tolerance from the float32 arithmetic. The filters w_i (rows of W) are C32's eigenvectors
+  # over sqrt(lam_i + eps), so for C, the exact covariance of the same patches,
+  # W C W^T = diag(lam / (lam + eps)) + W (C - C32) W^T + W (eigh's error) W^T with |w_i| =
+  # 1/sqrt(lam_i): entry (i, j) is off by at most (|C - C32|_2 + 3 * 12u lam_max) / sqrt(lam_i lam_j),
+  # as eigh's backward error and its vectors' loss of orthogonality (on both sides) are each about
+  # n u lam_max (n = 12, u = 2^-24). The float32 conv is off by at most 12u |w_i| |x| per output,
+  # which adds 12u sqrt(trace C) (1/sqrt(lam_i) + 1/sqrt(lam_j)). The weakest directions (lam ~ 1e-4
+  # against lam_max ~ 10) amplify C32's rounding, whose size depends on the CPU's summation order,
+  # so |C - C32|_2 is measured, not assumed; a factor of 2 covers the first-order approximations.
+  u = 2.0**-24
+  rsqrt = 1 / np.sqrt(lam)
+  bound = 2 * (
+    (np.linalg.norm(exact - rounded, 2) + 3 * 12 * u * lam[0]) * np.outer(rsqrt, rsqrt)
+    + 12 * u * np.sqrt(lam.sum()) * (rsqrt[:, None] + rsqrt[None, :])
+  )
+  deviation = np.abs(covariance - np.diag(lam / (lam + 1e-9)))
+  assert (deviation <= bound).all(), f"off by up to {np.max(deviation / bound):.2f} times the bound"
   np.testing.assert_array_equal(flat[:, 12:], -flat[:, :12])  # each direction and its negation
   # The default eps damps only the weakest directions (those with variance near it).
   damped = np.asarray(models.whitening_kernel(normalized)).reshape(12, 24)

@@ -104,6 +104,40 @@ def test_bad_split(prepared, split):
     datasets.load_pairs("stsb", split, prepared("stsb"), None)
 
 
+@pytest.mark.parametrize("split", ["all", "all\n", "all[:50%]"])
+def test_all_is_refused_with_what_to_load_instead(prepared, split):
+  with pytest.raises(DataError) as error:
+    datasets.load_pairs("stsb", split, prepared("stsb"), None)
+  assert str(error.value) == (
+    f"split {split!r} of stsb: 'all' (every split joined) is not supported; load each of train, "
+    "validation, test that you need and concatenate them"
+  )
+
+
+class _Reversed:
+  """A data source read back to front: a split stored out of file order."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitems__(self, keys):
+    return self.source.__getitems__([len(self.source) - 1 - k for k in keys])
+
+
+def test_a_split_stored_out_of_order_is_reported(prepared, monkeypatch):
+  read = datasets.StsBenchmark.as_data_source
+  monkeypatch.setattr(
+    datasets.StsBenchmark, "as_data_source", lambda self, split: _Reversed(read(self, split))
+  )
+  with pytest.raises(
+    DataError, match=r"^stsb prepared in .* is not stored in file order; delete that folder"
+  ):
+    datasets.load_pairs("stsb", "test[:10]", prepared("stsb"), None)
+
+
 def test_unknown_dataset():
   with pytest.raises(DataError, match="choose one of: stsb, sick"):
     datasets.load_pairs("sts", "train", None, None)

@@ -1,6 +1,8 @@
 """The leakage guard: extra training data never holds an evaluation pair, and the check is recorded."""
 
 import json
+import pathlib
+import re
 import shutil
 
 import numpy as np
@@ -25,6 +27,89 @@ def test_a_source_the_benchmark_forbids_is_refused():
   leakage.check_source_allowed("sick", "semeval_sts")
   with pytest.raises(leakage.LeakageError, match="semeval_sts may not be training data for stsb: the STS"):
     leakage.check_source_allowed("stsb", "semeval_sts")
+
+
+@pytest.fixture(scope="module")
+def msrp_reads(prepared):
+  """`msrp_reads(spec)` -> the MSRP splits TFDS reads for split spec `spec`, or None if TFDS refuses it."""
+  builder = datasets.prepare("msrp", prepared("msrp"), None)
+
+  def reads(spec):
+    try:
+      instructions = builder.info.splits[spec].file_instructions
+    except (ValueError, KeyError, NotImplementedError):
+      return None
+    return {pathlib.Path(i.filename).name.removeprefix("msrp-").split(".")[0] for i in instructions}
+
+  return reads
+
+
+# MSRP split specs that name its test split: ones TFDS reads, then spellings TFDS refuses (the
+# rule refuses them all the same).
+NAMING_MSRP_TEST = [
+  *("test", "test[:10]", "test[:50%]", "test[-10:]", "test[0shard]", "test\n", "all", "train+test"),
+  *("train + test", "validation+test", "test[:10]+train", "train+all"),
+  *("TEST", "Test", " test ", "\ttest", "all[:50%]", "ALL", "test [:10]"),
+]
+
+
+@pytest.mark.parametrize("split", NAMING_MSRP_TEST)
+def test_every_split_spec_that_names_msrp_test_is_refused_for_stsb(msrp_reads, split):
+  reads = msrp_reads(split)
+  assert reads is None or "test" in reads
+  name = re.escape(f"msrp:{' '.join(split.split())}")
+  with pytest.raises(leakage.LeakageError) as error:
+    leakage.check_source_allowed("stsb", "msrp", split)
+  message = str(error.value)
+  assert re.fullmatch(
+    rf"{name} may not be training data for stsb: (it reads msrp:test( \('all' is every split\))?, and )?"
+    r"the STS Benchmark's readme forbids training STS-B systems on MSRP test; drop it from the extra "
+    r"training data(, naming only splits other than test)?",
+    message,
+  ), message
+  assert error.value.settings == ("extra_train",)
+  leakage.check_source_allowed("sick", "msrp", split)  # SICK's rules allow MSRP test
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "train[:100]", "train[-10%:]", "train+validation"])
+def test_split_specs_without_msrp_test_pass_the_rule(msrp_reads, split):
+  assert msrp_reads(split) and "test" not in msrp_reads(split)
+  leakage.check_source_allowed("stsb", "msrp", split)
+
+
+@pytest.mark.parametrize(
+  "source, split", [("semeval_sts", "all"), ("semeval_sts", "train[:10]"), (" SICK ", "test")]
+)
+def test_a_forbidden_source_is_refused_whatever_the_split(source, split):
+  with pytest.raises(leakage.LeakageError, match=f"^{source.strip()} may not be training data for stsb: the"):
+    leakage.check_source_allowed("stsb", source, split)
+
+
+@pytest.mark.parametrize(
+  "dataset, kind, message",
+  [
+    ("stsb", leakage.LeakageError, "msrp:all may not be training data for stsb: it reads msrp:test"),
+    (
+      "sick",
+      datasets.DataError,
+      r"split 'all' of msrp: 'all' \(every split joined\) is not supported; load each",
+    ),
+  ],
+)
+def test_msrp_all_is_refused_by_the_rule_or_the_loader_never_with_advice_to_delete_data(
+  prepared, manual_dir, dataset, kind, message
+):
+  data_dir, _ = prepared("msrp"), prepared(dataset)
+  splits = {
+    name: datasets.load_pairs(dataset, split, data_dir, None)
+    for name, split in (("train", "train[:16]"), ("dev", "validation[:8]"), ("test", "test[:8]"))
+  }
+  config = train.DataConfig(
+    dataset=dataset, data_dir=data_dir, manual_dir=str(manual_dir), extra_train=("msrp:all",)
+  )
+  with pytest.raises(kind, match=message) as error:
+    train.training_pairs(config, splits)
+  assert "delete" not in str(error.value)
 
 
 @pytest.fixture(scope="module")
