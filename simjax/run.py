@@ -360,7 +360,8 @@ def _finished_text(record: dict[str, Any]) -> str:
       f"stopped early after epoch {record['epochs']} of {asked['epochs']}, "
       f"early_stop_patience={asked['early_stop_patience']}"
     )
-  return f"{record['epochs']} epochs of epochs={asked['epochs']}" + (
+  done = record["epochs"]
+  return f"{done} epoch{'s' if done != 1 else ''} of epochs={asked['epochs']}" + (
     f", early_stop_patience={asked['early_stop_patience']}" if asked["early_stop_patience"] else ""
   )
 
