@@ -1,6 +1,6 @@
 r"""Folds a device session's output (experiments.gpu_session) into the repo, in one command.
 
-  python -m experiments.fold_gpu_session /work/.device/files_at     # the folder holding session.tar.gz
+  python -m experiments.fold_gpu_session <folder>     # the folder holding session.tar.gz
 
 It unpacks session.tar.gz and
   * puts the report folder at reports/<name>/ (report.md, figures, logs, session.json; each

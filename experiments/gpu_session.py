@@ -1,4 +1,4 @@
-r"""Every GPU measurement the project needs, as one command that fits one lent device call.
+r"""Every GPU measurement the project needs, as one command that fits within 10 minutes on one GPU.
 
   bash benchmarks/gpu_session.sh                   # on the device: installs the carried wheels, then this
   SIMJAX_SMOKE=1 bash benchmarks/gpu_session.sh    # on a CPU: the same steps on data slices, < 2 min

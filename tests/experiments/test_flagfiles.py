@@ -191,7 +191,7 @@ def test_variants_differ_exactly_in_what_the_study_varies(real_variants):
     "freeze_embeddings",
     "pretrained_vocab_size",
   }
-  # The study's own settings (issue 14): the same four variants, and the epochs it trained.
+  # The study's own settings: the same four variants, and the epochs it trained.
   assert _differing(parsed["study_rnn"], parsed["study_lstm"]) == {"experiment", "cell", "epochs"}
   assert _differing(parsed["study_lstm"], parsed["study_lstm_stacked_dropout"]) == {
     "experiment",
@@ -217,7 +217,7 @@ def test_variants_differ_exactly_in_what_the_study_varies(real_variants):
     "learning_rate",
     "batch_size",
     "epochs",
-    "tta",  # the ResNet's recipe evaluates 6 views (issue 9)
+    "tta",  # the ResNet's recipe evaluates 6 views (reports/cnn-recipe)
   }
 
 
