@@ -439,16 +439,7 @@ def read_input(path: str, wanted: str) -> bytes:
     with open(path, "rb") as f:
       return f.read()
   except OSError as e:
-    raise ValueError(f"{unreadable_path('stdin' if path == '-' else path, e)}: pass {wanted}") from None
-
-
-def unreadable_path(name: str, error: OSError) -> str:
-  """Why an input path could not be read, in words rather than an errno."""
-  if isinstance(error, FileNotFoundError):
-    return f"{name} does not exist"
-  if isinstance(error, IsADirectoryError):
-    return f"{name} is a directory"
-  return f"cannot read {name} ({error.strerror or error})"
+    raise ValueError(f"{errors.path_problem('stdin' if path == '-' else path, e)}: pass {wanted}") from None
 
 
 def _quiet_unraisable(unraisable) -> None:

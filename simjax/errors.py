@@ -9,6 +9,15 @@ catch those keep working.
 from __future__ import annotations
 
 
+def path_problem(path: str, error: OSError) -> str:
+  """Why `path` could not be read, in words rather than an errno (e.g. "x.tsv does not exist")."""
+  if isinstance(error, FileNotFoundError):
+    return f"{path} does not exist"
+  if isinstance(error, IsADirectoryError):
+    return f"{path} is a directory"
+  return f"cannot read {path} ({error.strerror or error})"
+
+
 class SimjaxError(Exception):
   """Base of every error simjax raises on purpose (as opposed to a bug).
 

@@ -232,7 +232,7 @@ def _train_stacked(
     store.guard_config(
       workdir_config(task, config), replace=not resuming, recorded=_recorded_settings(workdir, task)
     )
-    data_info = _guard_data(workdir, data_info, resuming=resuming)
+    data_info = _guard_data(workdir, data_info, resuming=resuming, finished=finished)
     if finished is not None:
       if not _trains_on(workdir, finished, config):  # the same run asked again: its record stands
         if os.path.exists(os.path.join(workdir, run_records.METRICS_FILE)):
@@ -295,7 +295,7 @@ def _train_stacked(
     # during the epochs (part of train_seconds). Near 0 on a rerun with a compilation cache.
     "compile_seconds": ahead_of_time.seconds + fit.compile_seconds,
     **extras,
-    **({"evaluation": task.evaluation()} if task.evaluation() else {}),
+    **({"evaluation": evaluation} if (evaluation := task.evaluation()) else {}),
     "data": data_info,
     "run_settings": dataclasses.asdict(config),  # what was asked: epochs, patience, seeds...
     "flags": records["flags"],
@@ -315,16 +315,19 @@ def _read_json(path: str) -> dict[str, Any] | None:
     return json.load(f)
 
 
-def _guard_data(workdir: str, data_info: dict[str, Any], *, resuming: bool) -> dict[str, Any]:
+def _guard_data(
+  workdir: str, data_info: dict[str, Any], *, resuming: bool, finished: dict[str, Any] | None
+) -> dict[str, Any]:
   """data.json: the data the run trains on (splits, rows, checksums, the leakage check: the
   task's data record), written at its first start. A resumed run must read the same data,
   wherever both records say something (where the data is never counts), or is refused; what
-  it returns, and results.json records, is the first start's record."""
+  it returns, and results.json records, is the first start's record. `finished`: the workdir's
+  results.json, if it has one."""
   path = os.path.join(workdir, DATA_FILE)
   now = json.loads(run_records.dumps(data_info))  # as JSON has it
   saved = _read_json(path) if resuming else None
   if saved is None and resuming:  # a run from before data.json: its results say it, if it finished
-    saved = (_read_json(os.path.join(workdir, run_records.RESULTS_FILE)) or {}).get("data")
+    saved = (finished or {}).get("data")
   if saved is None:
     run_records.write_json(path, now)
     return now

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import math
 import os
@@ -100,6 +101,7 @@ def _cpu_model() -> str | None:
   return None
 
 
+@functools.cache  # read once: every record's provenance asks
 def package_version() -> str | None:
   """simjax's own version. The source tree's pyproject.toml when the package is imported from
   one: that is the code that runs, even where another copy is installed (e.g. PYTHONPATH set to

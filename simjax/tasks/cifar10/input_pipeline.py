@@ -226,10 +226,8 @@ def read_images(paths: list[str]) -> np.ndarray:
     except Image.DecompressionBombError:
       # PIL refuses twice its own limit while it opens the file, before the size is known here.
       raise _too_large(path, f"more than {2 * Image.MAX_IMAGE_PIXELS // 1_000_000} megapixels") from None
-    except FileNotFoundError:
-      raise DataError(f"{path} does not exist: pass PNG or JPEG files") from None
-    except IsADirectoryError:
-      raise DataError(f"{path} is a directory: pass PNG or JPEG files") from None
+    except (FileNotFoundError, IsADirectoryError) as e:
+      raise DataError(f"{errors.path_problem(path, e)}: pass PNG or JPEG files") from None
     except (UnidentifiedImageError, OSError) as e:
       # The file system's reason (e.g. "Permission denied"), else PIL's kind of failure.
       why = e.strerror if e.errno is not None else e.__class__.__name__

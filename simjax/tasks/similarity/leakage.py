@@ -69,20 +69,26 @@ def check_source_allowed(dataset: str, source: str, split: str = "train") -> Non
     )
   forbidden = {rule.partition(":")[2]: why for rule, why in rules.items() if rule.startswith(f"{key}:")}
   parts = split_names(split)
-  for part in parts:
-    for hit in sorted(forbidden) if part == "all" else [part] if part in forbidden else []:
-      name = f"{source.strip()}:{' '.join(split.split())}"
-      if parts == [hit]:  # the forbidden split alone, whole or sliced
-        reason, instead = forbidden[hit], ""
-      else:
-        every = " ('all' is every split)" if part == "all" else ""
-        reason = f"it reads {key}:{hit}{every}, and {forbidden[hit]}"
-        instead = f", naming only splits other than {hit}"
-      raise LeakageError(
-        f"{name} may not be training data for {dataset}: {reason}; drop it from the extra training "
-        f"data{instead}",
-        settings=("extra_train",),
-      )
+  # (part of the spec, forbidden split it reads): "all" reads every split.
+  read = [
+    (part, hit)
+    for part in parts
+    for hit in (sorted(forbidden) if part == "all" else [part])
+    if hit in forbidden
+  ]
+  for part, hit in read:
+    name = f"{source.strip()}:{' '.join(split.split())}"
+    if parts == [hit]:  # the forbidden split alone, whole or sliced
+      reason, instead = forbidden[hit], ""
+    else:
+      every = " ('all' is every split)" if part == "all" else ""
+      reason = f"it reads {key}:{hit}{every}, and {forbidden[hit]}"
+      instead = f", naming only splits other than {hit}"
+    raise LeakageError(
+      f"{name} may not be training data for {dataset}: {reason}; drop it from the extra training "
+      f"data{instead}",
+      settings=("extra_train",),
+    )
 
 
 def evaluation_rows(training_keys: list[tuple[str, str]], evaluation_keys: set[tuple[str, str]]) -> list[int]:

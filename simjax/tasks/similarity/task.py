@@ -571,8 +571,10 @@ class SimilarityTask(Task):
     may meet the extra data there: those numbers are then not of unseen pairs."""
     trained = self.trained_data
     wanted = {"train": trained.train_split, "dev": trained.eval_split, "test": trained.test_split}
+    loaded = {self.evaluation()[name]: pairs for name, pairs in evaluated.items()}  # read once
     pairs = {
-      name: datasets.load_pairs(trained.dataset, split, trained.data_dir, trained.manual_dir)
+      name: loaded.get(split)
+      or datasets.load_pairs(trained.dataset, split, trained.data_dir, trained.manual_dir)
       for name, split in wanted.items()
     }
     train, _ = training_pairs(trained, pairs)  # the train split first, then the extra data
