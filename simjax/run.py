@@ -309,10 +309,17 @@ def _train_stacked(
 # The record rule: what a rerun may change
 # --------------------------------------------------------------------------------------
 def _read_json(path: str) -> dict[str, Any] | None:
+  """A record of a workdir (None if it has none); a damaged one is one error naming it."""
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError as e:  # truncated or edited by hand: never trained or evaluated over
+    raise WorkdirError(
+      f"{path} is not a readable record ({e}): restore it from a copy, or move it away",
+      os.path.dirname(path),
+    ) from None
 
 
 def _guard_data(
@@ -491,11 +498,7 @@ def _train_sequentially(task: Task, config: RunConfig, workdir: str, records, on
 def sequential_seed_dirs(workdir: str) -> list[str] | None:
   """The seed_<s> workdirs of a run whose seeds ran one after another, in seed order; None
   for other workdirs."""
-  path = os.path.join(workdir, run_records.RESULTS_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    names = json.load(f).get("sequential_seeds")
+  names = (_read_json(os.path.join(workdir, run_records.RESULTS_FILE)) or {}).get("sequential_seeds")
   return [os.path.join(workdir, name) for name in names] if names else None
 
 

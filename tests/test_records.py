@@ -332,6 +332,15 @@ def test_an_evaluation_another_way_writes_a_record_of_its_own(tmp_path):
     run.evaluate_trained(str(workdir), _load(Described(split="train_32")), 16)
 
 
+def test_a_damaged_record_is_one_error_naming_it_and_is_kept(tmp_path):
+  workdir = tmp_path / "run"
+  train(workdir, epochs=1)
+  (workdir / "results.json").write_text('{"epochs": 1, "per_')  # cut short
+  with pytest.raises(errors.WorkdirError, match=r"results\.json is not a readable record \(.*\): restore it"):
+    train(workdir, epochs=2)
+  assert (workdir / "results.json").read_text() == '{"epochs": 1, "per_'
+
+
 def test_a_workdir_that_is_a_file_is_one_clear_error(tmp_path):
   path = tmp_path / "file"
   path.write_text("not a workdir")
