@@ -6,6 +6,7 @@
 #   ./run.sh reproduce [ARGS]  run `python -m experiments.reproduce ARGS` (the whole study, N seeds)
 #   ./run.sh benchmark_seeds [ARGS]  run `python -m experiments.benchmark_seeds ARGS`
 #   ./run.sh bench [ARGS]    run `python -m experiments.bench ARGS` (CIFAR-10 speed bench)
+#   ./run.sh deviceless [ARGS]  compile every run for TPU and GPU without them: memory, roofline
 #   ./run.sh fold_gpu_session DIR    fold a device session's output into reports/ and the README
 #   ./run.sh ARGS            run `python -m experiments.main ARGS`, e.g. --flagfile=rnn.flags
 # Offline: when ../shared exists, its raw sentence datasets are used (SIMJAX_MANUAL_DIR) and
@@ -28,6 +29,20 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]
   "$VENV/bin/python" -m pip install -qq -r "$REPO/requirements.txt"
   echo "$wanted" > "$stamp"
 fi
+# XLA's TPU and GPU compilers (no devices needed) for the deviceless compile checks: a folder of
+# their own, on the path only of the tests and `./run.sh deviceless` (requirements-deviceless.txt).
+DEVICELESS="$VENV/deviceless"
+deviceless_stamp="$DEVICELESS/.requirements.sha256"
+deviceless_wanted="$(sha256sum "$REPO/requirements-deviceless.txt" | cut -d' ' -f1)"
+install_deviceless() {
+  if [ "$(cat "$deviceless_stamp" 2>/dev/null)" != "$deviceless_wanted" ]; then
+    echo "run.sh: installing the TPU and GPU compilers into $DEVICELESS (first time only; about 1.2 GB)..." >&2
+    rm -rf "$DEVICELESS"
+    "$VENV/bin/python" -m pip install -qq --no-deps --target "$DEVICELESS" -r "$REPO/requirements-deviceless.txt"
+    echo "$deviceless_wanted" > "$deviceless_stamp"
+  fi
+  export SIMJAX_DEVICELESS_DIR="$DEVICELESS"
+}
 
 if [ -z "${SIMJAX_MANUAL_DIR:-}" ] && [ -d "$REPO/../shared/data" ]; then
   export SIMJAX_MANUAL_DIR="$(cd "$REPO/../shared/data" && pwd)"
@@ -46,8 +61,16 @@ export PYTHONUNBUFFERED=1
 case "${1:-}" in
   test)
     shift
+    install_deviceless
     cd "$REPO"  # pytest.ini and tests/ are found from the repository root
     exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  deviceless)
+    shift
+    install_deviceless
+    # JAX must start on the CPU with the compilers on its path (simjax.deviceless).
+    export JAX_PLATFORMS=cpu TPU_SKIP_MDS_QUERY=1 ALLOW_MULTIPLE_LIBTPU_LOAD=1 PYTHONPATH="$DEVICELESS:$PYTHONPATH"
+    exec "$VENV/bin/python" -m experiments.deviceless "$@"
     ;;
   reproduce | benchmark_seeds | bench | fold_gpu_session)
     module="$1"

@@ -509,6 +509,11 @@ def error_line(error: BaseException) -> str:
     return (
       f"{error}: set --batch_size to a multiple of {error.devices} (e.g. --batch_size={error.suggestion})"
     )
+  if isinstance(error, errors.ProgramTooLarge) and error.fitting_batch_size:
+    return (
+      f"{error}: rerun with --batch_size={error.fitting_batch_size} (scale --learning_rate with it), "
+      "or on more devices"
+    )
   for kind, advice in _ADVICE.items():  # most specific first
     if isinstance(error, kind):
       return f"{error}: {advice}"

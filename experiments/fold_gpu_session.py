@@ -26,7 +26,7 @@ import tempfile
 from absl import app, flags
 
 from experiments import common, gpu_session, study
-from simjax import run_records
+from simjax import deviceless, run_records
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -298,6 +298,10 @@ def fold(source: str, repo_dir: str, readme: str) -> str:
           if ext in (".json", ".md"):
             target_file = os.path.join(repo_dir, "benchmarks", gpu_session.BENCH_DIR, f"{stem}_{suffix}{ext}")
             shutil.copy2(os.path.join(bench, f), target_file)
+    dumped = os.path.join(unpacked, gpu_session.TARGET_CONFIG)
+    if os.path.exists(dumped):  # the deviceless GPU compiles use it from now on
+      name = os.path.basename(deviceless.device_config_path(deviceless.gpu_name(session["device"]["kind"])))
+      shutil.copy2(dumped, os.path.join(repo_dir, "simjax", "target_configs", name))
     rewrite_readme(readme, lines)
   print(f"folded session {name}: {target}/report.md, {readme} (GPU results section), benchmarks/ (bench/)")
   return target

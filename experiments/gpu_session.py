@@ -22,7 +22,8 @@ first, is the reverse):
 
 Everything lands in --out (at most 8 files come back from a device): session.json (each
 step's status, seconds and commands; device, versions, date, what was dropped),
-session.log (this console), session.tar.gz (the report folder with report.md and figures,
+session.log (this console), session.tar.gz (the GPU's target config for deviceless compiles,
+the report folder with report.md and figures,
 each run's results.json / metrics.jsonl / run_info.json / logs, the benchmarks' JSON, the
 bench's JSON and Markdown).
 `python -m experiments.fold_gpu_session DIR` folds that into the repo and the README.
@@ -51,13 +52,14 @@ from typing import Callable
 from absl import app, flags
 
 from experiments import common, study
-from simjax import run_records
+from simjax import deviceless, run_records
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHIVE = "session.tar.gz"
 SUMMARY = "session.json"
 CONSOLE = "session.log"
+TARGET_CONFIG = "target_config.txtpb"  # the GPU's exact description, for deviceless GPU compiles
 BENCH_DIR = "bench"  # under benchmarks/, here and in the repo
 # Workdir contents that stay on the device: checkpoints are large and useless elsewhere.
 NOT_PACKED = {"checkpoints", "best", "tensorboard"}
@@ -429,6 +431,8 @@ def run_session() -> str:
   env.setdefault("SIMJAX_COMPILATION_CACHE_DIR", os.path.join(work, "jax_cache"))
   start = time.perf_counter()
   reserve = 20.0  # the final report and the packing
+  if not FLAGS.smoke:
+    console(f"target config: {_dump_target_config(work, env)}")
   console(
     f"session {name}: {'smoke (data slices, tiny models)' if FLAGS.smoke else 'device'} run, "
     f"budget {FLAGS.budget_seconds:.0f} s, {len(steps)} steps; out {out}"
@@ -485,6 +489,26 @@ def run_session() -> str:
   return archive
 
 
+def _dump_target_config(work: str, env: dict) -> str:
+  """The GPU's exact target config, which XLA's GPU compiler writes into its dump folder when it
+  compiles on the device: packed as target_config.txtpb; fold_gpu_session commits it, and the
+  deviceless GPU compiles use it from then on instead of the spec-sheet one."""
+  dump = os.path.join(work, "xla_dump")
+  program = "import jax, jax.numpy as jnp; print(jax.jit(lambda x: x @ x)(jnp.ones((8, 8))).sum())"
+  dump_env = {**env, "XLA_FLAGS": f"{env.get('XLA_FLAGS', '')} --xla_dump_to={dump}".strip()}
+  try:
+    subprocess.run(
+      [sys.executable, "-c", program], env=dump_env, timeout=180, check=True, capture_output=True
+    )
+  except (subprocess.SubprocessError, OSError) as e:
+    return f"not dumped ({type(e).__name__})"
+  found = deviceless.find_dumped_target_config(dump)
+  if found is None:
+    return f"not found in XLA's dump folder {dump}"
+  shutil.copy2(found, os.path.join(work, TARGET_CONFIG))
+  return f"{TARGET_CONFIG} ({os.path.basename(found)})"
+
+
 def _summary(session: Session, seconds: float) -> dict:
   return {
     "name": session.name,
@@ -511,7 +535,7 @@ def pack(session: Session, out: str) -> str:
     return None if NOT_PACKED & set(info.name.split("/")) else info
 
   with tarfile.open(archive + ".tmp", "w:gz") as tar:
-    for part in (os.path.join("reports", session.name), "benchmarks", "logs", SUMMARY):
+    for part in (os.path.join("reports", session.name), "benchmarks", "logs", SUMMARY, TARGET_CONFIG):
       path = os.path.join(session.work, part)
       if os.path.exists(path):
         tar.add(path, arcname=part, filter=keep)

@@ -20,6 +20,7 @@ them all. What each process does:
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 import sys
@@ -108,9 +109,22 @@ def _exit_with(error: DistributedError) -> None:
   os._exit(1)
 
 
+_GOOGLE_PCI_VENDOR = "0x1ae0"  # TPU chips are attached through PCI under Google's vendor id
+
+
 def on_tpu_vm() -> bool:
-  """A Cloud TPU VM: JAX's TPU runtime (libtpu) is installed."""
-  return importlib.util.find_spec("libtpu") is not None
+  """A Cloud TPU VM: JAX's TPU runtime (libtpu) is installed and TPU chips are attached (libtpu
+  alone can be there to compile for TPUs without one: simjax.deviceless)."""
+  if importlib.util.find_spec("libtpu") is None:
+    return False
+  for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
+    try:
+      with open(vendor, encoding="ascii") as f:
+        if f.read().strip() == _GOOGLE_PCI_VENDOR:
+          return True
+    except OSError:
+      continue
+  return False
 
 
 def is_primary() -> bool:

@@ -176,6 +176,29 @@ class OutOfDeviceMemory(SimjaxError, MemoryError):
     super().__init__(f"{num_seeds} stacked replicas do not fit in device memory ({detail})")
 
 
+class ProgramTooLarge(SimjaxError, MemoryError):
+  """A compiled program needs more memory per device than the device has, at the run's batch
+  size: checked after compiling, before any training. `fitting_batch_size`: the largest batch
+  size (halving) whose program fits, None if none does."""
+
+  settings = ("batch_size",)
+
+  def __init__(
+    self, program: str, batch_size: int, need: int | None, limit: int, fitting_batch_size: int | None
+  ):
+    self.program, self.batch_size, self.fitting_batch_size = program, batch_size, fitting_batch_size
+    needs = f"needs {need / 2**30:.1f} GiB per device" if need else "does not fit (the compiler says so)"
+    fits = (
+      f"batch size {fitting_batch_size} fits"
+      if fitting_batch_size
+      else "no batch size down to one per device fits"
+    )
+    super().__init__(
+      f"the {program} program at batch size {batch_size} {needs}, one device has "
+      f"{limit / 2**30:.1f} GiB: {fits}"
+    )
+
+
 class Preempted(SimjaxError, RuntimeError):
   """Training stopped on request (simjax.loop.StopRequest: e.g. SIGTERM from a scheduler)
   after saving a checkpoint at `saved_step`; rerunning the same run resumes there and ends

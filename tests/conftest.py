@@ -3,13 +3,25 @@
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 
 import pytest
 
-from simjax import compilation
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# XLA's TPU and GPU compilers, for the deviceless compile checks (tests/test_deviceless.py): run.sh
+# installs them into a folder of their own ($SIMJAX_DEVICELESS_DIR), apart from the environment
+# runs train in. JAX finds them there once the folder is on sys.path before it starts a backend;
+# JAX_PLATFORMS=cpu keeps every test on the CPU (simjax.deviceless.environment()), also for the
+# command lines the tests start, which inherit it.
+DEVICELESS_DIR = os.environ.get("SIMJAX_DEVICELESS_DIR") or str(REPO / ".venv" / "deviceless")
+if os.path.isdir(DEVICELESS_DIR):
+  sys.path.insert(0, DEVICELESS_DIR)
+  # (the xdist workers each load libtpu: ALLOW_MULTIPLE_LIBTPU_LOAD lets them)
+  os.environ.update({"JAX_PLATFORMS": "cpu", "TPU_SKIP_MDS_QUERY": "1", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"})
+
+from simjax import compilation  # noqa: E402 (JAX reads its platforms when first imported)
+
 # On a GPU machine, tests start JAX subprocesses beside this one: none may grab 75% of the memory.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # Compiling, not computing, is most of what the tests spend (tiny models, a few steps). XLA's
@@ -32,6 +44,22 @@ if not os.environ.get("SIMJAX_COMPILATION_CACHE_DIR"):
     prefix="simjax-test-jax-cache-"
   )
 compilation.enable_persistent_cache(os.environ["SIMJAX_COMPILATION_CACHE_DIR"])
+
+
+# The longest tests (each a minute or so of commands, or of XLA's TPU compiler) are handed out
+# first: started last, one of them would leave the other worker idle at the end.
+_LONG_FIRST = (
+  "tests/experiments/test_gpu_session.py",
+  "tests/experiments/test_main.py",
+  "tests/test_multi_process.py",
+  "tests/test_notebook.py",
+  "tests/test_deviceless.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+  rank = {path: i for i, path in enumerate(_LONG_FIRST)}
+  items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: file order kept
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -4,6 +4,7 @@ pinned set the suite runs on), and ships everything the command lines read at ru
 import contextlib
 import fnmatch
 import importlib
+import importlib.metadata
 import io
 import pathlib
 import sys
@@ -45,6 +46,28 @@ def test_the_accelerator_extras_install_the_same_jax_with_its_accelerator_build(
     (requirement,) = map(Requirement, PROJECT["project"]["optional-dependencies"][extra])
     assert (canonicalize_name(requirement.name), requirement.extras) == ("jax", {build})
     assert requirement.specifier == jax.specifier
+
+
+def test_the_deviceless_extra_pins_what_run_sh_installs_for_the_tests():
+  lines = (
+    line.split("#")[0].strip() for line in (REPO / "requirements-deviceless.txt").read_text().splitlines()
+  )
+  pinned = {canonicalize_name(r.name): r for r in map(Requirement, filter(None, lines))}
+  extra = _by_name(PROJECT["project"]["optional-dependencies"]["deviceless"])
+  assert set(extra) == set(pinned)
+  for name, requirement in extra.items():
+    (spec,) = pinned[name].specifier
+    assert requirement.specifier.contains(spec.version), f"{name}: {requirement} excludes {pinned[name]}"
+  # The versions JAX's own extras pin for the installed jax: jax[tpu]'s libtpu, jax[cuda12]'s plugin.
+  for extra, name in (("tpu", "libtpu"), ("cuda12", "jax-cuda12-plugin")):
+    (wanted,) = [
+      r
+      for r in map(Requirement, importlib.metadata.requires("jax"))
+      if canonicalize_name(r.name) == name and r.marker and r.marker.evaluate({"extra": extra})
+    ]
+    assert wanted.specifier.contains(next(iter(pinned[name].specifier)).version), (
+      f"{name}: jax wants {wanted}"
+    )
 
 
 def test_the_package_ships_the_modules_and_files_the_command_lines_need():

@@ -135,6 +135,18 @@ def load_split(
   return ImageSplit(images, labels, names, info)
 
 
+def split_rows(split: str, data_dir: str | None) -> int:
+  """The number of images of a split (TFDS slicing allowed), from the prepared dataset's
+  record alone: nothing is read or decoded."""
+  try:
+    return tfds.builder(DATASET, data_dir=data_dir).info.splits[split].num_examples
+  except Exception as e:  # TFDS raises several types for a missing dataset or a bad split
+    raise DataError(
+      f"cannot read the size of {DATASET} {split!r} in {data_dir or 'the default data dir'}: {e}",
+      settings=("data_dir", "train_split", "eval_split"),
+    ) from None
+
+
 def load_split_of_processes(split: str, data_dir: str | None, cache_dir: str | None) -> ImageSplit:
   """`load_split` in a run of one process; in a multi-process run each process reads and
   decodes only its part of the split, and the parts are exchanged over the processes'

@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from simjax import checkpoints, loop, optim, replicas, run, sharding
+from simjax import checkpoints, deviceless, loop, optim, replicas, run, sharding
 from simjax.errors import ConfigError
+from simjax.programs import Program, abstract
 from simjax.run import RunConfig
 from simjax.tasks.base import Task
 from simjax.tasks.cifar10 import input_pipeline
@@ -89,15 +90,20 @@ def create_train_state(
   steps_per_epoch: int,
   total_steps: int,
   whitening_images: np.ndarray | None = None,
+  image_size: int = 32,
 ) -> TrainState:
   """One replica per seed, stacked (see simjax.replicas). The speedrun net's whitening conv
   is computed from `whitening_images` (uint8, e.g. the first 5,000 of the train split);
-  without them (eval, predict) it is left for a checkpoint to fill."""
+  without them (eval, predict) it is left for a checkpoint to fill. `image_size`: CIFAR's 32,
+  or smaller for programs compiled only to check them (the fc head's shape depends on it)."""
   model = make_model(model_config)
   tx = optim.make_optimizer(optim_config, steps_per_epoch, total_steps, labels=param_groups(model_config))
   plateau = optim.plateau_transform(optim_config)
 
-  variables, state_rngs = replicas.init_replicas(lambda key: init_variables(model, key), seed_list)
+  image_shape = (image_size, image_size, 3)
+  variables, state_rngs = replicas.init_replicas(
+    lambda key: init_variables(model, key, image_shape), seed_list
+  )
   if model_config.architecture == "speedrun" and whitening_images is not None:
     kernel = whitening_kernel(input_pipeline.normalize(jnp.asarray(whitening_images)))
     whiten = variables["params"]["whiten"]
@@ -158,6 +164,69 @@ def train_step(
   return state, {"loss": loss, "accuracy": accuracy}
 
 
+@dataclasses.dataclass(frozen=True)
+class EpochPrograms:
+  """The jitted programs of a training epoch (see `epoch_programs`), not yet compiled."""
+
+  order: Callable  # (epoch_keys [R, 2]) -> the epoch's batch indices [steps, R, batch]
+  step: Callable  # (state, images, labels, indices [R, batch]) -> (state, {"loss", "accuracy"} [R])
+  epoch: Callable  # (state, images, labels, epoch_keys) -> (state, {"loss", "accuracy"} [steps, R])
+
+
+def epoch_programs(
+  mesh,
+  *,
+  batch_size: int,
+  steps: int,
+  augmentation: input_pipeline.Augmentation,
+  label_smoothing: float,
+  compute_dtype,
+) -> EpochPrograms:
+  """Builds (jits, without compiling) an epoch's programs for the devices of `mesh`: a run
+  compiles them with its arrays (compile_train_epoch), the compile checks with abstract ones
+  (`programs`), on any mesh, e.g. of TPU or GPU devices that are not here.
+
+  `images`/`labels` are the whole (replicated) train split, shared by the replicas; each step
+  gathers every replica's batch from its own permutation of it and shards it over the mesh's
+  data axis. The step is `jax.vmap`ped over the replicas (seeds), so each has its own
+  BatchNorm statistics (over its global batch). `epoch` is the whole epoch as one program, a
+  `lax.scan` over the steps; the state's buffers are donated to `step` and `epoch`.
+  """
+  batch_sharding = sharding.batch_sharded(mesh, batch_axis=1)  # [replicas, batch, ...]
+  replicated = sharding.replicated(mesh)
+  replica_step = jax.vmap(
+    functools.partial(
+      train_step,
+      augmentation=augmentation,
+      label_smoothing=label_smoothing,
+      compute_dtype=compute_dtype,
+      steps_per_epoch=steps,
+    )
+  )
+
+  def step(state, images, labels, indices):  # indices: [replicas, batch]
+    batch_images = jax.lax.with_sharding_constraint(images[indices], batch_sharding)
+    batch_labels = jax.lax.with_sharding_constraint(labels[indices], batch_sharding)
+    return replica_step(state, batch_images, batch_labels, indices=indices)
+
+  def order(epoch_keys, num_images: int):  # -> [steps, replicas, batch]
+    def one(key):
+      return jax.random.permutation(key, num_images)[: steps * batch_size].reshape(steps, batch_size)
+
+    return jnp.swapaxes(jax.vmap(one)(epoch_keys), 0, 1)
+
+  def epoch(state, images, labels, epoch_keys):
+    indices = order(epoch_keys, labels.shape[0])
+    return jax.lax.scan(lambda s, batch_indices: step(s, images, labels, batch_indices), state, indices)
+
+  outputs = dict(out_shardings=(replicated, replicated), donate_argnums=(0,))
+  return EpochPrograms(
+    order=jax.jit(order, static_argnums=(1,)),
+    step=jax.jit(step, **outputs),
+    epoch=jax.jit(epoch, **outputs),
+  )
+
+
 def compile_train_epoch(
   mesh,
   state: TrainState,
@@ -176,10 +245,7 @@ def compile_train_epoch(
   `start` on, returning after a step once `stop()` is true; `on_step(n)` counts steps done.
 
   `state` stacks the replicas (seeds) and `epoch_keys` [replicas, 2] gives each its data
-  order. `images`/`labels` are the whole (replicated) train split on the device(s), shared
-  by the replicas; each step gathers every replica's batch from its own fresh permutation
-  there and shards it over the data axis. The step is `jax.vmap`ped over replicas, so
-  each has its own BatchNorm statistics (over its global batch).
+  order (the programs: `epoch_programs`).
   fused=True compiles the epoch as one program (`lax.scan` over steps): no host round
   trip between steps. XLA's CPU backend runs loop bodies without its fast convolution
   path (about 14x slower, measured here), so on CPU (fused=None picks) the epoch is a
@@ -189,42 +255,23 @@ def compile_train_epoch(
   the middle of).
   """
   fused = jax.default_backend() != "cpu" if fused is None else fused
-  batch_sharding = sharding.batch_sharded(mesh, batch_axis=1)  # [replicas, batch, ...]
-  replicated = sharding.replicated(mesh)
+  programs = epoch_programs(
+    mesh,
+    batch_size=batch_size,
+    steps=steps,
+    augmentation=augmentation,
+    label_smoothing=label_smoothing,
+    compute_dtype=compute_dtype,
+  )
   num_replicas = replicas.num_replicas(state)
   example_keys = jnp.zeros((num_replicas, 2), jnp.uint32)
   abstract_state = checkpoints.abstract_state(state)  # `state` may be donated before a late compile
-  replica_step = jax.vmap(
-    functools.partial(
-      train_step,
-      augmentation=augmentation,
-      label_smoothing=label_smoothing,
-      compute_dtype=compute_dtype,
-      steps_per_epoch=steps,
-    )
-  )
-
-  def step(state, images, labels, indices):  # indices: [replicas, batch]
-    batch_images = jax.lax.with_sharding_constraint(images[indices], batch_sharding)
-    batch_labels = jax.lax.with_sharding_constraint(labels[indices], batch_sharding)
-    return replica_step(state, batch_images, batch_labels, indices=indices)
-
-  def epoch_order(epoch_keys):  # -> [steps, replicas, batch]
-    def order(key):
-      return jax.random.permutation(key, labels.shape[0])[: steps * batch_size].reshape(steps, batch_size)
-
-    return jnp.swapaxes(jax.vmap(order)(epoch_keys), 0, 1)
-
-  order_fn = jax.jit(epoch_order).lower(example_keys).compile()
+  order_fn = programs.order.lower(example_keys, labels.shape[0]).compile()
   example_indices = jax.ShapeDtypeStruct((num_replicas, batch_size), jnp.int32)
 
   @functools.cache  # a fused epoch needs it only to finish an epoch stopped in the middle
   def step_fn():
-    return (
-      jax.jit(step, out_shardings=(replicated, replicated), donate_argnums=(0,))
-      .lower(abstract_state, images, labels, example_indices)
-      .compile()
-    )
+    return programs.step.lower(abstract_state, images, labels, example_indices).compile()
 
   def host_loop_epoch(state, images, labels, epoch_keys, *, start=0, stop=None, on_step=None):
     order = order_fn(epoch_keys)
@@ -242,15 +289,11 @@ def compile_train_epoch(
     return state, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *metrics)
 
   if not fused:
-    step_fn()  # ahead of time: epoch timings exclude compilation
+    host_loop_epoch.compiled = step_fn()  # ahead of time: epoch timings exclude compilation
     host_loop_epoch.fused = False
     return host_loop_epoch
 
-  def epoch(state, images, labels, epoch_keys):
-    return jax.lax.scan(lambda s, indices: step(s, images, labels, indices), state, epoch_order(epoch_keys))
-
-  jitted = jax.jit(epoch, out_shardings=(replicated, replicated), donate_argnums=(0,))
-  compiled = jitted.lower(state, images, labels, example_keys).compile()
+  compiled = programs.epoch.lower(state, images, labels, example_keys).compile()
 
   def fused_epoch(state, images, labels, epoch_keys, *, start=0, stop=None, on_step=None):
     """All steps in one program (a stop request waits for its end), unless resuming a host
@@ -264,13 +307,14 @@ def compile_train_epoch(
     return out
 
   fused_epoch.fused = True
+  fused_epoch.compiled = compiled
   return fused_epoch
 
 
 def make_predict(mesh, *, batch_size: int, compute_dtype, tta: str = "none") -> Callable:
-  """(state, images uint8 [N...]) -> every replica's predicted classes [replicas, N], jitted;
-  N a multiple of batch_size. `tta` averages the logits over test-time views (see
-  input_pipeline.tta_views)."""
+  """(state, images uint8 [N...]) -> every replica's predicted classes [replicas, N], jitted
+  (not compiled) for the devices of `mesh`; N a multiple of batch_size. `tta` averages the
+  logits over test-time views (see input_pipeline.tta_views)."""
   batch_sharding = sharding.batch_sharded(mesh)
 
   def replica_logits(state, batch):
@@ -293,13 +337,77 @@ def make_predict(mesh, *, batch_size: int, compute_dtype, tta: str = "none") -> 
   return jax.jit(predict, out_shardings=sharding.replicated(mesh))
 
 
+def eval_batch_size(batch_size: int, images: int, devices: int) -> int:
+  """The evaluation's batch: the run's, or less for a small split, a multiple of the devices."""
+  return min(batch_size, -(-images // devices) * devices)
+
+
+def programs(
+  mesh,
+  model: ModelConfig,
+  optim_config: optim.OptimConfig,
+  *,
+  batch_size: int,
+  num_seeds: int,
+  train_images: int,
+  eval_images: int,
+  augmentation: input_pipeline.Augmentation,
+  label_smoothing: float,
+  tta: str,
+  tta_each_epoch: bool = True,
+  image_size: int = 32,
+) -> list[Program]:
+  """Every program a run of these settings compiles, on the devices of `mesh`, with abstract
+  inputs: the epoch's batch order, its step (the host loop's program), the whole epoch as one
+  program (the fused loop), and the evaluation with the run's test-time augmentation (and
+  without it, when each epoch's evaluation skips it). `train_images`/`eval_images`: the
+  splits' sizes; `image_size` below CIFAR's 32 only to compile them quicker (checks)."""
+  steps = train_images // batch_size
+  state = jax.eval_shape(
+    lambda: create_train_state(
+      list(range(num_seeds)),
+      model,
+      optim_config,
+      steps_per_epoch=steps,
+      total_steps=steps,
+      image_size=image_size,
+    )
+  )
+  replicated = sharding.replicated(mesh)
+  built = epoch_programs(
+    mesh,
+    batch_size=batch_size,
+    steps=steps,
+    augmentation=augmentation,
+    label_smoothing=label_smoothing,
+    compute_dtype=model.compute_dtype,
+  )
+  state = abstract(state, replicated)
+  images = jax.ShapeDtypeStruct((train_images, image_size, image_size, 3), jnp.uint8, sharding=replicated)
+  labels = jax.ShapeDtypeStruct((train_images,), jnp.int32, sharding=replicated)
+  keys = jax.ShapeDtypeStruct((num_seeds, 2), jnp.uint32, sharding=replicated)
+  indices = jax.ShapeDtypeStruct((num_seeds, batch_size), jnp.int32, sharding=replicated)
+  eval_batch = eval_batch_size(batch_size, eval_images, mesh.devices.size)
+  padded = -(-eval_images // eval_batch) * eval_batch
+  eval_array = jax.ShapeDtypeStruct((padded, image_size, image_size, 3), jnp.uint8, sharding=replicated)
+  listed = [
+    Program("order", built.order, (keys, train_images)),
+    Program("train_step", built.step, (state, images, labels, indices), counted_per_epoch=steps),
+    Program("epoch", built.epoch, (state, images, labels, keys), counted_per_epoch=steps),
+  ]
+  for mode in dict.fromkeys([tta, tta if tta_each_epoch else "none"]):
+    predict = make_predict(mesh, batch_size=eval_batch, compute_dtype=model.compute_dtype, tta=mode)
+    listed.append(Program(f"predict_tta={mode}", predict, (state, eval_array), padded // eval_batch))
+  return listed
+
+
 def predict_classes(
   state: TrainState, images: np.ndarray, batch_size: int, dtype: str, tta: str = "none"
 ) -> np.ndarray:
   """Every replica's predicted class of every uint8 image [replicas, N], on all devices."""
   mesh = sharding.data_mesh()
   devices = mesh.devices.size
-  batch_size = min(batch_size, -(-len(images) // devices) * devices)
+  batch_size = eval_batch_size(batch_size, len(images), devices)
   batch_size = -(-batch_size // devices) * devices
   predict = make_predict(mesh, batch_size=batch_size, compute_dtype=jnp.dtype(dtype), tta=tta)
   padded = sharding.replicate(_padded(images, batch_size), mesh)
@@ -430,7 +538,7 @@ class Cifar10Task(Task):
       )
     self.train_arrays = sharding.replicate((self.train_split.images, self.train_split.labels), self.mesh)
     devices = self.mesh.devices.size
-    self.eval_batch = min(config.batch_size, -(-len(self.eval_split) // devices) * devices)
+    self.eval_batch = eval_batch_size(config.batch_size, len(self.eval_split), devices)
     self.eval_images = sharding.replicate(_padded(self.eval_split.images, self.eval_batch), self.mesh)
     return {"train": self.train_split.info, "eval": self.eval_split.info}
 
@@ -448,20 +556,30 @@ class Cifar10Task(Task):
     return jax.device_put(state, sharding.replicated(self.mesh))
 
   def compile(self, state: TrainState) -> None:
+    """Compiles the epoch and the evaluations; on an accelerator, a program that does not fit
+    its memory is refused here, before any training, naming the batch size that fits."""
     replicated = sharding.replicated(self.mesh)
     state = jax.device_put(state, replicated)
     compute_dtype = jnp.dtype(self.model.dtype)
-    self._epoch = compile_train_epoch(
-      self.mesh,
-      state,
-      *self.train_arrays,
-      batch_size=self._run.batch_size,
-      steps=self.steps,
-      augmentation=self.data.augmentation,
-      label_smoothing=self.label_smoothing,
-      compute_dtype=compute_dtype,
-      fused={"auto": None, "scan": True, "host": False}[self.epoch_loop],
-    )
+    fused = {"auto": jax.default_backend() != "cpu", "scan": True, "host": False}[self.epoch_loop]
+    program = "epoch" if fused else "train_step"
+    try:
+      self._epoch = compile_train_epoch(
+        self.mesh,
+        state,
+        *self.train_arrays,
+        batch_size=self._run.batch_size,
+        steps=self.steps,
+        augmentation=self.data.augmentation,
+        label_smoothing=self.label_smoothing,
+        compute_dtype=compute_dtype,
+        fused=fused,
+      )
+    except jax.errors.JaxRuntimeError as e:  # XLA's TPU compiler refuses what does not fit
+      if not deviceless.out_of_memory(e):
+        raise
+      self._refuse_too_large(program, None)
+    self._refuse_too_large(program, self._epoch.compiled)
 
     def predict(tta: str):
       program = make_predict(self.mesh, batch_size=self.eval_batch, compute_dtype=compute_dtype, tta=tta)
@@ -471,6 +589,27 @@ class Cifar10Task(Task):
     each_epoch_tta = self.data.tta if self.data.tta_each_epoch else "none"
     self._predict_epoch = self._predict if each_epoch_tta == self.data.tta else predict(each_epoch_tta)
     epoch_keys(self._run.seeds, 0).block_until_ready()  # eager ops of train_epoch
+
+  def _refuse_too_large(self, name: str, compiled) -> None:
+    """On an accelerator: the training program `name` (compiled; None: refused by the compiler)
+    must fit a device's memory (simjax.deviceless.refuse_if_too_large)."""
+
+    def build(batch_size: int) -> Program:
+      listed = programs(
+        self.mesh,
+        self.model,
+        self.optim,
+        batch_size=batch_size,
+        num_seeds=len(self._run.seeds),
+        train_images=len(self.train_split),
+        eval_images=len(self.eval_split),
+        augmentation=self.data.augmentation,
+        label_smoothing=self.label_smoothing,
+        tta=self.data.tta,
+      )
+      return next(p for p in listed if p.name == name)
+
+    deviceless.refuse_if_too_large(name, build, self._run.batch_size, self.mesh.devices.size, compiled)
 
   def train_epoch(
     self, state: TrainState, epoch: int, *, start_step: int = 0, stop: Callable[[], bool] = lambda: False

@@ -104,6 +104,14 @@ def _gather(data: EncodedPairs, rows: np.ndarray, batch_size: int, length: int) 
   }
 
 
+def example_batch(batch_size: int, length: int) -> dict[str, np.ndarray]:
+  """A batch of `batch_size` fill rows padded to `length`: the arrays every batch has."""
+  ids = np.zeros((0, length), np.int32)
+  lengths = np.zeros((0,), np.int32)
+  empty = EncodedPairs(ids, lengths, ids, lengths, np.zeros((0,), np.float32))
+  return _gather(empty, np.zeros((0,), np.int64), batch_size, length)
+
+
 def stack_replica_batches(replica_batches) -> dict[str, np.ndarray]:
   """One batch per replica -> arrays [replicas, batch, ...] (the replicas' batches must
   come from the same bucket order, so their shapes agree)."""

@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from simjax import distributed, loop, metrics, optim, replicas, run, sharding
+from simjax import deviceless, distributed, loop, metrics, optim, replicas, run, sharding
 from simjax.errors import ConfigError, WorkdirError
+from simjax.programs import Program, abstract
 from simjax.run import RunConfig
 from simjax.tasks.base import Task
 from simjax.tasks.similarity import augment, datasets, glove, input_pipeline, leakage, text
@@ -315,6 +316,31 @@ train_step = jax.jit(jax.vmap(_replica_train_step))
 eval_step = jax.jit(jax.vmap(_replica_eval_step, in_axes=(0, None)))
 
 
+def programs(
+  mesh,
+  model: ModelConfig,
+  optim_config: optim.OptimConfig,
+  *,
+  batch_size: int,
+  num_seeds: int,
+  max_length: int,
+) -> list[Program]:
+  """The programs a run of these settings compiles, on the devices of `mesh`, with abstract
+  inputs: the train step (every replica on its own batch) and the evaluation step (every
+  replica on one batch), at the longest bucket (`max_length`); shorter buckets compile the
+  same programs at smaller shapes."""
+  state = jax.eval_shape(
+    lambda: create_train_state(list(range(num_seeds)), model, optim_config, steps_per_epoch=1, total_steps=1)
+  )
+  state = abstract(state, sharding.replicated(mesh))
+  batch = input_pipeline.example_batch(batch_size, max_length)
+  stacked = {k: np.broadcast_to(v, (num_seeds, *v.shape)) for k, v in batch.items()}
+  return [
+    Program("train_step", train_step, (state, abstract(stacked, sharding.batch_sharded(mesh, batch_axis=1)))),
+    Program("eval_step", eval_step, (state, abstract(batch, sharding.batch_sharded(mesh)))),
+  ]
+
+
 def predict(
   state: TrainState, data: input_pipeline.EncodedPairs, batch_size: int, max_length: int
 ) -> np.ndarray:
@@ -460,6 +486,24 @@ class SimilarityTask(Task):
       pretrained_embeddings=self._embeddings_of(seeds),
     )
     return sharding.replicate(state, self.mesh)
+
+  def compile(self, state: TrainState) -> None:
+    """On an accelerator: a train step (at the longest bucket) that does not fit the device's
+    memory is refused here, before any training, naming the batch size that fits. (The steps
+    themselves compile on first use, one program per bucket length.)"""
+
+    def build(batch_size: int) -> Program:
+      listed = programs(
+        self.mesh,
+        self.model,
+        self.optim,
+        batch_size=batch_size,
+        num_seeds=len(self.seeds),
+        max_length=self.data.max_length,
+      )
+      return next(p for p in listed if p.name == "train_step")
+
+    deviceless.refuse_if_too_large("train_step", build, self.batch_size, self.mesh.devices.size)
 
   def _embeddings_of(self, seeds: list[int]) -> np.ndarray | None:
     """The prepared embedding matrices of `seeds` (any of the run's seeds, e.g. one of them)."""

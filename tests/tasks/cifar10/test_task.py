@@ -283,3 +283,32 @@ def test_tta_averages_the_views_logits_and_leaves_a_flip_invariant_model_unchang
   got = train.predict_classes(sensitive, images, 32, "float32", tta="flip")[0]
   np.testing.assert_array_equal(got, expected)
   assert (got != train.predict_classes(sensitive, images, 32, "float32")[0]).any()  # the mirror counted
+
+
+def test_a_program_too_large_for_the_device_is_refused_before_training_naming_a_batch_that_fits(
+  tmp_path, data_config, monkeypatch
+):
+  from simjax import deviceless, replicas
+  from simjax.errors import ProgramTooLarge
+
+  # An accelerator whose memory holds the fused epoch at batch size 16, not at 32 (the check
+  # runs on accelerators only: on the CPU the operating system decides).
+  model, config = ModelConfig(architecture="cnn", width=4, fc_units=(8,)), train.TrainConfig(epochs=1)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+
+  def needs(batch_size):
+    listed = train.programs(
+      mesh, model, TINY_OPTIM, batch_size=batch_size, num_seeds=1, train_images=512, eval_images=256,
+      augmentation=data_config.augmentation, label_smoothing=0.1, tta="none",
+    )  # fmt: skip
+    return deviceless.needs(deviceless.compile(next(p for p in listed if p.name == "epoch")))
+
+  assert needs(16) < needs(32)
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+  monkeypatch.setattr(replicas, "device_memory_bytes", lambda: (needs(16) + needs(32)) // 2)
+  with pytest.raises(
+    ProgramTooLarge, match=r"epoch program at batch size 64 needs .* batch size 16 fits"
+  ) as e:
+    _run(tmp_path / "w", data_config, epochs=1, model=model, batch_size=64)
+  assert e.value.fitting_batch_size == 16
+  assert not (tmp_path / "w" / "results.json").exists() and not (tmp_path / "w" / "metrics.jsonl").exists()

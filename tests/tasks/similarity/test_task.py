@@ -175,3 +175,26 @@ def test_four_devices_give_the_losses_of_one(prepared, manual_dir, tmp_path):
     np.testing.assert_allclose(
       outputs[devices]["eval"]["test"]["pearson"], outputs[devices]["test"]["pearson"], rtol=1e-5
     )
+
+
+def test_a_step_too_large_for_the_device_is_refused_before_training_naming_a_batch_that_fits(
+  tmp_path, data_config, monkeypatch
+):
+  from simjax import deviceless, replicas, sharding
+
+  # An accelerator whose memory holds the train step at batch size 8, not at 32 (the check runs
+  # on accelerators only). The step at the data's longest bucket is the largest.
+  model = ModelConfig(vocab_size=64, embedding_dim=8, hidden_size=8, head="mlp", mlp_hidden=8)
+
+  def needs(batch_size):
+    listed = train.programs(
+      sharding.data_mesh(), model, optim.OptimConfig(), batch_size=batch_size, num_seeds=1, max_length=8
+    )
+    return deviceless.needs(deviceless.compile(next(p for p in listed if p.name == "train_step")))
+
+  assert needs(8) < needs(16) < needs(32)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(replicas, "device_memory_bytes", lambda: (needs(8) + needs(16)) // 2)
+  with pytest.raises(errors.ProgramTooLarge, match=r"train_step program at batch size 32 .* batch size 8 fits"):
+    _run(tmp_path, data_config, epochs=1, model=lambda data: model, optim_config=optim.OptimConfig())
+  assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "results.json").exists()
