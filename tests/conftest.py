@@ -46,22 +46,6 @@ if not os.environ.get("SIMJAX_COMPILATION_CACHE_DIR"):
 compilation.enable_persistent_cache(os.environ["SIMJAX_COMPILATION_CACHE_DIR"])
 
 
-# The longest tests (each a minute or so of commands, or of XLA's TPU compiler) are handed out
-# first: started last, one of them would leave the other worker idle at the end.
-_LONG_FIRST = (
-  "tests/experiments/test_gpu_session.py",
-  "tests/experiments/test_main.py",
-  "tests/test_multi_process.py",
-  "tests/test_notebook.py",
-  "tests/test_deviceless.py",
-)
-
-
-def pytest_collection_modifyitems(session, config, items):
-  rank = {path: i for i, path in enumerate(_LONG_FIRST)}
-  items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: file order kept
-
-
 def pytest_sessionfinish(session, exitstatus):
   if _MADE_CACHE_DIR:
     shutil.rmtree(_MADE_CACHE_DIR, ignore_errors=True)
