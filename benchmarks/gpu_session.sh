@@ -2,11 +2,11 @@
 # Every GPU measurement of the project in one device call (see experiments/gpu_session.py for
 # the steps, their time caps and the drop order). Three commands, start to finish:
 #
-#   bash benchmarks/prepare_gpu_session.sh           # here, no device time: .whl/ and .data/
-#   device tool: carry [".whl", ".data"], timeout_s 540, command: bash benchmarks/gpu_session.sh
-#   python -m experiments.fold_gpu_session <files_at>  # here: report, README tables, benchmarks
+#   bash benchmarks/prepare_gpu_session.sh             # before: .whl/ and .data/ for an offline GPU machine
+#   bash benchmarks/gpu_session.sh                     # on the GPU machine (repository, .whl/, .data/; < 9 min)
+#   python -m experiments.fold_gpu_session OUT_FOLDER  # after: report, README tables, benchmarks
 #
-# On the device it installs the carried wheels into /tmp/site, points TFDS at the carried data
+# On the GPU machine it installs the copied wheels into /tmp/site, points TFDS at the copied data
 # and runs `python3 -m experiments.gpu_session` (arguments pass through), writing into $OUT.
 # SIMJAX_SMOKE=1 runs the same steps on data slices with tiny models, on a CPU, in the caller's
 # Python and data environment (TFDS_DATA_DIR holding cifar10/, SIMJAX_MANUAL_DIR the raw

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Builds, at no device time, what benchmarks/gpu_session.sh needs on a device machine, in
-# folders git ignores, and prints their size against the device's 64 MiB carry limit:
+# Builds what benchmarks/gpu_session.sh needs on a GPU machine without a package registry, in
+# folders git ignores, and prints their size against a 64 MiB upload limit:
 #   .whl/        wheels for the device's Python 3.12 that its image lacks (TFDS and its
 #                dependencies, tensorboardX); jax, flax, optax, orbax, numpy... are there already
 #   .data/tfds/  the prepared TFDS cifar10 (array_record)
 #   .data/raw/   the raw STS Benchmark files (the sentence builder prepares them on the device)
-# Then, with the device tool:  carry [".whl", ".data"]  command  bash benchmarks/gpu_session.sh
+# Then copy the repository with .whl/ and .data/ to the GPU machine and run bash benchmarks/gpu_session.sh
 #
 #   bash benchmarks/prepare_gpu_session.sh          # data from ../shared, or set the variables:
 #   CIFAR_DIR=path/to/tensorflow_datasets/cifar10 STSB_DIR=path/to/stsbenchmark bash benchmarks/prepare_gpu_session.sh
@@ -24,7 +24,7 @@ for needed in "$CIFAR_DIR" "$STSB_DIR"; do
   fi
 done
 
-# Wheels: the device has no package registry, so everything missing travels. Pure-Python
+# Wheels: the GPU machine has no package registry, so everything missing is copied. Pure-Python
 # wheels and cp312 manylinux builds; one version of each (two stop the install there). The
 # versions are the ones requirements.txt resolves to here (tested together): protobuf and
 # etils too, which the device has in versions unknown here, since TFDS's generated protos
@@ -42,16 +42,16 @@ rm -rf .data/tfds .data/raw && mkdir -p .data/tfds .data/raw
 cp -r "$CIFAR_DIR" .data/tfds/cifar10
 cp -r "$STSB_DIR" .data/raw/stsbenchmark
 
-# What travels: the working tree git does not ignore, plus the carried folders.
+# What is copied: the working tree git does not ignore, plus these folders.
 tree_bytes=$( (git ls-files -co --exclude-standard -z | xargs -0 stat -c %s 2>/dev/null || true) | awk '{s+=$1} END {print s+0}')
-carry_bytes=$(du -sb .whl .data | awk '{s+=$1} END {print s+0}')
-total=$((tree_bytes + carry_bytes))
+copied_bytes=$(du -sb .whl .data | awk '{s+=$1} END {print s+0}')
+total=$((tree_bytes + copied_bytes))
 printf '%-12s %7.1f MiB\n' "working tree" "$(echo "$tree_bytes / 1048576" | bc -l)" \
   ".whl" "$(du -sb .whl | awk '{print $1 / 1048576}')" \
   ".data" "$(du -sb .data | awk '{print $1 / 1048576}')"
 printf 'total        %7.1f MiB of %d MiB\n' "$(echo "$total / 1048576" | bc -l)" "$LIMIT_MIB"
 if [ "$total" -gt $((LIMIT_MIB * 1048576)) ]; then
-  echo "error: over the device's carry limit: carry less (e.g. drop .data/raw and the lstm_seeds step)" >&2
+  echo "error: over the ${LIMIT_MIB} MiB upload limit: copy less (e.g. drop .data/raw and the lstm_seeds step)" >&2
   exit 1
 fi
-echo "ready: device tool, carry [\".whl\", \".data\"], command: bash benchmarks/gpu_session.sh"
+echo "ready: copy the repository with .whl/ and .data/ to the GPU machine and run bash benchmarks/gpu_session.sh"
