@@ -233,13 +233,9 @@ def roofline(record: dict[str, Any]) -> dict[str, Any]:
   bytes_ = fused * epochs if fused else 0.0
   bounds = {}
   for name, spec in {**deviceless.TARGETS, **deviceless.ROOFLINE_ONLY}.items():
-    peak = spec.peak_bf16_flops if record["costs"]["dtype"] == "bfloat16" else spec.peak_f32_flops
-    compute, memory = flops / peak, bytes_ / spec.memory_bandwidth
-    bounds[name] = {
-      "seconds_per_run": max(compute, memory),
-      "bound": "compute" if compute >= memory else "memory",
-      "measured_seconds_per_run": None,  # only a run on the device fills it
-    }
+    seconds, bound = deviceless.roofline(flops, bytes_, spec, record["costs"]["dtype"])
+    # The measured time: only a run on the device fills it.
+    bounds[name] = {"seconds_per_run": seconds, "bound": bound, "measured_seconds_per_run": None}
   return {
     "bytes_per_run": bytes_ or None,
     "bytes": "after fusion (TPU compile)" if fused else "not counted",
@@ -315,6 +311,19 @@ def main(argv) -> None:
     )
   if os.path.exists(out):
     sys.exit(f"error: {out} exists: a finished report is never rewritten; choose another --out")
+  missing = sorted(
+    {deviceless.TARGETS[t].platform for t in targets}
+    - set(filter(deviceless.compiler_installed, ("tpu", "cuda")))
+  )
+  if missing:
+    sys.exit(
+      f"error: the deviceless {' and '.join(p.upper() for p in missing)} compiler is not installed: run "
+      "./run.sh deviceless (it installs them), or pip install 'simjax[deviceless]'"
+    )
+  common.run_mode(lambda: _report(runs, targets, out))
+
+
+def _report(runs: list[str], targets: list[str], out: str) -> None:
   command = "./run.sh deviceless " + " ".join(a for a in sys.argv[1:])
   report = {
     "command": command.strip(),
@@ -328,16 +337,20 @@ def main(argv) -> None:
     "runs": {},
   }
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  for name in runs:
-    entry = report["runs"][name] = {"args": RUNS[name], "costs": costs(RUNS[name]), "targets": {}}
-    for target in targets:
-      try:
-        entry["targets"][target] = measure(name, RUNS[name], target)
-      except Exception as e:  # one target failing to compile is a finding, not the end of the report
-        entry["targets"][target] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
-        print(f"  {name} on {target}: {entry['targets'][target]['error']}", file=sys.stderr)
-      entry["roofline"] = roofline(entry)
-      _write(out, report)
+  try:
+    for name in runs:
+      entry = report["runs"][name] = {"args": RUNS[name], "costs": costs(RUNS[name]), "targets": {}}
+      for target in targets:
+        try:
+          entry["targets"][target] = measure(name, RUNS[name], target)
+        except jax.errors.JaxRuntimeError as e:  # a program that does not compile is a finding
+          entry["targets"][target] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+          print(f"  {name} on {target}: {entry['targets'][target]['error']}", file=sys.stderr)
+        entry["roofline"] = roofline(entry)
+        _write(out, report)
+  except KeyboardInterrupt as e:
+    kept = f"{out} holds the runs finished before it" if os.path.exists(out) else "nothing was written"
+    raise type(e)(f"\nstopped: {kept}; to finish, rerun the missing --runs with another --out") from None
   print(f"wrote {out} and {os.path.splitext(out)[0]}.md")
 
 

@@ -10,7 +10,7 @@ temporaries: `memory`), and, with `cost`, its FLOPs and bytes for a roofline.
 The compilers are optional (the `deviceless` extra; run.sh installs them for the tests into a
 folder of their own): libtpu for TPUs, the CUDA plugin for GPUs, both without their device
 and without the NVIDIA libraries. The process must start with JAX_PLATFORMS=cpu and
-TPU_SKIP_MDS_QUERY=1 (`environment()`), their folder on sys.path before JAX starts its backends.
+TPU_SKIP_MDS_QUERY=1 (`ENVIRONMENT`), their folder on sys.path before JAX starts its backends.
 
 GPU compiles need a target config (the GPU's description). simjax/target_configs holds one
 written from the H200's spec sheet (approximate); a file named `<gpu>_device.txtpb` there,
@@ -80,10 +80,10 @@ class CompilerMissing(ConfigError):
   """The deviceless compiler of a platform is not installed."""
 
 
-def environment() -> dict[str, str]:
-  """What a process that compiles without devices needs in its environment (before JAX starts)."""
-  # Several processes may load libtpu at once (e.g. test workers): no device is locked anyway.
-  return {"JAX_PLATFORMS": "cpu", "TPU_SKIP_MDS_QUERY": "1", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
+# What a process that compiles without devices needs in its environment before JAX starts
+# (run.sh and tests/conftest.py set it). Several processes may load libtpu at once (e.g. test
+# workers): no device is locked anyway.
+ENVIRONMENT = {"JAX_PLATFORMS": "cpu", "TPU_SKIP_MDS_QUERY": "1", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
 
 
 def compiler_installed(platform: str) -> bool:
@@ -271,11 +271,13 @@ def _first(analysis: Any) -> dict[str, float] | None:
   return analysis
 
 
-def roofline_seconds(flops: float, bytes_: float, target: Target, dtype: str) -> float:
-  """The time below which no implementation on `target` can run this work: the larger of its
-  compute time at peak and its memory time at full bandwidth."""
+def roofline(flops: float, bytes_: float, target: Target, dtype: str) -> tuple[float, str]:
+  """The time below which no implementation on `target` can run this work, the larger of its
+  compute time at the peak matrix rate of `dtype` and its memory time at full bandwidth, and
+  which one it is ("compute" or "memory")."""
   peak = target.peak_bf16_flops if dtype == "bfloat16" else target.peak_f32_flops
-  return max(flops / peak, bytes_ / target.memory_bandwidth)
+  compute, memory = flops / peak, bytes_ / target.memory_bandwidth
+  return max(compute, memory), "compute" if compute >= memory else "memory"
 
 
 # --------------------------------------------------------------------------------------

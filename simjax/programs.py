@@ -29,6 +29,12 @@ class Program:
   counted_per_epoch: int = 1
 
 
+def abstract_state(create: Callable[[list[int]], Any], num_seeds: int, sharding: Sharding) -> Any:
+  """The stacked train state `create(seeds)` builds for `num_seeds` seeds, as ShapeDtypeStructs
+  placed with `sharding`: traced, never computed."""
+  return abstract(jax.eval_shape(lambda: create(list(range(num_seeds)))), sharding)
+
+
 def abstract(tree: Any, sharding: Sharding) -> Any:
   """`tree`'s arrays (or shapes) as ShapeDtypeStructs placed with `sharding`."""
   return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)

@@ -12,7 +12,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # XLA's TPU and GPU compilers, for the deviceless compile checks (tests/test_deviceless.py): run.sh
 # installs them into a folder of their own ($SIMJAX_DEVICELESS_DIR), apart from the environment
 # runs train in. JAX finds them there once the folder is on sys.path before it starts a backend;
-# JAX_PLATFORMS=cpu keeps every test on the CPU (simjax.deviceless.environment()), also for the
+# JAX_PLATFORMS=cpu keeps every test on the CPU (simjax.deviceless.ENVIRONMENT), also for the
 # command lines the tests start, which inherit it.
 DEVICELESS_DIR = os.environ.get("SIMJAX_DEVICELESS_DIR") or str(REPO / ".venv" / "deviceless")
 if os.path.isdir(DEVICELESS_DIR):

@@ -20,7 +20,7 @@ import optax
 
 from simjax import checkpoints, deviceless, loop, optim, replicas, run, sharding
 from simjax.errors import ConfigError
-from simjax.programs import Program, abstract
+from simjax.programs import Program, abstract_state
 from simjax.run import RunConfig
 from simjax.tasks.base import Task
 from simjax.tasks.cifar10 import input_pipeline
@@ -363,16 +363,6 @@ def programs(
   without it, when each epoch's evaluation skips it). `train_images`/`eval_images`: the
   splits' sizes; `image_size` below CIFAR's 32 only to compile them quicker (checks)."""
   steps = train_images // batch_size
-  state = jax.eval_shape(
-    lambda: create_train_state(
-      list(range(num_seeds)),
-      model,
-      optim_config,
-      steps_per_epoch=steps,
-      total_steps=steps,
-      image_size=image_size,
-    )
-  )
   replicated = sharding.replicated(mesh)
   built = epoch_programs(
     mesh,
@@ -382,7 +372,13 @@ def programs(
     label_smoothing=label_smoothing,
     compute_dtype=model.compute_dtype,
   )
-  state = abstract(state, replicated)
+  state = abstract_state(
+    lambda seeds: create_train_state(
+      seeds, model, optim_config, steps_per_epoch=steps, total_steps=steps, image_size=image_size
+    ),
+    num_seeds,
+    replicated,
+  )
   images = jax.ShapeDtypeStruct((train_images, image_size, image_size, 3), jnp.uint8, sharding=replicated)
   labels = jax.ShapeDtypeStruct((train_images,), jnp.int32, sharding=replicated)
   keys = jax.ShapeDtypeStruct((num_seeds, 2), jnp.uint32, sharding=replicated)

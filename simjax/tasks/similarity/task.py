@@ -14,7 +14,7 @@ import optax
 
 from simjax import deviceless, distributed, loop, metrics, optim, replicas, run, sharding
 from simjax.errors import ConfigError, WorkdirError
-from simjax.programs import Program, abstract
+from simjax.programs import Program, abstract, abstract_state
 from simjax.run import RunConfig
 from simjax.tasks.base import Task
 from simjax.tasks.similarity import augment, datasets, glove, input_pipeline, leakage, text
@@ -329,10 +329,11 @@ def programs(
   inputs: the train step (every replica on its own batch) and the evaluation step (every
   replica on one batch), at the longest bucket (`max_length`); shorter buckets compile the
   same programs at smaller shapes."""
-  state = jax.eval_shape(
-    lambda: create_train_state(list(range(num_seeds)), model, optim_config, steps_per_epoch=1, total_steps=1)
+  state = abstract_state(
+    lambda seeds: create_train_state(seeds, model, optim_config, steps_per_epoch=1, total_steps=1),
+    num_seeds,
+    sharding.replicated(mesh),
   )
-  state = abstract(state, sharding.replicated(mesh))
   batch = input_pipeline.example_batch(batch_size, max_length)
   stacked = {k: np.broadcast_to(v, (num_seeds, *v.shape)) for k, v in batch.items()}
   return [
