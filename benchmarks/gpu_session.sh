@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/prepare_gpu_session.sh             # before: .whl/ and .data/ for an offline GPU machine
 #   bash benchmarks/gpu_session.sh                     # on the GPU machine (repository, .whl/, .data/; < 9 min)
-#   python -m experiments.fold_gpu_session OUT_FOLDER  # after: report, README tables, benchmarks
+#   python -m experiments.fold_gpu_session OUT_FOLDER  # after: report, docs/gpu.md tables, benchmarks
 #
 # On the GPU machine it installs the copied wheels into /tmp/site, points TFDS at the copied data
 # and runs `python3 -m experiments.gpu_session` (arguments pass through), writing into $OUT.

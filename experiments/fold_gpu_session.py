@@ -7,11 +7,11 @@ It unpacks session.tar.gz and
     run's results.json / metrics.jsonl under runs/, which git ignores),
   * copies the benchmarks' JSON into benchmarks/ (named by device), and the speed bench's
     JSON and Markdown (experiments.bench) into benchmarks/bench/ (named by device),
-  * rewrites the README's GPU results section (between its two `gpu-session` markers):
+  * rewrites the GPU results section of docs/gpu.md (between its two `gpu-session` markers):
     the five CIFAR-10 structures' accuracy and per-class accuracy beside the study's,
     seconds per epoch, time to 90%, compile seconds, the speed bench, the seeds and
     determinism figures, and what was dropped, each with its command, device and date.
-A smoke session (--smoke on a CPU) folds the same way; its README section says it is one.
+A smoke session (--smoke on a CPU) folds the same way; its section says it is one.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ STRUCTURES = (*study.CNN_STRUCTURES, "cnn_resnet")
 
 def define_flags() -> None:
   flags.DEFINE_string("repo_dir", REPO, "Where reports/ and benchmarks/ are written.")
-  flags.DEFINE_string("readme", os.path.join(REPO, "README.md"), "README whose GPU section is rewritten.")
+  flags.DEFINE_string(
+    "results_doc", None, "Page whose GPU results section is rewritten (default: <repo_dir>/docs/gpu.md)."
+  )
 
 
 class FoldError(ValueError):
@@ -156,7 +158,7 @@ def bench_rows(bench_dir: str, suffix: str) -> list[str]:
     runs = str(bench["runs_completed"])
     if not bench["complete"]:
       runs += f" of {bench['runs_requested']} (stopped)"
-    link = f"benchmarks/{gpu_session.BENCH_DIR}/{bench['experiment']}_{suffix}.md"
+    link = f"../benchmarks/{gpu_session.BENCH_DIR}/{bench['experiment']}_{suffix}.md"  # from docs/
     lines.append(
       f"| [{bench['experiment']}]({link}) | {runs} | {_mean_std(acc, 100, 2)} "
       f"| {100 * acc['min']:.2f} / {100 * acc['max']:.2f} | {bench['train_seconds']['median']:.2f} "
@@ -206,7 +208,7 @@ def section(session: dict, unpacked: str, report_rel: str) -> list[str]:
     f"jax {versions.get('jax')}, flax {versions.get('flax')}, commit {str(git.get('commit'))[:10]}"
     f"{' (dirty tree)' if git.get('dirty') else ''}; {session['seconds']:.0f} s wall for all steps. "
     "Command: `bash benchmarks/gpu_session.sh` (prepared by `bash benchmarks/prepare_gpu_session.sh`), "
-    f"folded in by `python -m experiments.fold_gpu_session`. Full report: [{report_rel}/report.md]({report_rel}/report.md).",
+    f"folded in by `python -m experiments.fold_gpu_session`. Full report: [{report_rel}/report.md](../{report_rel}/report.md).",
     "",
     f"CIFAR-10 **(JPEG stand-in)** for ours, official data for the study; {session['num_seeds']} seeds per "
     f"structure, trained {session['cnn_seeds']} (the faster per epoch on this device, measured below); "
@@ -252,19 +254,19 @@ def _short(command: str) -> str:
   return f"{program} {args}".strip()
 
 
-def rewrite_readme(readme: str, lines: list[str]) -> None:
-  with open(readme) as f:
+def rewrite_section(page: str, lines: list[str]) -> None:
+  with open(page) as f:
     text = f.read()
   if BEGIN not in text or END not in text:
-    raise FoldError(f"{readme} has no GPU results section: it needs the lines {BEGIN!r} and {END!r}")
+    raise FoldError(f"{page} has no GPU results section: it needs the lines {BEGIN!r} and {END!r}")
   head, rest = text.split(BEGIN, 1)
   tail = rest.split(END, 1)[1]
-  with open(readme + ".tmp", "w") as f:
+  with open(page + ".tmp", "w") as f:
     f.write(head + "\n".join(lines) + tail)
-  os.replace(readme + ".tmp", readme)
+  os.replace(page + ".tmp", page)
 
 
-def fold(source: str, repo_dir: str, readme: str) -> str:
+def fold(source: str, repo_dir: str, results_doc: str) -> str:
   with tempfile.TemporaryDirectory() as unpacked:
     session = unpack(source, unpacked)
     name = session["name"]
@@ -302,15 +304,18 @@ def fold(source: str, repo_dir: str, readme: str) -> str:
     if os.path.exists(dumped):  # the deviceless GPU compiles use it from now on
       name = os.path.basename(deviceless.device_config_path(deviceless.gpu_name(session["device"]["kind"])))
       shutil.copy2(dumped, os.path.join(repo_dir, "simjax", "target_configs", name))
-    rewrite_readme(readme, lines)
-  print(f"folded session {name}: {target}/report.md, {readme} (GPU results section), benchmarks/ (bench/)")
+    rewrite_section(results_doc, lines)
+  print(
+    f"folded session {name}: {target}/report.md, {results_doc} (GPU results section), benchmarks/ (bench/)"
+  )
   return target
 
 
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError("pass one folder: the one holding the device run's session.tar.gz")
-  common.run_mode(lambda: fold(argv[1], FLAGS.repo_dir, FLAGS.readme))
+  page = FLAGS.results_doc or os.path.join(FLAGS.repo_dir, "docs", "gpu.md")
+  common.run_mode(lambda: fold(argv[1], FLAGS.repo_dir, page))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ session.log (this console), session.tar.gz (the GPU's target config for devicele
 the report folder with report.md and figures,
 each run's results.json / metrics.jsonl / run_info.json / logs, the benchmarks' JSON, the
 bench's JSON and Markdown).
-`python -m experiments.fold_gpu_session DIR` folds that into the repo and the README.
+`python -m experiments.fold_gpu_session DIR` folds that into reports/, benchmarks/ and docs/gpu.md.
 
 --smoke runs the steps on data slices with tiny models (the classic structures' steps are
 cnn_resnet's with another flagfile, so it skips them), through the same code paths as

@@ -644,7 +644,7 @@ def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> 
   lines += [
     f"Seeds per experiment: {plan['num_seeds']} (ours: mean ± sample std over seeds; the study reported "
     "single runs). Study values are from " + STUDY_SOURCE + ". **CIFAR-10 here is the JPEG stand-in** "
-    "(see ../shared/README.md): our CIFAR accuracies are on it, the study's on the official data.",
+    "(a JPEG-encoded copy of the official images): our CIFAR accuracies are on it, the study's on the official data.",
     "",
     "## Sentence similarity: test Pearson",
     "",
@@ -896,7 +896,7 @@ def reproduce(argv_command: str) -> str:
   if todo and not FLAGS.quick:
     estimate = sum(e.cpu_seconds_per_seed * num_seeds for e in todo)
     at_once = (
-      f"; --jobs={FLAGS.jobs} runs them sooner (two at once: 1.18x on that CPU, README)"
+      f"; --jobs={FLAGS.jobs} runs them sooner (two at once: 1.18x on that CPU, docs/reproduce.md)"
       if FLAGS.jobs > 1
       else ""
     )

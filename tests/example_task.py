@@ -1,7 +1,7 @@
-"""The README's example task (section "Add a task"), kept word for word: tests/test_run.py
-checks that the README shows this file and trains it through simjax.run."""
+"""The example task of docs/adding_a_task.md, kept word for word: tests/test_run.py checks
+that the page shows this file and trains it through simjax.run."""
 
-# --- README example begins ---
+# --- docs example begins ---
 import dataclasses
 
 import jax
@@ -72,4 +72,4 @@ class LinearTask(Task):
     return [{"dev": metrics} for metrics in self.evaluate(state)], {}
 
 
-# --- README example ends ---
+# --- docs example ends ---

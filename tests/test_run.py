@@ -376,5 +376,5 @@ def test_a_run_whose_data_is_missing_leaves_no_new_workdir_and_keeps_an_old_one(
 
 def test_the_readme_shows_the_example_task_these_tests_train():
   source = (REPO / "tests" / "example_task.py").read_text()
-  example = source.split("# --- README example begins ---\n")[1].split("# --- README example ends ---")[0]
-  assert example.strip() in (REPO / "README.md").read_text()
+  example = source.split("# --- docs example begins ---\n")[1].split("# --- docs example ends ---")[0]
+  assert example.strip() in (REPO / "docs" / "adding_a_task.md").read_text()

@@ -5,7 +5,7 @@ run module's questions: which data, which state, one epoch of training, one eval
 the final numbers. Seeds (stacked or sequential), the workdir guard, provenance,
 checkpoints and resume, each seed's best epoch, the NaN stop and every file a workdir
 holds are the run module's, written once (see simjax/run.py). `tests/test_run.py` trains
-a short example task through it (tests/example_task.py, shown in the README).
+a short example task through it (tests/example_task.py, shown in docs/adding_a_task.md).
 """
 
 from __future__ import annotations

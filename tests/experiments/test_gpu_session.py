@@ -94,12 +94,12 @@ def test_smoke_session_runs_every_step_packs_what_a_device_run_returns_and_folds
 
 
 def _check_fold(out: pathlib.Path, tmp_path: pathlib.Path) -> None:
-  """The fold writes the report, the benchmarks and the README section into a repo copy."""
-  tmp_path.mkdir()
-  readme = tmp_path / "README.md"
-  shutil.copy(REPO / "README.md", readme)
-  before = readme.read_text()
-  fold = ["-m", "experiments.fold_gpu_session", str(out), f"--repo_dir={tmp_path}", f"--readme={readme}"]
+  """The fold writes the report, the benchmarks and the GPU page's results section into a repo copy."""
+  (tmp_path / "docs").mkdir(parents=True)
+  page = tmp_path / "docs" / "gpu.md"
+  shutil.copy(REPO / "docs" / "gpu.md", page)
+  before = page.read_text()
+  fold = ["-m", "experiments.fold_gpu_session", str(out), f"--repo_dir={tmp_path}", f"--results_doc={page}"]
   done = _python(*fold)
   assert done.returncode == 0, done.stderr[-3000:]
   assert (tmp_path / "reports" / "smoke" / "report.md").is_file()
@@ -110,7 +110,7 @@ def _check_fold(out: pathlib.Path, tmp_path: pathlib.Path) -> None:
     "cnn_resnet_cpu_cpu.json",
     "cnn_resnet_cpu_cpu.md",
   }
-  text = readme.read_text()
+  text = page.read_text()
   head, section = text.split(fold_gpu_session.BEGIN)
   section, tail = section.split(fold_gpu_session.END)
   assert before.startswith(head) and before.endswith(tail)  # only the section changed
@@ -123,11 +123,13 @@ def _check_fold(out: pathlib.Path, tmp_path: pathlib.Path) -> None:
   # The deterministic run's XLA flags as recorded (here after the tests' own, tests/conftest.py).
   assert re.search(r"`--deterministic` \(`[^`]*--xla_gpu_deterministic_ops=true`\)", section)
   assert "| 2 stacked |" in section
-  bench = next(line for line in section.splitlines() if line.startswith("| [cnn_resnet](benchmarks/bench/"))
-  assert bench.startswith("| [cnn_resnet](benchmarks/bench/cnn_resnet_cpu_cpu.md) | 2 | ")
+  bench = next(
+    line for line in section.splitlines() if line.startswith("| [cnn_resnet](../benchmarks/bench/")
+  )
+  assert bench.startswith("| [cnn_resnet](../benchmarks/bench/cnn_resnet_cpu_cpu.md) | 2 | ")
   assert "`python -m experiments.bench --flagfile=cnn_resnet.flags" in bench
   # Folding the same session again replaces its section, not appends.
-  assert _python(*fold).returncode == 0 and readme.read_text() == text
+  assert _python(*fold).returncode == 0 and page.read_text() == text
 
 
 def _python(*args: str) -> subprocess.CompletedProcess:
@@ -152,7 +154,7 @@ def test_bench_step_with_a_missing_flagfile_fails_with_one_clear_line(tmp_path):
 
 def test_fold_refuses_a_folder_without_a_session(tmp_path):
   with pytest.raises(fold_gpu_session.FoldError, match="session.tar.gz not found"):
-    fold_gpu_session.fold(str(tmp_path), str(tmp_path), str(tmp_path / "README.md"))
+    fold_gpu_session.fold(str(tmp_path), str(tmp_path), str(tmp_path / "gpu.md"))
 
 
 def test_cnn_seeds_choice_reaches_the_commands():

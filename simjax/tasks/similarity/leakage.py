@@ -1,7 +1,7 @@
 """The leakage guard: no evaluation pair in the training data of a run that mixes datasets.
 
 Pairs are compared normalised (lower-cased, whitespace collapsed) and in either order, the
-way ../shared/README.md measured them. Extra training data loses every pair that is also a
+way the offline data's notes measured them. Extra training data loses every pair that is also a
 dev or test pair of the evaluated dataset; sources a benchmark's own rules forbid are refused
 outright (the STS Benchmark is drawn from SemEval STS 2012-2016, so those sets hold most of
 its test pairs; its readme also rules out SICK and MSRP test). The check's outcome is
