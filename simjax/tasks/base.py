@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from simjax.loop import EpochResult, FitResult, Selection, mean_of_steps
 from simjax.optim import OptimConfig
-
-if TYPE_CHECKING:  # simjax.run imports this module: no import at run time
-  from simjax.run import RunConfig
+from simjax.run_config import RunConfig
 
 
 class Task(abc.ABC):
@@ -35,7 +33,7 @@ class Task(abc.ABC):
   data: Any
 
   @abc.abstractmethod
-  def prepare(self, workdir: str, config: "RunConfig", *, resuming: bool) -> dict[str, Any]:
+  def prepare(self, workdir: str, config: RunConfig, *, resuming: bool) -> dict[str, Any]:
     """Loads the data for the run `config` (its seeds, batch size, epochs) and writes any file
     the workdir needs to resume (e.g. a vocabulary); `resuming`: the workdir has checkpoints.
     Returns the data's provenance (splits, row counts, checksums), recorded in run_info.json

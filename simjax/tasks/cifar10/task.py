@@ -21,7 +21,7 @@ import optax
 from simjax import checkpoints, deviceless, loop, optim, replicas, run, sharding
 from simjax.errors import ConfigError
 from simjax.programs import Program, abstract_state
-from simjax.run import RunConfig
+from simjax.run_config import RunConfig
 from simjax.tasks.base import Task
 from simjax.tasks.cifar10 import input_pipeline
 from simjax.tasks.cifar10.models import (
@@ -57,7 +57,7 @@ WHITENING_IMAGES = 5000  # the speedrun net's whitening conv comes from the firs
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(RunConfig):
-  """The shared run settings (simjax.run.RunConfig) and this task's own."""
+  """The shared run settings (simjax.run_config.RunConfig) and this task's own."""
 
   epochs: int = 30
   batch_size: int = 256

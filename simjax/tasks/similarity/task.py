@@ -15,7 +15,7 @@ import optax
 from simjax import deviceless, distributed, loop, metrics, optim, replicas, run, sharding
 from simjax.errors import ConfigError, WorkdirError
 from simjax.programs import Program, abstract, abstract_state
-from simjax.run import RunConfig
+from simjax.run_config import RunConfig
 from simjax.tasks.base import Task
 from simjax.tasks.similarity import augment, datasets, glove, input_pipeline, leakage, text
 from simjax.tasks.similarity.models import ModelConfig, SiameseSimilarity, with_pretrained_embeddings
@@ -66,7 +66,7 @@ BEST_METRICS = ("pearson", "spearman", "mse")
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(RunConfig):
-  """The shared run settings (simjax.run.RunConfig) and this task's own."""
+  """The shared run settings (simjax.run_config.RunConfig) and this task's own."""
 
   best_metric: str = "pearson"  # pearson | spearman | mse, on the dev split
 
