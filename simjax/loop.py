@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import time
 from typing import Any, Callable
@@ -120,55 +121,20 @@ def fit(
   """Trains until `epochs` are done (resuming if the workdir has a checkpoint), or, with
   `early_stop_patience` N > 0, until no replica's best epoch is among the last N (see `stalled`).
 
-  `state` stacks one replica per seed; `train_epoch(state, epoch, start_step=, stop=)` runs
-  an epoch's steps from `start_step` on, returning early once `stop()` is true;
-  `epoch_metrics` turns an epoch's step metrics into its logged train metrics; `evaluate`
-  returns one metrics dict per replica; `on_note` gets one line when the run stops early.
-  Each replica has its own best epoch and plateau:
-  the "best" checkpoint stacks every replica at its own best epoch. Logged rows hold the
-  mean over replicas under each name and every replica's value under "per_seed".
-  Each row's "compile_seconds" is the time JAX spent building programs during that epoch's
+  `state` stacks one replica per seed; `train_epoch(state, epoch, start_step=, stop=)` runs an
+  epoch's steps from `start_step` on, returning early once `stop()` is true; `epoch_metrics`
+  turns an epoch's step metrics into its logged train metrics; `evaluate` returns one metrics
+  dict per replica; `on_note` gets one line when the run stops early. Each replica has its own
+  best epoch and plateau; the "best" checkpoint stacks every replica at its own best epoch.
+  Rows: see `_epoch_row`; their "compile_seconds" is JAX's compile time during the epoch's
   training and evaluation (a task that compiles on first use pays it inside "epoch_seconds").
   The checkpoints' JSON meta holds {"epoch", "history", "best" (one per replica),
-  "train_seconds", "compile_seconds"}, returned as a FitResult, and in a checkpoint saved
-  in the middle of an epoch (on a `stop` request) "partial": that epoch's steps so far.
+  "train_seconds", "compile_seconds"} (a FitResult), and mid-epoch (a `stop`) "partial".
   """
   stop = stop if stop is not None else StopRequest()
   log = MetricsLog(store.workdir)
   try:
-    meta = {
-      "epoch": 0,
-      "history": [],
-      "best": [None] * len(seeds),
-      "train_seconds": 0.0,
-      "compile_seconds": 0.0,
-    }
-    best_state = None
-    restored = store.restore_latest(abstract_state(state))
-    if restored is not None:
-      state, meta = restored
-      if selection.best_metric is not None and any(meta["best"]):
-        best = store.restore_best(abstract_state(state))
-        if best is None:
-          raise WorkdirError(
-            f"{store.workdir}/best is missing, though its checkpoints record a best epoch: the run's "
-            "best epoch cannot be reported; restore best/ from a copy, or train again in a new workdir",
-            store.workdir,
-          )
-        best_state = best[0]
-    partial = meta.pop("partial", None)  # a checkpoint saved in the middle of this epoch
-    if partial is not None and partial["epoch"] > epochs:
-      raise ConfigError(
-        f"{store.workdir} stopped in the middle of epoch {partial['epoch']}: train at least "
-        f"{partial['epoch']} epochs to finish it (asked for {epochs})",
-        settings=("epochs",),
-      )
-    if meta["epoch"] > epochs:  # reported as it is, it would be recorded as a run of `epochs` epochs
-      raise ConfigError(
-        f"{store.workdir} holds a run trained for {meta['epoch']} epochs already: train at least "
-        f"{meta['epoch']} epochs there (asked for {epochs})",
-        settings=("epochs",),
-      )
+    state, meta, best_state, partial = _resume(state, store, selection, len(seeds), epochs)
     log.reset(meta["history"])
     # Compiled once: run eagerly, optax's plateau update would recompile every epoch.
     advance_plateau = jax.jit(
@@ -180,90 +146,27 @@ def fit(
     # One process alone: a request stops the epoch after the step in progress. Several processes
     # (simjax.distributed) must stop at the same step: they agree at the end of each epoch.
     single = distributed.process_count() == 1
-
-    def stopped() -> bool:
-      if single:
-        return stop.requested
-      agreed = distributed.any_process(stop.requested)
-      if agreed and not stop.requested:
-        stop.request("a stop request of another process")
-      return agreed
-
+    stopped = functools.partial(_stop_agreed, stop, single)
     check_early_stopping(selection, early_stop_patience)
     with stop.honouring():
       for epoch in range(meta["epoch"] + 1, epochs + 1):
         # Also on a resumed run; an epoch stopped in the middle is finished first (its state is
         # not an epoch's end, and the rerun may have been given less patience).
         if partial is None and stalled(meta["best"], meta["epoch"], early_stop_patience):
-          on_note(
-            f"stopped early after epoch {meta['epoch']} of {epochs}: no seed improved "
-            f"{selection.eval_name} {selection.best_metric} for {early_stop_patience} "
-            f"epoch{'s' if early_stop_patience > 1 else ''}"
-          )
+          on_note(_early_stop_note(meta["epoch"], epochs, selection, early_stop_patience))
           break
         if stopped():  # between epochs: the latest checkpoint holds everything done
           raise Preempted(stop.reason, epoch=epoch - 1, steps_done=None, saved_step=store.latest_step())
-        done = _steps_from_json(partial["step_metrics"]) if partial else None
-        earlier_seconds = (partial["seconds"], partial["compile_seconds"]) if partial else (0.0, 0.0)
+        state, steps, dev, epoch_seconds, compile_seconds = _train_and_evaluate_epoch(
+          state, epoch, partial, meta, train_epoch=train_epoch, evaluate=evaluate, selection=selection,
+          store=store, seeds=seeds, stop=stop, stopped=stopped, single=single,
+        )  # fmt: skip
         partial = None
-        start_step = len(done["loss"]) if done else 0
-        first_step = int(state.step[0]) - start_step  # read now: train_epoch may donate `state`'s buffers
-        with CompileClock() as compile_clock:
-          start = time.perf_counter()
-          result = train_epoch(state, epoch, start_step=start_step, stop=stop if single else lambda: False)
-          jax.block_until_ready(result.state)
-          epoch_seconds = earlier_seconds[0] + time.perf_counter() - start  # the checks below: not timed
-          steps = _concatenate_steps(done, result.step_metrics)
-          _check_finite(
-            steps["loss"], result.state, first_step=first_step, epoch=epoch, store=store, seeds=seeds
-          )
-          state = result.state
-          if stopped() and not result.complete:  # save the step reached, evaluate on the rerun
-            saved_step = int(state.step[0])
-            meta["partial"] = {
-              "epoch": epoch,
-              "step_metrics": _steps_to_json(steps),
-              "seconds": epoch_seconds,
-              "compile_seconds": earlier_seconds[1] + compile_clock.seconds,
-            }
-            store.save(saved_step, state, meta)
-            raise Preempted(stop.reason, epoch=epoch, steps_done=len(steps["loss"]), saved_step=saved_step)
-          dev = evaluate(state)
-          _check_finite_metrics(dev, epoch=epoch, eval_name=selection.eval_name, store=store, seeds=seeds)
-        per_seed = {
-          **{k: [float(v) for v in values] for k, values in epoch_metrics(steps).items()},
-          **{f"{selection.eval_name}_{k}": [d[k] for d in dev] for k in dev[0]},
-          "learning_rate_scale": [float(x) for x in np.asarray(state.plateau_state.scale)],
-        }
-        row = {
-          "epoch": epoch,
-          **{k: float(np.mean(v)) for k, v in per_seed.items()},
-          "epoch_seconds": epoch_seconds,
-          "compile_seconds": earlier_seconds[1] + compile_clock.seconds,
-          "per_seed": per_seed,
-        }
+        row = _epoch_row(epoch, epoch_metrics(steps), dev, state, selection, epoch_seconds, compile_seconds)
         if plateau is not None and selection.plateau_metric is not None:
           values = jnp.asarray([d[selection.plateau_metric] for d in dev], jnp.float32)
           state = state.replace(plateau_state=advance_plateau(state.plateau_state, values))
-        improved = np.zeros(len(seeds), bool)
-        if selection.best_metric is not None:
-          for r, d in enumerate(dev):
-            value, best = d[selection.best_metric], meta["best"][r]
-            if best is None or _better(value, best["value"], selection.higher_is_better):
-              improved[r] = True
-              meta["best"][r] = {
-                "epoch": epoch,
-                "step": int(state.step[r]),
-                "metric": selection.best_metric,
-                "value": value,
-              }
-          if improved.any():
-            # A copy, never `state` itself: a task may donate the state's buffers to the next epoch.
-            best_state = (
-              jax.tree_util.tree_map(jnp.copy, state)
-              if best_state is None
-              else replicas.select(improved, state, best_state)
-            )
+        improved, best_state = _update_best(meta["best"], best_state, state, dev, epoch, selection)
         meta["epoch"] = epoch
         meta["history"].append(row)
         meta["train_seconds"] += epoch_seconds
@@ -279,6 +182,140 @@ def fit(
     return FitResult.from_meta(state, meta)
   finally:
     log.close()
+
+
+def _stop_agreed(stop: StopRequest, single: bool) -> bool:
+  """Whether to stop: one process alone reads its own request; several processes stop together
+  as soon as any of them was asked to (every process calls this at the same points)."""
+  if single:
+    return stop.requested
+  agreed = distributed.any_process(stop.requested)
+  if agreed and not stop.requested:
+    stop.request("a stop request of another process")
+  return agreed
+
+
+def _train_and_evaluate_epoch(state, epoch, partial, meta, *, train_epoch, evaluate, selection, store, seeds,
+                              stop, stopped, single):  # fmt: skip
+  """One epoch's training from the step a partial checkpoint reached (if any), its finite-loss
+  check and its dev evaluation; a stop request in the middle saves the step reached and raises
+  Preempted. Returns (state, the epoch's step metrics, dev metrics, seconds, compile seconds)."""
+  done = _steps_from_json(partial["step_metrics"]) if partial else None
+  earlier_seconds = (partial["seconds"], partial["compile_seconds"]) if partial else (0.0, 0.0)
+  start_step = len(done["loss"]) if done else 0
+  first_step = int(state.step[0]) - start_step  # read now: train_epoch may donate `state`'s buffers
+  with CompileClock() as compile_clock:
+    start = time.perf_counter()
+    result = train_epoch(state, epoch, start_step=start_step, stop=stop if single else lambda: False)
+    jax.block_until_ready(result.state)
+    epoch_seconds = earlier_seconds[0] + time.perf_counter() - start  # the checks below: not timed
+    steps = _concatenate_steps(done, result.step_metrics)
+    _check_finite(steps["loss"], result.state, first_step=first_step, epoch=epoch, store=store, seeds=seeds)
+    state = result.state
+    if stopped() and not result.complete:  # save the step reached, evaluate on the rerun
+      compile_seconds = earlier_seconds[1] + compile_clock.seconds
+      _save_partial_and_stop(store, state, meta, epoch, steps, epoch_seconds, compile_seconds, stop)
+    dev = evaluate(state)
+    _check_finite_metrics(dev, epoch=epoch, eval_name=selection.eval_name, store=store, seeds=seeds)
+  return state, steps, dev, epoch_seconds, earlier_seconds[1] + compile_clock.seconds
+
+
+def _early_stop_note(epoch: int, epochs: int, selection: Selection, patience: int) -> str:
+  return (
+    f"stopped early after epoch {epoch} of {epochs}: no seed improved "
+    f"{selection.eval_name} {selection.best_metric} for {patience} epoch{'s' if patience > 1 else ''}"
+  )
+
+
+def _resume(state: Any, store: CheckpointStore, selection: Selection, replicas_count: int, epochs: int):
+  """(state, meta, best state, partial epoch) from the workdir's latest checkpoint, or a fresh
+  start; refuses fewer epochs than a checkpoint holds."""
+  meta = {
+    "epoch": 0,
+    "history": [],
+    "best": [None] * replicas_count,
+    "train_seconds": 0.0,
+    "compile_seconds": 0.0,
+  }
+  best_state = None
+  restored = store.restore_latest(abstract_state(state))
+  if restored is not None:
+    state, meta = restored
+    if selection.best_metric is not None and any(meta["best"]):
+      best = store.restore_best(abstract_state(state))
+      if best is None:
+        raise WorkdirError(
+          f"{store.workdir}/best is missing, though its checkpoints record a best epoch: the run's "
+          "best epoch cannot be reported; restore best/ from a copy, or train again in a new workdir",
+          store.workdir,
+        )
+      best_state = best[0]
+  partial = meta.pop("partial", None)  # a checkpoint saved in the middle of this epoch
+  if partial is not None and partial["epoch"] > epochs:
+    raise ConfigError(
+      f"{store.workdir} stopped in the middle of epoch {partial['epoch']}: train at least "
+      f"{partial['epoch']} epochs to finish it (asked for {epochs})",
+      settings=("epochs",),
+    )
+  if meta["epoch"] > epochs:  # reported as it is, it would be recorded as a run of `epochs` epochs
+    raise ConfigError(
+      f"{store.workdir} holds a run trained for {meta['epoch']} epochs already: train at least "
+      f"{meta['epoch']} epochs there (asked for {epochs})",
+      settings=("epochs",),
+    )
+  return state, meta, best_state, partial
+
+
+def _save_partial_and_stop(store, state, meta, epoch, steps, epoch_seconds, compile_seconds, stop) -> None:
+  """A stop in the middle of an epoch: checkpoints the step reached with the epoch's steps so
+  far (the rerun continues from the next step), then raises Preempted."""
+  saved_step = int(state.step[0])
+  meta["partial"] = {
+    "epoch": epoch,
+    "step_metrics": _steps_to_json(steps),
+    "seconds": epoch_seconds,
+    "compile_seconds": compile_seconds,
+  }
+  store.save(saved_step, state, meta)
+  raise Preempted(stop.reason, epoch=epoch, steps_done=len(steps["loss"]), saved_step=saved_step)
+
+
+def _epoch_row(epoch, train_metrics, dev, state, selection, epoch_seconds, compile_seconds) -> dict[str, Any]:
+  """An epoch's metrics.jsonl row: the mean over replicas under each name, every replica's
+  value under "per_seed"."""
+  per_seed = {
+    **{k: [float(v) for v in values] for k, values in train_metrics.items()},
+    **{f"{selection.eval_name}_{k}": [d[k] for d in dev] for k in dev[0]},
+    "learning_rate_scale": [float(x) for x in np.asarray(state.plateau_state.scale)],
+  }
+  return {
+    "epoch": epoch,
+    **{k: float(np.mean(v)) for k, v in per_seed.items()},
+    "epoch_seconds": epoch_seconds,
+    "compile_seconds": compile_seconds,
+    "per_seed": per_seed,
+  }
+
+
+def _update_best(best, best_state, state, dev, epoch, selection):
+  """Each replica's best epoch on `selection.best_metric` (updated in `best`, one entry per
+  replica) and the stacked best state; returns (which replicas improved, best state)."""
+  improved = np.zeros(len(best), bool)
+  if selection.best_metric is None:
+    return improved, best_state
+  for r, d in enumerate(dev):
+    value = d[selection.best_metric]
+    if best[r] is None or _better(value, best[r]["value"], selection.higher_is_better):
+      improved[r] = True
+      best[r] = {"epoch": epoch, "step": int(state.step[r]), "metric": selection.best_metric, "value": value}
+  if improved.any():
+    # A copy, never `state` itself: a task may donate the state's buffers to the next epoch.
+    best_state = (
+      jax.tree_util.tree_map(jnp.copy, state)
+      if best_state is None
+      else replicas.select(improved, state, best_state)
+    )
+  return improved, best_state
 
 
 def check_early_stopping(selection: Selection, patience: int) -> None:
