@@ -208,32 +208,46 @@ def _train_stacked(
     state = task.create_train_state(seeds)
     with CompileClock() as ahead_of_time:
       task.compile(state)
-    plateau_active = task.optim.lr_schedule == "plateau"
-    fit = loop.fit(
-      state,
-      store=store,
-      epochs=config.epochs,
-      train_epoch=task.train_epoch,
-      epoch_metrics=task.epoch_metrics,
-      evaluate=task.evaluate,
-      selection=dataclasses.replace(
-        task.selection, plateau_metric=task.selection.plateau_metric if plateau_active else None
-      ),
-      seeds=seeds,
-      plateau=optim.plateau_transform(task.optim),
-      on_epoch=on_epoch,
-      stop=records["stop"],
-      early_stop_patience=config.early_stop_patience,
-      on_note=records["note"],
-    )
+    fit = _fit(task, config, state, store, on_epoch, records)
     selects = task.selection.best_metric is not None
     final_state = store.restore_best(abstract_state(fit.state))[0] if selects else fit.state
   finally:
     store.close()
+  results = _results(task, config, fit, final_state, ahead_of_time.seconds, data_info, records)
+  run_records.write_json(os.path.join(workdir, run_records.RESULTS_FILE), results)
+  return results
+
+
+def _fit(task: Task, config: RunConfig, state, store: CheckpointStore, on_epoch, records) -> loop.FitResult:
+  """The epochs (simjax.loop.fit) with the task's parts; the plateau metric only where the
+  schedule is reduce-on-plateau."""
+  plateau_active = task.optim.lr_schedule == "plateau"
+  return loop.fit(
+    state,
+    store=store,
+    epochs=config.epochs,
+    train_epoch=task.train_epoch,
+    epoch_metrics=task.epoch_metrics,
+    evaluate=task.evaluate,
+    selection=dataclasses.replace(
+      task.selection, plateau_metric=task.selection.plateau_metric if plateau_active else None
+    ),
+    seeds=config.seeds,
+    plateau=optim.plateau_transform(task.optim),
+    on_epoch=on_epoch,
+    stop=records["stop"],
+    early_stop_patience=config.early_stop_patience,
+    on_note=records["note"],
+  )
+
+
+def _results(task: Task, config: RunConfig, fit, final_state, ahead_of_time_seconds, data_info, records):
+  """results.json: each seed's numbers and their summary, timings, settings and provenance."""
+  selects = task.selection.best_metric is not None
   per_seed_metrics, extras = task.report(final_state, fit)
   per_seed = [
     {"seed": s, **metrics, **({"best_epoch": fit.best[r]["epoch"]} if selects else {})}
-    for r, (s, metrics) in enumerate(zip(seeds, per_seed_metrics))
+    for r, (s, metrics) in enumerate(zip(config.seeds, per_seed_metrics))
   ]
   results = {
     **summary.combine(per_seed),
@@ -246,7 +260,7 @@ def _train_stacked(
     "train_seconds": fit.train_seconds,  # all seeds together; compilation on first use included
     # Time JAX spent compiling: ahead of time (not part of train_seconds) plus on first use
     # during the epochs (part of train_seconds). Near 0 on a rerun with a compilation cache.
-    "compile_seconds": ahead_of_time.seconds + fit.compile_seconds,
+    "compile_seconds": ahead_of_time_seconds + fit.compile_seconds,
     **extras,
     **({"evaluation": evaluation} if (evaluation := task.evaluation()) else {}),
     "data": data_info,
@@ -254,7 +268,6 @@ def _train_stacked(
     "flags": records["flags"],
     **run_records.provenance(records["command"]),
   }
-  run_records.write_json(os.path.join(workdir, run_records.RESULTS_FILE), results)
   return results
 
 

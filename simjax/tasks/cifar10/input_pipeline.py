@@ -57,20 +57,7 @@ def load_split(
   `shard=(index, count)`: only the index-th of `count` consecutive, equal parts of the split's
   rows (the last ones may be shorter, or empty) is read and decoded: a process's part in a
   multi-process run (see `load_split_of_processes`)."""
-  try:
-    builder = tfds.builder(DATASET, data_dir=data_dir)
-  except Exception as e:  # TFDS raises several types for a bad or missing data_dir
-    raise DataError(
-      f"cannot open TFDS {DATASET} in {data_dir or 'the default data dir'}: {e}", settings=("data_dir",)
-    ) from None
-  if not builder.is_prepared():
-    where = os.path.join(data_dir or "~/tensorflow_datasets", DATASET)
-    raise DataError(
-      f"TFDS {DATASET} is not prepared under {where}: point the TFDS data dir at a folder "
-      f"holding {DATASET}/{builder.info.version}/ (array_record files), or prepare it online once with "
-      f"`tfds build {DATASET} --file_format=array_record`",
-      settings=("data_dir",),
-    )
+  builder = _prepared_builder(data_dir)
   version = str(builder.info.version)
   names = tuple(builder.info.features["label"].names)
   # The official release stores PNG; a JPEG-encoded copy (e.g. an offline stand-in) loses
@@ -89,50 +76,81 @@ def load_split(
   if cached is not None:
     images, labels = cached
   else:
-    try:
-      source = builder.as_data_source(split=split)
-      count = len(source)
-    except Exception as e:  # bad split strings surface here
-      splits = ", ".join(sorted(builder.info.splits))
-      raise DataError(
-        f"bad split {split!r} for {DATASET} ({e}); use one of {splits}, e.g. 'train[:5000]'",
-        settings=("train_split", "eval_split"),
-      ) from None
-    if count == 0:
-      raise DataError(f"split {split!r} of {DATASET} is empty", settings=("train_split", "eval_split"))
-    rows = range(count)
-    if shard is not None:
-      per = -(-count // shard[1])
-      rows = range(min(count, shard[0] * per), min(count, (shard[0] + 1) * per))
-    try:
-      records = source.__getitems__(list(rows))
-    except (OSError, RuntimeError) as e:  # a prepared folder with missing or damaged data files
-      raise DataError(
-        f"cannot read {DATASET} {split!r} from {builder.data_dir} ({str(e).splitlines()[0][:200]}); "
-        "check the array_record files there or point the TFDS data dir at a complete copy",
-        settings=("data_dir",),
-      ) from None
-    images = (
-      np.stack([r["image"] for r in records]).astype(np.uint8)
-      if records
-      else np.zeros((0, 32, 32, 3), np.uint8)
-    )  # a process's part of a tiny split may be empty
-    labels = np.array([r["label"] for r in records], np.int32)
+    images, labels = _decode(builder, split, shard)
     if cache:
-      tmp = f"{cache}.{os.getpid()}.tmp.npz"  # concurrent first runs never share a temporary file
-      try:
-        os.makedirs(os.path.dirname(cache), exist_ok=True)
-        np.savez(tmp, images=images, labels=labels)
-        os.replace(tmp, cache)
-      except OSError as e:
-        raise DataError(
-          f"cannot write the decoded-image cache {cache} ({e.strerror or e}): choose a writable cache folder",
-          settings=("cache_dir",),
-        ) from None
+      _write_cache(cache, images, labels)
   info["rows"] = len(labels)
   # Reading every file to hash it is for the records, which process 0 writes.
   info["source_sha256"] = _prepared_checksums(builder.data_dir) if distributed.is_primary() else {}
   return ImageSplit(images, labels, names, info)
+
+
+def _prepared_builder(data_dir: str | None):
+  """The TFDS builder of CIFAR-10 in `data_dir`, prepared; one DataError line otherwise."""
+  try:
+    builder = tfds.builder(DATASET, data_dir=data_dir)
+  except Exception as e:  # TFDS raises several types for a bad or missing data_dir
+    raise DataError(
+      f"cannot open TFDS {DATASET} in {data_dir or 'the default data dir'}: {e}", settings=("data_dir",)
+    ) from None
+  if not builder.is_prepared():
+    where = os.path.join(data_dir or "~/tensorflow_datasets", DATASET)
+    raise DataError(
+      f"TFDS {DATASET} is not prepared under {where}: point the TFDS data dir at a folder "
+      f"holding {DATASET}/{builder.info.version}/ (array_record files), or prepare it online once with "
+      f"`tfds build {DATASET} --file_format=array_record`",
+      settings=("data_dir",),
+    )
+  return builder
+
+
+def _decode(builder, split: str, shard: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+  """The split's images [N, 32, 32, 3] uint8 and labels [N] int32, read from the prepared
+  files (only the shard's rows, with `shard`)."""
+  try:
+    source = builder.as_data_source(split=split)
+    count = len(source)
+  except Exception as e:  # bad split strings surface here
+    splits = ", ".join(sorted(builder.info.splits))
+    raise DataError(
+      f"bad split {split!r} for {DATASET} ({e}); use one of {splits}, e.g. 'train[:5000]'",
+      settings=("train_split", "eval_split"),
+    ) from None
+  if count == 0:
+    raise DataError(f"split {split!r} of {DATASET} is empty", settings=("train_split", "eval_split"))
+  rows = range(count)
+  if shard is not None:
+    per = -(-count // shard[1])
+    rows = range(min(count, shard[0] * per), min(count, (shard[0] + 1) * per))
+  try:
+    records = source.__getitems__(list(rows))
+  except (OSError, RuntimeError) as e:  # a prepared folder with missing or damaged data files
+    raise DataError(
+      f"cannot read {DATASET} {split!r} from {builder.data_dir} ({str(e).splitlines()[0][:200]}); "
+      "check the array_record files there or point the TFDS data dir at a complete copy",
+      settings=("data_dir",),
+    ) from None
+  images = (
+    np.stack([r["image"] for r in records]).astype(np.uint8)
+    if records
+    else np.zeros((0, 32, 32, 3), np.uint8)
+  )  # a process's part of a tiny split may be empty
+  labels = np.array([r["label"] for r in records], np.int32)
+  return images, labels
+
+
+def _write_cache(cache: str, images: np.ndarray, labels: np.ndarray) -> None:
+  """Writes the decoded split atomically (a stopped write leaves no half file)."""
+  tmp = f"{cache}.{os.getpid()}.tmp.npz"  # concurrent first runs never share a temporary file
+  try:
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    np.savez(tmp, images=images, labels=labels)
+    os.replace(tmp, cache)
+  except OSError as e:
+    raise DataError(
+      f"cannot write the decoded-image cache {cache} ({e.strerror or e}): choose a writable cache folder",
+      settings=("cache_dir",),
+    ) from None
 
 
 def split_rows(split: str, data_dir: str | None) -> int:

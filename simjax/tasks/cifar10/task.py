@@ -273,21 +273,7 @@ def compile_train_epoch(
   def step_fn():
     return programs.step.lower(abstract_state, images, labels, example_indices).compile()
 
-  def host_loop_epoch(state, images, labels, epoch_keys, *, start=0, stop=None, on_step=None):
-    order = order_fn(epoch_keys)
-    metrics = []
-    for i in range(start, steps):
-      state, step_metrics = step_fn()(state, images, labels, order[i])
-      metrics.append(step_metrics)
-      if on_step is not None:  # count steps computed, not dispatched ahead
-        jax.block_until_ready(step_metrics)
-        on_step(1)
-      if stop is not None and stop():
-        break
-    if not metrics:  # resumed after the epoch's last step
-      return state, {name: jnp.zeros((0, num_replicas), jnp.float32) for name in ("loss", "accuracy")}
-    return state, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *metrics)
-
+  host_loop_epoch = functools.partial(_host_loop_epoch, order_fn, step_fn, steps, num_replicas)
   if not fused:
     host_loop_epoch.compiled = step_fn()  # ahead of time: epoch timings exclude compilation
     host_loop_epoch.fused = False
@@ -309,6 +295,24 @@ def compile_train_epoch(
   fused_epoch.fused = True
   fused_epoch.compiled = compiled
   return fused_epoch
+
+
+def _host_loop_epoch(order_fn, step_fn, steps, num_replicas, state, images, labels, epoch_keys, *,
+                     start=0, stop=None, on_step=None):  # fmt: skip
+  """An epoch as a host loop over the compiled step `step_fn()`, from step `start` on."""
+  order = order_fn(epoch_keys)
+  metrics = []
+  for i in range(start, steps):
+    state, step_metrics = step_fn()(state, images, labels, order[i])
+    metrics.append(step_metrics)
+    if on_step is not None:  # count steps computed, not dispatched ahead
+      jax.block_until_ready(step_metrics)
+      on_step(1)
+    if stop is not None and stop():
+      break
+  if not metrics:  # resumed after the epoch's last step
+    return state, {name: jnp.zeros((0, num_replicas), jnp.float32) for name in ("loss", "accuracy")}
+  return state, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *metrics)
 
 
 def make_predict(mesh, *, batch_size: int, compute_dtype, tta: str = "none") -> Callable:
