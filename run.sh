@@ -7,7 +7,7 @@
 #   ./run.sh benchmark_seeds [ARGS]  run `python -m experiments.benchmark_seeds ARGS`
 #   ./run.sh bench [ARGS]    run `python -m experiments.bench ARGS` (CIFAR-10 speed bench)
 #   ./run.sh deviceless [ARGS]  compile every run for TPU and GPU without them: memory, roofline
-#   ./run.sh fold_gpu_session DIR    fold a device session's output into reports/ and the README
+#   ./run.sh fold_gpu_session DIR    fold a GPU benchmark session's output into reports/, benchmarks/, docs/gpu.md
 #   ./run.sh ARGS            run `python -m experiments.main ARGS`, e.g. --flagfile=rnn.flags
 # Offline: when ../shared exists, its raw sentence datasets are used (SIMJAX_MANUAL_DIR) and
 # its prepared TFDS datasets (CIFAR-10) are linked into .data/tensorflow_datasets, which is
@@ -72,10 +72,14 @@ case "${1:-}" in
     export JAX_PLATFORMS=cpu TPU_SKIP_MDS_QUERY=1 ALLOW_MULTIPLE_LIBTPU_LOAD=1 PYTHONPATH="$DEVICELESS:$PYTHONPATH"
     exec "$VENV/bin/python" -m experiments.deviceless "$@"
     ;;
-  reproduce | benchmark_seeds | bench | fold_gpu_session)
+  reproduce | benchmark_seeds | bench)
     module="$1"
     shift
     exec "$VENV/bin/python" -m "experiments.$module" "$@"
+    ;;
+  fold_gpu_session)  # a maintainers' tool (tools/, not installed): found through the repository
+    shift
+    PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" exec "$VENV/bin/python" -m tools.fold_gpu_session "$@"
     ;;
   "")
     exec "$VENV/bin/python" -m experiments.main --flagfile=lstm_glove.flags

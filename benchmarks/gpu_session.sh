@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Every GPU measurement of the project in one device call (see experiments/gpu_session.py for
+# Every GPU measurement of the project in one run on a GPU machine (see tools/gpu_session.py for
 # the steps, their time caps and the drop order). Three commands, start to finish:
 #
 #   bash benchmarks/prepare_gpu_session.sh             # before: .whl/ and .data/ for an offline GPU machine
 #   bash benchmarks/gpu_session.sh                     # on the GPU machine (repository, .whl/, .data/; < 9 min)
-#   python -m experiments.fold_gpu_session OUT_FOLDER  # after: report, docs/gpu.md tables, benchmarks
+#   python -m tools.fold_gpu_session OUT_FOLDER        # after: report, docs/gpu.md tables, benchmarks
 #
 # On the GPU machine it installs the copied wheels into /tmp/site, points TFDS at the copied data
-# and runs `python3 -m experiments.gpu_session` (arguments pass through), writing into $OUT.
+# and runs `python3 -m tools.gpu_session` (arguments pass through), writing into $OUT.
 # SIMJAX_SMOKE=1 runs the same steps on data slices with tiny models, on a CPU, in the caller's
 # Python and data environment (TFDS_DATA_DIR holding cifar10/, SIMJAX_MANUAL_DIR the raw
-# STS-B files): the test suite does this, so the script cannot rot between device sessions.
+# STS-B files): the test suite does this, so the script cannot rot between GPU runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT="${OUT:-$PWD/gpu_out}" PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -35,4 +35,4 @@ if [ "${SIMJAX_SMOKE:-0}" = "0" ]; then
   export SIMJAX_CACHE_DIR="${SIMJAX_CACHE_DIR:-/tmp/simjax_cache}"
   nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || echo "nvidia-smi not available" > "$OUT/nvidia-smi.txt"
 fi
-exec "$PYTHON" -m experiments.gpu_session "$@"
+exec "$PYTHON" -m tools.gpu_session "$@"

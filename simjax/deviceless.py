@@ -14,7 +14,7 @@ TPU_SKIP_MDS_QUERY=1 (`ENVIRONMENT`), their folder on sys.path before JAX starts
 
 GPU compiles need a target config (the GPU's description). simjax/target_configs holds one
 written from the H200's spec sheet (approximate); a file named `<gpu>_device.txtpb` there,
-dumped on the device itself (the device session does: experiments.gpu_session), is used
+dumped on the device itself (the device session does: tools.gpu_session), is used
 instead once it exists.
 """
 

@@ -12,7 +12,8 @@ import tarfile
 
 import pytest
 
-from experiments import fold_gpu_session, gpu_session, reproduce
+from experiments import reproduce
+from tools import fold_gpu_session, gpu_session
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -99,7 +100,7 @@ def _check_fold(out: pathlib.Path, tmp_path: pathlib.Path) -> None:
   page = tmp_path / "docs" / "gpu.md"
   shutil.copy(REPO / "docs" / "gpu.md", page)
   before = page.read_text()
-  fold = ["-m", "experiments.fold_gpu_session", str(out), f"--repo_dir={tmp_path}", f"--results_doc={page}"]
+  fold = ["-m", "tools.fold_gpu_session", str(out), f"--repo_dir={tmp_path}", f"--results_doc={page}"]
   done = _python(*fold)
   assert done.returncode == 0, done.stderr[-3000:]
   assert (tmp_path / "reports" / "smoke" / "report.md").is_file()

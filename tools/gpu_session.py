@@ -2,7 +2,7 @@ r"""Every GPU measurement the project needs, as one command that fits within 10 
 
   bash benchmarks/gpu_session.sh                   # on the device: installs the carried wheels, then this
   SIMJAX_SMOKE=1 bash benchmarks/gpu_session.sh    # on a CPU: the same steps on data slices, < 2 min
-  python -m experiments.gpu_session --smoke --out=/tmp/o   # the same, without the wrapper
+  python -m tools.gpu_session --smoke --out=/tmp/o   # the same, without the wrapper
 
 This is the one place that lists the project's device benchmarks. The steps run in this
 order, most valuable first; each has a time cap, and a step that would not fit in what is
@@ -26,7 +26,7 @@ session.log (this console), session.tar.gz (the GPU's target config for devicele
 the report folder with report.md and figures,
 each run's results.json / metrics.jsonl / run_info.json / logs, the benchmarks' JSON, the
 bench's JSON and Markdown).
-`python -m experiments.fold_gpu_session DIR` folds that into reports/, benchmarks/ and docs/gpu.md.
+`python -m tools.fold_gpu_session DIR` folds that into reports/, benchmarks/ and docs/gpu.md.
 
 --smoke runs the steps on data slices with tiny models (the classic structures' steps are
 cnn_resnet's with another flagfile, so it skips them), through the same code paths as

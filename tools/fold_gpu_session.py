@@ -1,6 +1,6 @@
-r"""Folds a device session's output (experiments.gpu_session) into the repo, in one command.
+r"""Folds a device session's output (tools.gpu_session) into the repo, in one command.
 
-  python -m experiments.fold_gpu_session <folder>     # the folder holding session.tar.gz
+  python -m tools.fold_gpu_session <folder>     # the folder holding session.tar.gz
 
 It unpacks session.tar.gz and
   * puts the report folder at reports/<name>/ (report.md, figures, logs, session.json; each
@@ -25,12 +25,13 @@ import tempfile
 
 from absl import app, flags
 
-from experiments import common, gpu_session, study
+from experiments import common, study
 from simjax import deviceless, run_records
+from tools import gpu_session
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BEGIN = "<!-- gpu-session:begin (written by python -m experiments.fold_gpu_session) -->"
+BEGIN = "<!-- gpu-session:begin (written by python -m tools.fold_gpu_session) -->"
 END = "<!-- gpu-session:end -->"
 STRUCTURES = (*study.CNN_STRUCTURES, "cnn_resnet")
 
@@ -58,7 +59,7 @@ def unpack(source: str, into: str) -> dict:
     raise FoldError(f"{archive} is damaged ({e}); fetch the device run's files again") from None
   path = os.path.join(into, "session.json")
   if not os.path.isfile(path):
-    raise FoldError(f"{archive} holds no session.json: not made by experiments.gpu_session")
+    raise FoldError(f"{archive} holds no session.json: not made by tools.gpu_session")
   with open(path) as f:
     return json.load(f)
 
@@ -208,7 +209,7 @@ def section(session: dict, unpacked: str, report_rel: str) -> list[str]:
     f"jax {versions.get('jax')}, flax {versions.get('flax')}, commit {str(git.get('commit'))[:10]}"
     f"{' (dirty tree)' if git.get('dirty') else ''}; {session['seconds']:.0f} s wall for all steps. "
     "Command: `bash benchmarks/gpu_session.sh` (prepared by `bash benchmarks/prepare_gpu_session.sh`), "
-    f"folded in by `python -m experiments.fold_gpu_session`. Full report: [{report_rel}/report.md](../{report_rel}/report.md).",
+    f"folded in by `python -m tools.fold_gpu_session`. Full report: [{report_rel}/report.md](../{report_rel}/report.md).",
     "",
     f"CIFAR-10 **(JPEG stand-in)** for ours, official data for the study; {session['num_seeds']} seeds per "
     f"structure, trained {session['cnn_seeds']} (the faster per epoch on this device, measured below); "
