@@ -32,7 +32,7 @@ from typing import Any
 
 from absl import app, flags
 
-from experiments import cifar10, common
+from experiments import cifar10, cli_flags, console, lifecycle
 from experiments import main as training_main  # defines every training flag
 from simjax import compilation, run, run_records, summary
 
@@ -106,7 +106,7 @@ def command() -> str:
 
 
 def all_flags() -> dict[str, Any]:
-  return dict(sorted({**common.flag_values(), **{k: FLAGS[k].value for k in BENCH_FLAGS}}.items()))
+  return dict(sorted({**cli_flags.flag_values(), **{k: FLAGS[k].value for k in BENCH_FLAGS}}.items()))
 
 
 # --------------------------------------------------------------------------------------
@@ -119,7 +119,7 @@ def train_one(run_index: int, seed: int, workdir: str) -> dict[str, Any]:
   with compilation.CompileClock() as clock:
     start = time.perf_counter()
     results = run.train_and_evaluate(
-      task, config, workdir, flags=common.flag_values(), command=common.command_line()
+      task, config, workdir, flags=cli_flags.flag_values(), command=cli_flags.command_line()
     )
     wall = time.perf_counter() - start
   eval_info = results["data"]["eval"]
@@ -344,11 +344,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   check_flags()
   check_out()  # before anything is trained or written
-  common.quiet_library_logs()
-  common.apply_determinism()  # before the first computation
-  common.run_mode(benchmark)
+  console.quiet_library_logs()
+  lifecycle.apply_determinism()  # before the first computation
+  lifecycle.run_mode(benchmark)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=common.parse_flags_with_flagfile_lookup)
+  app.run(main, flags_parser=cli_flags.parse_flags_with_flagfile_lookup)

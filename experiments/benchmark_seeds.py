@@ -20,7 +20,7 @@ from absl import app, flags
 
 import numpy as np
 
-from experiments import common
+from experiments import cli_flags, console, lifecycle
 from simjax import optim, run, run_records
 from simjax.tasks.cifar10 import task as cifar10_task
 from simjax.tasks.cifar10.models import ModelConfig as CnnConfig
@@ -58,7 +58,7 @@ def define_flags() -> None:
   )
   flags.DEFINE_string("eval_split", None, "Evaluated split (default: validation / test[:1000]).")
   flags.DEFINE_enum("epoch_loop", "auto", ["auto", "scan", "host"], "CIFAR: see experiments.main --helpfull.")
-  common.define_compilation_cache_flag()
+  cli_flags.define_compilation_cache_flag()
 
 
 def _similarity_runner(train_split: str):
@@ -202,13 +202,13 @@ def _faster(ratio: float) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  common.quiet_library_logs()
+  console.quiet_library_logs()
 
   def measure():
-    common.apply_compilation_cache()
+    lifecycle.apply_compilation_cache()
     benchmark()
 
-  common.run_mode(measure)
+  lifecycle.run_mode(measure)
 
 
 if __name__ == "__main__":

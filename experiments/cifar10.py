@@ -7,7 +7,7 @@ import os
 import numpy as np
 from absl import flags
 
-from experiments import common
+from experiments import cli_flags, console, workdirs
 from simjax.tasks.cifar10 import input_pipeline, task as training
 from simjax.tasks.cifar10.models import DTYPES, HEADS, MODELS, ModelConfig
 
@@ -65,17 +65,17 @@ DEFAULT_EVAL_SPLIT = "test"  # the study reports test accuracy per epoch; nothin
 
 def model_config() -> ModelConfig:
   # --head is the sentence task's flag; the CNN's is --cnn_head.
-  return common.config_from_flags(
+  return cli_flags.config_from_flags(
     ModelConfig, head=FLAGS.cnn_head, fc_units=tuple(int(u) for u in FLAGS.fc_units)
   )
 
 
 def data_config() -> training.DataConfig:
-  return common.config_from_flags(
+  return cli_flags.config_from_flags(
     training.DataConfig,
     cache_dir=FLAGS.cache_dir or None,
     eval_split=FLAGS.eval_split or DEFAULT_EVAL_SPLIT,
-    augmentation=common.config_from_flags(input_pipeline.Augmentation),
+    augmentation=cli_flags.config_from_flags(input_pipeline.Augmentation),
   )
 
 
@@ -88,11 +88,11 @@ def owns(config: dict) -> bool:
   return "architecture" in config.get("model", {})
 
 
-def task_from_flags(progress=common.progress_bar) -> tuple[training.Cifar10Task, training.TrainConfig]:
+def task_from_flags(progress=console.progress_bar) -> tuple[training.Cifar10Task, training.TrainConfig]:
   """The task and run settings the flags describe (what --mode=train trains)."""
-  train_config = common.config_from_flags(training.TrainConfig)
+  train_config = cli_flags.config_from_flags(training.TrainConfig)
   task = training.Cifar10Task(
-    model_config(), data_config(), common.optim_config(), progress=progress, **train_config.task_settings
+    model_config(), data_config(), cli_flags.optim_config(), progress=progress, **train_config.task_settings
   )
   return task, train_config
 
@@ -109,7 +109,7 @@ def train() -> None:
     ("lr scale", "learning_rate_scale", ".3g"),
     ("seconds", "epoch_seconds", ".1f"),
   ]
-  results = common.train_workdir(task, train_config, workdir(), columns)
+  results = workdirs.train_workdir(task, train_config, workdir(), columns)
   if "sequential_seeds" in results:  # the seeds ran one after another, each compiled its own program
     print(
       f"\ntrain {results['train_seconds']:.1f} s for {len(results['per_seed'])} seeds run one after another"
@@ -127,9 +127,9 @@ def evaluate() -> None:
   settings = {
     "data_dir": FLAGS.data_dir,
     "cache_dir": FLAGS.cache_dir or None,
-    **common.flags_given("eval_split", "tta"),
+    **cli_flags.flags_given("eval_split", "tta"),
   }
-  results = common.evaluate_workdir(workdir(), lambda path: training.load_trained(path, **settings))
+  results = workdirs.evaluate_workdir(workdir(), lambda path: training.load_trained(path, **settings))
   tta = f", test-time augmentation {results['tta']}" if results["tta"] != "none" else ""
   info = results["data"]["eval"]
   _print_accuracy(results, info["label"], f"{info['split']}, latest checkpoint of {workdir()}{tta}")
@@ -141,7 +141,7 @@ def predict(paths: list[str]) -> None:
   # The images first: a wrong path or an unusable image fails at once, not after the model loads.
   images = input_pipeline.read_images(paths)
   state, config, _ = training.load_trained(workdir())
-  tta = common.flags_given("tta").get("tta", config["data"].get("tta", "none"))  # else the run's own
+  tta = cli_flags.flags_given("tta").get("tta", config["data"].get("tta", "none"))  # else the run's own
   predictions = training.predict_classes(state, images, FLAGS.batch_size, config["model"]["dtype"], tta=tta)
   names = input_pipeline.CLASS_NAMES
   # A multi-seed workdir predicts by majority vote of its seeds (ties: the lowest class id).
@@ -164,4 +164,4 @@ def _print_accuracy(results, label: str, where: str) -> None:
     print(f"  {name:12s} {accuracy:.4f}")
   if n > 1:
     print("Mean ± std over seeds (sample std):")
-    print("\n".join(common.seed_summary_lines(results, [("test accuracy", "test.accuracy")])))
+    print("\n".join(console.seed_summary_lines(results, [("test accuracy", "test.accuracy")])))

@@ -31,7 +31,7 @@ import numpy as np
 from absl import app, flags
 from jax.sharding import Mesh
 
-from experiments import cifar10, common, flagfiles, sentence_similarity
+from experiments import cifar10, cli_flags, flagfiles, lifecycle, sentence_similarity
 from experiments import main as training_main  # noqa: F401 (defines every training flag)
 from simjax import deviceless, run_records
 from simjax.programs import Program
@@ -141,7 +141,7 @@ def _build(mesh, small: bool) -> Built:
   programs = [
     dataclasses.replace(program, counted_per_epoch=calls[program.name])
     for program in sentence_training.programs(
-      mesh, model, common.optim_config(), batch_size=batch_size, num_seeds=seeds, max_length=max_length
+      mesh, model, cli_flags.optim_config(), batch_size=batch_size, num_seeds=seeds, max_length=max_length
     )
   ]
   return Built("similarity", programs, "float32", FLAGS.epochs, batch_size, seeds, tuple(calls))
@@ -320,7 +320,7 @@ def main(argv) -> None:
       f"error: the deviceless {' and '.join(p.upper() for p in missing)} compiler is not installed: run "
       "./run.sh deviceless (it installs them), or pip install 'simjax[deviceless]'"
     )
-  common.run_mode(lambda: _report(runs, targets, out))
+  lifecycle.run_mode(lambda: _report(runs, targets, out))
 
 
 def _report(runs: list[str], targets: list[str], out: str) -> None:
@@ -366,4 +366,4 @@ def _write(out: str, report: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=common.parse_flags_with_flagfile_lookup)
+  app.run(main, flags_parser=cli_flags.parse_flags_with_flagfile_lookup)

@@ -13,7 +13,7 @@ import os
 
 from absl import app, flags
 
-from experiments import common
+from experiments import lifecycle
 from simjax.tasks.similarity import datasets, glove
 
 FLAGS = flags.FLAGS
@@ -70,7 +70,7 @@ def main(argv):
           f"cannot write {FLAGS.output}: {e.strerror}; pass a path in an existing folder"
         ) from None
 
-  common.run_mode(run)
+  lifecycle.run_mode(run)
 
 
 if __name__ == "__main__":

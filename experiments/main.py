@@ -18,11 +18,11 @@ import sys
 
 from absl import app, flags
 
-from experiments import cifar10, common, sentence_similarity
+from experiments import cifar10, cli_flags, console, lifecycle, sentence_similarity
 from simjax import checkpoints, run
 
 FLAGS = flags.FLAGS
-common.define_training_flags()
+cli_flags.define_training_flags()
 flags.DEFINE_enum("task", "similarity", ["similarity", "cifar10"], "What to train.")
 
 TASKS = {"similarity": sentence_similarity, "cifar10": cifar10}
@@ -35,16 +35,16 @@ def main(argv):
   inputs = argv[1:]
   if inputs and FLAGS.mode != "predict":
     raise app.UsageError(f"unexpected arguments: {' '.join(inputs)} (only --mode=predict takes inputs)")
-  common.quiet_library_logs()
-  common.apply_determinism()
+  console.quiet_library_logs()
+  lifecycle.apply_determinism()
   modes = {"train": task.train, "eval": task.evaluate, "predict": lambda: task.predict(inputs)}
 
   def run():
-    common.initialize_distributed()  # before JAX is used; a coordinator out of reach: one error line
-    common.apply_compilation_cache()  # inside run_mode: an unusable folder is one error line
+    lifecycle.initialize_distributed()  # before JAX is used; a coordinator out of reach: one error line
+    lifecycle.apply_compilation_cache()  # inside run_mode: an unusable folder is one error line
     modes[FLAGS.mode]()
 
-  common.run_mode(run)
+  lifecycle.run_mode(run)
 
 
 def _task_name() -> str:
@@ -84,7 +84,7 @@ def _refuse_flags_of_other_tasks(task_name: str) -> None:
 
 def cli() -> None:
   """The `simjax` command an installed package provides (pyproject.toml)."""
-  app.run(main, flags_parser=common.parse_flags_with_flagfile_lookup)
+  app.run(main, flags_parser=cli_flags.parse_flags_with_flagfile_lookup)
 
 
 if __name__ == "__main__":

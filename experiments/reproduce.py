@@ -29,7 +29,7 @@ from typing import Callable
 
 from absl import app, flags
 
-from experiments import common, plot, study
+from experiments import cli_flags, lifecycle, plot, study
 from simjax import run_records
 from simjax.summary import mean_std_text
 
@@ -447,7 +447,7 @@ def run_experiments(
           )
         on_finished(run.experiment, time.perf_counter() - run.start)
   except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM
-    terminated = isinstance(e, common.Terminated)
+    terminated = isinstance(e, lifecycle.Terminated)
     _stop(running, signal.SIGTERM if terminated else signal.SIGINT)
     ended = "; ".join(f"{r.experiment.name} ended with exit status {r.process.returncode}" for r in running)
     raise type(e)(
@@ -468,9 +468,9 @@ def _stop(running: list[Running], sig: int) -> None:
   second signal here is passed on as well: the runs then stop at once."""
   processes = [r.process for r in running]
   try:
-    common.stop_processes(processes, sig, 120)
+    lifecycle.stop_processes(processes, sig, 120)
   except KeyboardInterrupt:
-    common.stop_processes(processes, sig, 30)
+    lifecycle.stop_processes(processes, sig, 30)
   for run in running:
     run.wait_for_output()  # the runs' last lines
 
@@ -838,9 +838,9 @@ def _figures(report_dir: str, experiments: list[Experiment], loaded: dict) -> li
 # --------------------------------------------------------------------------------------
 def check_extra_flags(extra: list[str]) -> None:
   """--extra_flags reach both tasks' runs, and a task refuses the other's flags: only flags
-  both know (experiments.common's) belong there, checked before any run starts."""
+  both know (experiments.cli_flags') belong there, checked before any run starts."""
   shared = flags.FlagValues()
-  common.define_training_flags(shared)
+  cli_flags.define_training_flags(shared)
   for flag in extra:
     name = flag.lstrip("-").split("=", 1)[0]
     if name not in shared and not (name.startswith("no") and name[2:] in shared):  # --noflip style
@@ -966,7 +966,7 @@ def main(argv):
     except ExperimentFailed as e:
       raise ValueError(str(e)) from None  # one line, like every other failure
 
-  common.run_mode(run)
+  lifecycle.run_mode(run)
 
 
 if __name__ == "__main__":

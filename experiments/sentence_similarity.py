@@ -8,13 +8,13 @@ import sys
 import numpy as np
 from absl import flags
 
-from experiments import common
+from experiments import cli_flags, console, workdirs
 from simjax.tasks.similarity import datasets, input_pipeline, task as training
 from simjax.tasks.similarity.models import CELLS, HEADS, INITS, MANHATTAN_SCALES, POOLINGS, ModelConfig
 
 FLAGS = flags.FLAGS
 
-# Flags of this task; the shared ones (mode, workdir, data_dir, seed, optimizer...) are in common.py.
+# Flags of this task; the shared ones (mode, workdir, data_dir, seed, optimizer...) are in cli_flags.py.
 flags.DEFINE_enum("dataset", "stsb", sorted(datasets.DATASETS), "Sentence-pair dataset.")
 flags.DEFINE_string(
   "manual_dir",
@@ -119,13 +119,13 @@ def model_config_for(data) -> ModelConfig:
         "drop --embedding_dim or set it to match"
       )
     embedding_dim = pretrained_dim  # e.g. 300 for a --glove_path to 300-d vectors
-  return common.config_from_flags(
+  return cli_flags.config_from_flags(
     ModelConfig, vocab_size=len(data.vocab), embedding_dim=embedding_dim, score_min=low, score_max=high
   )
 
 
 def data_config() -> training.DataConfig:
-  return common.config_from_flags(training.DataConfig, eval_split=FLAGS.eval_split or DEFAULT_EVAL_SPLIT)
+  return cli_flags.config_from_flags(training.DataConfig, eval_split=FLAGS.eval_split or DEFAULT_EVAL_SPLIT)
 
 
 def workdir() -> str:
@@ -138,12 +138,12 @@ def owns(config: dict) -> bool:
 
 
 def train() -> None:
-  train_config = common.config_from_flags(training.TrainConfig)
+  train_config = cli_flags.config_from_flags(training.TrainConfig)
   task = training.SimilarityTask(
     model_config_for,
     data_config(),
-    common.optim_config(),
-    progress=common.progress_bar,
+    cli_flags.optim_config(),
+    progress=console.progress_bar,
     **train_config.task_settings,
   )
   columns = [
@@ -155,7 +155,7 @@ def train() -> None:
     ("lr scale", "learning_rate_scale", ".3g"),
     ("seconds", "epoch_seconds", ".1f"),
   ]
-  results = common.train_workdir(task, train_config, workdir(), columns)
+  results = workdirs.train_workdir(task, train_config, workdir(), columns)
   coverage = results["data"].get("glove_coverage_of_train_vocab")  # known when the vocabulary is built
   if coverage is not None:
     print(f"GloVe coverage of the train vocabulary: {coverage:.1%}")
@@ -169,13 +169,13 @@ def _data_settings() -> dict:
   return {
     "data_dir": FLAGS.data_dir,
     "manual_dir": FLAGS.manual_dir,
-    **common.flags_given("eval_split", "test_split"),
+    **cli_flags.flags_given("eval_split", "test_split"),
   }
 
 
 def evaluate() -> None:
   settings = _data_settings()
-  results = common.evaluate_workdir(workdir(), lambda path: training.load_trained(path, **settings))
+  results = workdirs.evaluate_workdir(workdir(), lambda path: training.load_trained(path, **settings))
   for split, count in results["training_overlap"]["extra"].items():
     if count:  # only where other splits are evaluated than the run removed from its extra data
       print(
@@ -194,11 +194,11 @@ def predict(paths: list[str]) -> None:
   wanted = "a file of 'sentence1<TAB>sentence2' lines, or pipe one in"
   # A file is read before the model loads (seconds), so that a wrong path fails at once; stdin
   # only after it, so that nobody types sentences for a workdir that cannot be loaded.
-  data = None if path == "-" else common.read_input(path, wanted)
+  data = None if path == "-" else console.read_input(path, wanted)
   state, config, task = training.load_trained(workdir(), **_data_settings())
   if data is None:
-    data = common.read_input(path, wanted)
-  first, second = common.read_sentence_pairs(data, name)
+    data = console.read_input(path, wanted)
+  first, second = console.read_sentence_pairs(data, name)
   if not first:
     raise ValueError(f"{name}: no sentence pairs to score (expected 'sentence1<TAB>sentence2' lines)")
   encoded = input_pipeline.encode_pairs(
@@ -228,4 +228,4 @@ def _print_final(results, where: str) -> None:
       for split in ("dev", "test")
       for m in ("Pearson", "Spearman", "MSE")
     ]
-    print("\n".join(common.seed_summary_lines(results, keys)))
+    print("\n".join(console.seed_summary_lines(results, keys)))

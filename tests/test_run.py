@@ -244,7 +244,7 @@ def _damage(step_dir: pathlib.Path) -> None:
 
 
 # orbax's failed restore of a damaged step leaves tensorstore callbacks that reach closed event
-# loops (reported as unraisable exceptions; the command line drops them, see experiments/common).
+# loops (reported as unraisable exceptions; the command line drops them, see experiments/console.py).
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_damaged_latest_checkpoint_is_skipped_and_the_resumed_run_ends_the_same(tmp_path, caplog):
   train(tmp_path / "reference", num_seeds=2)
@@ -261,7 +261,7 @@ def test_a_damaged_latest_checkpoint_is_skipped_and_the_resumed_run_ends_the_sam
 
 
 # orbax's failed restore of a damaged step leaves tensorstore callbacks that reach closed event
-# loops (reported as unraisable exceptions; the command line drops them, see experiments/common).
+# loops (reported as unraisable exceptions; the command line drops them, see experiments/console.py).
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_no_usable_checkpoint_is_one_error_never_a_silent_retrain(tmp_path):
   train(tmp_path / "run", Scripted(script={0: [2.0, 1.0, 0.5, 0.2]}), epochs=2)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from experiments import common
+from experiments import cli_flags
 from tests.example_task import LinearTask
 from simjax import errors, optim, run, workdir_lock
 
@@ -64,7 +64,7 @@ def test_a_second_process_is_refused_at_once_naming_the_holder_and_the_workdir_i
       _train(workdir)
     assert time.perf_counter() - started < 5  # refused before any work
     assert os.listdir(workdir) == [workdir_lock.LOCK_FILE]  # nothing written
-    line = common.error_line(e.value)
+    line = cli_flags.error_line(e.value)
     assert line.endswith("wait for that run to end, or use another --workdir") and "\n" not in line
     with pytest.raises(errors.WorkdirLocked):  # evaluation writes eval.json: locked out too
       run.evaluate_trained(str(workdir), lambda w: None, 16)

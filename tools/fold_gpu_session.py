@@ -25,7 +25,7 @@ import tempfile
 
 from absl import app, flags
 
-from experiments import common, study
+from experiments import lifecycle, study
 from simjax import deviceless, run_records
 from tools import gpu_session
 
@@ -316,7 +316,7 @@ def main(argv):
   if len(argv) != 2:
     raise app.UsageError("pass one folder: the one holding the device run's session.tar.gz")
   page = FLAGS.results_doc or os.path.join(FLAGS.repo_dir, "docs", "gpu.md")
-  common.run_mode(lambda: fold(argv[1], FLAGS.repo_dir, page))
+  lifecycle.run_mode(lambda: fold(argv[1], FLAGS.repo_dir, page))
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ from typing import Callable
 
 from absl import app, flags
 
-from experiments import common, study
+from experiments import console, lifecycle, study
 from simjax import deviceless, run_records
 
 FLAGS = flags.FLAGS
@@ -392,7 +392,7 @@ def run_command(argv: list[str], log_path: str, timeout: float, env: dict) -> tu
     try:
       code = process.wait(timeout=max(timeout, 1.0))
     except subprocess.TimeoutExpired:
-      common.stop_process(process, signal.SIGTERM, 10, group=True)
+      lifecycle.stop_process(process, signal.SIGTERM, 10, group=True)
       return f"timed out after {timeout:.0f} s", time.perf_counter() - start
   return ("ok" if code == 0 else f"failed (exit {code})"), time.perf_counter() - start
 
@@ -418,7 +418,7 @@ def run_session() -> str:
   os.makedirs(out, exist_ok=True)
   os.makedirs(os.path.join(work, "logs"), exist_ok=True)
   session = Session(sizes, work, name)
-  console = Console(os.path.join(out, CONSOLE))
+  say = Console(os.path.join(out, CONSOLE))
   wanted = FLAGS.steps or sizes.steps
   steps = [s for s in STEPS if not wanted or s.name in wanted]
   env = {
@@ -432,8 +432,8 @@ def run_session() -> str:
   start = time.perf_counter()
   reserve = 20.0  # the final report and the packing
   if not FLAGS.smoke:
-    console(f"target config: {_dump_target_config(work, env)}")
-  console(
+    say(f"target config: {_dump_target_config(work, env)}")
+  say(
     f"session {name}: {'smoke (data slices, tiny models)' if FLAGS.smoke else 'device'} run, "
     f"budget {FLAGS.budget_seconds:.0f} s, {len(steps)} steps; out {out}"
   )
@@ -442,12 +442,12 @@ def run_session() -> str:
     record = {"step": step.name, "what": step.what, "commands": []}
     if left < sizes.needs[step.kind]:
       record.update(status="dropped", why=f"{left:.0f} s left, needs about {sizes.needs[step.kind]:.0f} s")
-      console(f"[{i}/{len(steps)}] {step.name}: dropped ({record['why']})")
+      say(f"[{i}/{len(steps)}] {step.name}: dropped ({record['why']})")
       session.records.append(record)
       continue
     timeout = min(sizes.caps[step.kind], left)
     log_path = os.path.join(work, "logs", f"{step.name}.log")
-    console(f"[{i}/{len(steps)}] {step.name}: {step.what} (at most {timeout:.0f} s)")
+    say(f"[{i}/{len(steps)}] {step.name}: {step.what} (at most {timeout:.0f} s)")
     step_start, status = time.perf_counter(), "ok"
     for argv in step.commands(session):
       record["commands"].append(" ".join(["python", *argv[1:]]))
@@ -462,30 +462,30 @@ def run_session() -> str:
       record["result"] = step.after(session)
     except (OSError, ValueError, KeyError) as e:
       record["result"] = {"error": str(e)}
-    console(f"[{i}/{len(steps)}] {step.name}: {status} in {record['seconds']:.0f} s")
+    say(f"[{i}/{len(steps)}] {step.name}: {status} in {record['seconds']:.0f} s")
     if status != "ok":
       for line in _tail(log_path):
-        console(f"    {line}")
+        say(f"    {line}")
     session.records.append(record)
 
   # The report over every CNN structure, run or not (those not run say so).
   log_path = os.path.join(work, "logs", "report.log")
   if os.path.exists(os.path.join(session.reports_dir, name, "plan.json")):
     status, _ = run_command(_reproduce(session, "cifar10", report_only=True), log_path, 120, env)
-    console(f"report: {status}")
+    say(f"report: {status}")
   summary = _summary(session, time.perf_counter() - start)
   run_records.write_json(os.path.join(work, SUMMARY), summary)
   run_records.write_json(os.path.join(out, SUMMARY), summary)
   archive = pack(session, out)
   dropped = [r["step"] for r in session.records if r["status"] == "dropped"]
   failed = [r["step"] for r in session.records if r["status"] not in ("ok", "dropped")]
-  console(f"dropped (least valuable first): {', '.join(reversed(dropped))}" if dropped else "dropped: none")
+  say(f"dropped (least valuable first): {', '.join(reversed(dropped))}" if dropped else "dropped: none")
   if failed:
-    console(f"not ok: {', '.join(failed)} (their logs are in the archive)")
-  console(
+    say(f"not ok: {', '.join(failed)} (their logs are in the archive)")
+  say(
     f"packed: {archive} ({os.path.getsize(archive) / 2**20:.1f} MiB); {time.perf_counter() - start:.0f} s in all"
   )
-  console.file.close()
+  say.file.close()
   return archive
 
 
@@ -549,8 +549,8 @@ def pack(session: Session, out: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  common.quiet_library_logs()
-  common.run_mode(run_session)
+  console.quiet_library_logs()
+  lifecycle.run_mode(run_session)
 
 
 if __name__ == "__main__":

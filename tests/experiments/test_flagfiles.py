@@ -23,12 +23,11 @@ _PARSE_VARIANTS = """
 import json, os, sys
 from absl import flags
 import experiments.main  # defines every flag
-from experiments import common, flagfiles
-
+from experiments import cli_flags, flagfiles
 def parsed(argv):
   flags.FLAGS.unparse_flags()
   flags.FLAGS(argv)
-  values = common.flag_values()
+  values = cli_flags.flag_values()
   return {"values": values, "present": {k: flags.FLAGS[k].present for k in values}}
 
 results, here = {}, os.getcwd()

@@ -98,12 +98,12 @@ def tiny(prepared, manual_dir, tmp_path):
 
 def test_every_flagfile_parses():
   from absl import flags
-  from experiments import common, main  # noqa: F401  (defines the flags)
+  from experiments import cli_flags, main  # noqa: F401  (defines the flags)
 
   assert set(FLAGFILES) >= {"rnn.flags", "lstm.flags", "lstm_stacked_dropout.flags", "lstm_glove.flags"}
   for name in FLAGFILES:
     flags.FLAGS.unparse_flags()
-    common.parse_flags_with_flagfile_lookup(["main", f"--flagfile={name}"])
+    cli_flags.parse_flags_with_flagfile_lookup(["main", f"--flagfile={name}"])
     assert flags.FLAGS.experiment == name[: -len(".flags")]
     main._refuse_flags_of_other_tasks(flags.FLAGS.task)  # sets none of the other task's flags
   flags.FLAGS.unparse_flags()

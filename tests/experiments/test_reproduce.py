@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from experiments import common, reproduce
+from experiments import lifecycle, reproduce
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -42,13 +42,12 @@ _PARSE = """
 import json, sys
 from absl import flags
 import experiments.main  # defines every flag
-from experiments import common, flagfiles
-
+from experiments import cli_flags, flagfiles
 out = []
 for argv in json.loads(sys.argv[1]):
   flags.FLAGS.unparse_flags()
   flags.FLAGS(flagfiles.expand(argv))
-  out.append(common.flag_values())
+  out.append(cli_flags.flag_values())
 print(json.dumps(out, default=repr))
 """
 
@@ -234,7 +233,7 @@ def test_runs_at_once_keep_their_own_logs_and_the_first_failure_stops_the_others
   assert not (tmp_path / "logs" / "never.log").exists()  # nothing new starts after a failure
   assert not _commands_mentioning("time.sleep(120)")
 
-  # SIGTERM (raised as common.Terminated, here while a finished run is being reported) reaches
+  # SIGTERM (raised as lifecycle.Terminated, here while a finished run is being reported) reaches
   # the run under way, which saves and stops.
   saving = (
     "import signal, sys, time; "
@@ -244,9 +243,9 @@ def test_runs_at_once_keep_their_own_logs_and_the_first_failure_stops_the_others
   commands = {"quick": ["python", "-c", "import time; time.sleep(2)"], "saving": ["python", "-c", saving]}
 
   def preempted(e, seconds):
-    raise common.Terminated()
+    raise lifecycle.Terminated()
 
-  with pytest.raises(common.Terminated, match="saving ended with exit status 143.*rerun the same command"):
+  with pytest.raises(lifecycle.Terminated, match="saving ended with exit status 143.*rerun the same command"):
     reproduce.run_experiments(
       [_fake("quick"), _fake("saving")], commands, str(tmp_path), 2, lambda e: None, preempted
     )

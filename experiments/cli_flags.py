@@ -1,0 +1,333 @@
+"""The command lines' flags: their definitions, flags -> library configs, flagfile lookup,
+and the one error line per library failure that names the flags to change (only experiments/
+knows flag names)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Any
+
+from absl import flags
+
+from experiments import flagfiles
+from simjax import errors, optim
+
+FLAGS = flags.FLAGS
+
+
+def define_training_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Flags every task shares: what the design card calls the common flags."""
+  flags.DEFINE_enum(
+    "mode",
+    "train",
+    ["train", "eval", "predict"],
+    "train (resumes from --workdir), eval (best checkpoint on dev and test), predict (from --input).",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+    "experiment", "default", "Experiment name; names the default workdir.", flag_values=flag_values
+  )
+  flags.DEFINE_string(
+    "workdir", None, "Run directory (default: workdirs/<experiment>[_<dataset>]).", flag_values=flag_values
+  )
+  flags.DEFINE_string(
+    "data_dir",
+    os.environ.get("TFDS_DATA_DIR"),
+    "TFDS data_dir: where datasets are found or prepared (default: $TFDS_DATA_DIR, else TFDS's default).",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+    "train_split", "train", "TFDS split (slicing allowed, e.g. train[:256]).", flag_values=flag_values
+  )
+  flags.DEFINE_string(
+    "eval_split",
+    None,
+    "Split evaluated every epoch (default: validation for sentences, test for CIFAR-10; eval: the "
+    "trained run's own unless given).",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_float(
+    "dropout",
+    0.0,
+    "Dropout rate: between recurrent layers (num_layers > 1) / in the CNN (see --architecture).",
+    lower_bound=0.0,
+    upper_bound=0.99,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "seed",
+    0,
+    "Random seed (init, dropout, data order); with --num_seeds, the first.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "num_seeds",
+    1,
+    "Train seeds --seed ... --seed+N-1 of this configuration together (jax.vmap in one "
+    "compiled program); results.json reports each and their mean, std, min, max.",
+    lower_bound=1,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_bool(
+    "sequential_seeds",
+    False,
+    "With --num_seeds: train the seeds one after another (in <workdir>/seed_<s>) instead of "
+    "together, when N replicas do not fit in device memory.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_bool(
+    "deterministic",
+    False,
+    "GPU: make XLA's reductions and scatters deterministic (--xla_gpu_deterministic_ops), so "
+    "reruns are bit-identical there too; slower. CPU runs are deterministic already.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "epochs",
+    20,
+    "Training epochs (a resumed run continues up to this).",
+    lower_bound=1,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer("batch_size", 64, "Batch size.", lower_bound=1, flag_values=flag_values)
+  flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.", lower_bound=0.0, flag_values=flag_values)
+  flags.DEFINE_enum("optimizer", "adam", list(optim.OPTIMIZERS), "Optimizer.", flag_values=flag_values)
+  flags.DEFINE_enum(
+    "lr_schedule",
+    "constant",
+    list(optim.SCHEDULES),
+    "Learning-rate schedule; plateau: multiply by --decay_factor when dev MSE stalls "
+    "for --plateau_patience epochs.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_float("momentum", 0.9, "Momentum for momentum / nesterov.", flag_values=flag_values)
+  flags.DEFINE_float(
+    "weight_decay",
+    0.0,
+    "Weight decay: decoupled for adamw, an L2 term in the gradient otherwise.",
+    lower_bound=0.0,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_float(
+    "grad_clip_norm",
+    0.0,
+    "Clip gradients to this global norm (0: off).",
+    lower_bound=0.0,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_float(
+    "warmup_epochs", 0.0, "Linear warmup length in epochs.", lower_bound=0.0, flag_values=flag_values
+  )
+  flags.DEFINE_float(
+    "decay_factor", 0.5, "step / plateau: learning-rate multiplier at each decay.", flag_values=flag_values
+  )
+  flags.DEFINE_integer(
+    "decay_epochs", 10, "step: epochs between decays.", lower_bound=1, flag_values=flag_values
+  )
+  flags.DEFINE_integer(
+    "plateau_patience",
+    2,
+    "plateau: epochs without improvement before a decay.",
+    lower_bound=1,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "keep_checkpoints", 3, "How many latest checkpoints to keep.", lower_bound=1, flag_values=flag_values
+  )
+  flags.DEFINE_integer(
+    "early_stop_patience",
+    0,
+    "Stop before --epochs once no seed's dev metric (the one that picks the best epoch) has "
+    "improved for this many epochs; 0: train every epoch. Each seed's best epoch is the one "
+    "a full run would pick unless it improves again later.",
+    lower_bound=0,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_float(
+    "warmup_start",
+    0.0,
+    "The warmup starts at this fraction of --learning_rate.",
+    lower_bound=0.0,
+    upper_bound=1.0,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_float(
+    "final_lr_factor",
+    0.0,
+    "linear: the learning rate falls linearly to this fraction of --learning_rate.",
+    lower_bound=0.0,
+    upper_bound=1.0,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_float(
+    "bias_lr_scale",
+    1.0,
+    "Normalization biases (the speedrun net's) train at this multiple of the learning rate, "
+    "with weight decay divided by it (the same decay per step).",
+    lower_bound=0.0,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "lookahead_every",
+    0,
+    "> 0: lookahead every this many steps, the slow weights an EMA of the fast ones (airbench's).",
+    lower_bound=0,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_float(
+    "early_epochs",
+    0.0,
+    "Parameters a model marks as early (the speedrun net's whitening bias) train this many epochs.",
+    lower_bound=0.0,
+    flag_values=flag_values,
+  )
+  define_compilation_cache_flag(flag_values=flag_values)
+  define_distributed_flags(flag_values=flag_values)
+
+
+def define_distributed_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Several processes, one run (simjax.distributed): every process runs the same command."""
+  flags.DEFINE_string(
+    "coordinator_address",
+    os.environ.get("JAX_COORDINATOR_ADDRESS"),
+    "Multi-process run: host:port of process 0, which hosts the coordinator (default: "
+    "$JAX_COORDINATOR_ADDRESS; unset: one process, or a Cloud TPU pod slice, joined automatically).",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "num_processes",
+    int_from_env("JAX_NUM_PROCESSES", 1),
+    "Multi-process run: how many processes (default: $JAX_NUM_PROCESSES).",
+    lower_bound=1,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "process_id",
+    int_from_env("JAX_PROCESS_ID", 0),
+    "Multi-process run: this process's id, 0 .. --num_processes - 1 (default: $JAX_PROCESS_ID).",
+    lower_bound=0,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "distributed_timeout",
+    300,
+    "Multi-process run: seconds to wait for every process to join before giving up.",
+    lower_bound=1,
+    flag_values=flag_values,
+  )
+
+
+def int_from_env(name: str, lowest: int) -> int | None:
+  """A flag's default from the environment; an unusable value is refused by initialize_distributed."""
+  value = os.environ.get(name, "").strip()
+  return int(value) if value.isdigit() and int(value) >= lowest else None
+
+
+def define_compilation_cache_flag(flag_values: flags.FlagValues = FLAGS) -> None:
+  flags.DEFINE_string(
+    "compilation_cache_dir",
+    os.environ.get("SIMJAX_COMPILATION_CACHE_DIR"),
+    "JAX's persistent compilation cache: compiled programs are kept in this folder, so rerunning "
+    "a command on the same machine skips compilation (default: $SIMJAX_COMPILATION_CACHE_DIR; "
+    "unset: no cache). Compile seconds are reported apart from training seconds either way.",
+    flag_values=flag_values,
+  )
+
+
+def config_from_flags(config_class: type, **values: Any) -> Any:
+  """A config dataclass whose fields take the values of the flags of the same name; `values`
+  give the fields whose flag differs in name or form (they win)."""
+  from_flags = {
+    field.name: FLAGS[field.name].value
+    for field in dataclasses.fields(config_class)
+    if field.name not in values and field.name in FLAGS
+  }
+  return config_class(**from_flags, **values)
+
+
+def flags_given(*names: str) -> dict[str, Any]:
+  """{name: value} of the flags among `names` given on the command line or in a flagfile: eval
+  and predict take a trained run's own setting for the others."""
+  return {
+    name: FLAGS[name].value for name in names if FLAGS[name].present and FLAGS[name].value not in (None, "")
+  }
+
+
+def optim_config() -> optim.OptimConfig:
+  return config_from_flags(optim.OptimConfig)
+
+
+def command_line() -> str:
+  """The command that is running, as results record it."""
+  return " ".join(sys.argv)
+
+
+def flag_values() -> dict[str, Any]:
+  """Every flag the entry point defines (absl's own excluded), as recorded in results.json."""
+  values = {}
+  for module, module_flags in FLAGS.flags_by_module_dict().items():
+    if module == "__main__" or module.startswith("experiments") or module.endswith("main.py"):
+      values.update({flag.name: flag.value for flag in module_flags})
+  return dict(sorted(values.items()))
+
+
+def parse_flags_with_flagfile_lookup(argv: list[str]) -> list[str]:
+  """absl's parsing, with `--flagfile=NAME` looked up in experiments/ too and included
+  flagfiles looked up next to the file that includes them (see experiments/flagfiles.py)."""
+  try:
+    argv = flagfiles.expand(argv)
+  except flagfiles.FlagfileError as e:
+    sys.exit(f"error: {e}")
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"error: {e} (--helpshort lists the flags)")
+
+
+# What to change for each kind of failure, in flag names (the library names none).
+_FLAG_OF_SETTING = {
+  "data_dir": "--data_dir (or TFDS_DATA_DIR)",
+  "manual_dir": "--manual_dir (or SIMJAX_MANUAL_DIR)",
+  "cache_dir": "--cache_dir (or SIMJAX_CACHE_DIR; '' disables the cache)",
+  "head": "--cnn_head",
+  "coordinator_address": "--coordinator_address (or JAX_COORDINATOR_ADDRESS)",
+  "num_processes": "--num_processes (or JAX_NUM_PROCESSES)",
+  "process_id": "--process_id (or JAX_PROCESS_ID)",
+}
+
+
+_ADVICE = {
+  errors.TrainingDiverged: "lower --learning_rate or set --grad_clip_norm in a new --workdir "
+  "(a workdir with checkpoints resumes only with its own settings)",
+  errors.OutOfDeviceMemory: "rerun with --sequential_seeds (the same seeds one after another, same "
+  "results to float tolerance; without --early_stop_patience) or fewer --num_seeds",
+  errors.ConfigMismatchError: "use a new --workdir, or the original settings to resume",
+  errors.WorkdirLocked: "wait for that run to end, or use another --workdir",
+  errors.FinishedRunError: "rerun it with its own settings (its results.json stands), evaluate it "
+  "another way with --mode=eval (a record of its own), or train in a new --workdir",
+  errors.DataMismatchError: "point --data_dir (or --manual_dir) at the data the run trained on, or "
+  "train in a new --workdir",
+  errors.WorkdirError: "check --workdir (to train afresh, use a new one)",
+}
+
+
+def error_line(error: BaseException) -> str:
+  """One line for a failure: the library's facts, then the flags to change."""
+  if isinstance(error, errors.BatchSizeError):
+    return (
+      f"{error}: set --batch_size to a multiple of {error.devices} (e.g. --batch_size={error.suggestion})"
+    )
+  if isinstance(error, errors.ProgramTooLarge) and error.fitting_batch_size:
+    return (
+      f"{error}: rerun with --batch_size={error.fitting_batch_size} (scale --learning_rate with it), "
+      "or on more devices"
+    )
+  for kind, advice in _ADVICE.items():  # most specific first
+    if isinstance(error, kind):
+      return f"{error}: {advice}"
+  settings = getattr(error, "settings", ())
+  if settings:
+    return f"{error} (flags: {', '.join(_FLAG_OF_SETTING.get(s, f'--{s}') for s in settings)})"
+  return str(error)
