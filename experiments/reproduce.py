@@ -625,8 +625,28 @@ def _ablation_lines(experiments: list[Experiment], loaded: dict, commands: dict)
 
 
 def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> str:
+  """reports/<name>/report.md, one function per section, from the runs in the folder."""
   loaded = {e.name: _load_run(report_dir, e) for e in experiments}
   commands = plan["commands"]
+  lines = [
+    *_header_lines(report_dir, plan, experiments, loaded),
+    *_pearson_lines(experiments, loaded, commands),
+    *_ablation_lines(experiments, loaded, commands),
+    *_best_lines(experiments, loaded, commands),
+    *_mse_lines(experiments, loaded),
+    *_cifar_lines(experiments, loaded, commands),
+    *_figure_lines(report_dir, experiments, loaded),
+    *_reproduce_lines(plan),
+  ]
+  path = os.path.join(report_dir, "report.md")
+  with open(path + ".tmp", "w") as f:
+    f.write("\n".join(lines))
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def _header_lines(report_dir: str, plan: dict, experiments: list[Experiment], loaded: dict) -> list[str]:
+  """The title, what generated the report, the hardware and code, the seeds and the data label."""
   any_results = next((r for r, _ in filter(None, loaded.values())), None)
   lines = [f"# Reproduction report: {os.path.basename(os.path.normpath(report_dir))}", ""]
   lines.append(
@@ -646,6 +666,13 @@ def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> 
     "single runs). Study values are from " + STUDY_SOURCE + ". **CIFAR-10 here is the JPEG stand-in** "
     "(a JPEG-encoded copy of the official images): our CIFAR accuracies are on it, the study's on the official data.",
     "",
+  ]
+  return lines
+
+
+def _pearson_lines(experiments: list[Experiment], loaded: dict, commands: dict) -> list[str]:
+  """Each sentence experiment's test Pearson beside the study's (ablation and best: their own tables)."""
+  lines = [
     "## Sentence similarity: test Pearson",
     "",
     "Ours: each seed at its best dev epoch (mean ± std, n, min – max); at the last epoch (what a "
@@ -669,8 +696,12 @@ def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> 
       f"| {e.name} | {e.dataset} | {study_text} | {_mean_std(s)} | {s['n']} | {s['min']:.3f} – {s['max']:.3f} "
       f"| {_last_epoch(run[0])} | {_ensemble(run[0])} | `{' '.join(commands[e.name])}` |"
     )
-  lines += _ablation_lines(experiments, loaded, commands)
-  lines += _best_lines(experiments, loaded, commands)
+  return lines
+
+
+def _mse_lines(experiments: list[Experiment], loaded: dict) -> list[str]:
+  """Train / dev MSE per epoch beside the epochs the study printed."""
+  lines = []
   lines += [
     "",
     "## Sentence similarity: train / dev MSE per epoch (mean ± std over seeds)",
@@ -702,61 +733,76 @@ def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> 
         f"| {study_dev} | {_values_text(per_seed.get('dev_mse', [row['dev_mse']]))} "
         f"| {_values_text(per_seed.get('dev_pearson', [row['dev_pearson']]))} |"
       )
+  return lines
+
+
+def _cifar_lines(experiments: list[Experiment], loaded: dict, commands: dict) -> list[str]:
+  """The CNNs' test accuracy and training time beside the study's, then per-class accuracy."""
   cnn = [e for e in experiments if e.task == "cifar10"]
-  if cnn:
+  if not cnn:
+    return []
+  lines = []
+  lines += [
+    "",
+    "## CIFAR-10 CNNs: test accuracy (last epoch) and training time",
+    "",
+    "Ours: CIFAR-10 (JPEG stand-in). Training seconds exclude compilation and cover all seeds "
+    "(trained together, or one after another where the command says --sequential_seeds); per "
+    "seed is that divided by n.",
+    "",
+    "| structure | study accuracy | ours (mean ± std) | n | study train s | ours train s (all seeds) "
+    "| s per seed | command |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for e in cnn:
+    run = loaded[e.name]
+    study_acc = e.study.get("test.accuracy")
+    study_s = e.study.get("train_seconds")
+    study_acc_text = f"{100 * study_acc:.0f}%" if study_acc is not None else "–"
+    study_s_text = f"{study_s:,.0f}" if study_s is not None else "–"
+    if run is None:
+      lines.append(
+        f"| {e.name} | {study_acc_text} | not run | | {study_s_text} | | | `{' '.join(commands[e.name])}` |"
+      )
+      continue
+    results = run[0]
+    s = results["summary"]["test.accuracy"]
+    n = s["n"]
+    lines.append(
+      f"| {e.name} | {study_acc_text} | {_mean_std(s, 100, 1)}% | {n} | {study_s_text} "
+      f"| {results['train_seconds']:,.0f} | {results['train_seconds'] / n:,.0f} | `{' '.join(commands[e.name])}` |"
+    )
+  done = [(e, loaded[e.name][0]) for e in cnn if loaded[e.name] is not None]
+  if done:
+    classes = list(done[0][1]["test"]["per_class_accuracy"])
     lines += [
       "",
-      "## CIFAR-10 CNNs: test accuracy (last epoch) and training time",
+      "### Per-class test accuracy, % (mean ± std over seeds; CIFAR-10 JPEG stand-in)",
       "",
-      "Ours: CIFAR-10 (JPEG stand-in). Training seconds exclude compilation and cover all seeds "
-      "(trained together, or one after another where the command says --sequential_seeds); per "
-      "seed is that divided by n.",
-      "",
-      "| structure | study accuracy | ours (mean ± std) | n | study train s | ours train s (all seeds) "
-      "| s per seed | command |",
-      "|---|---|---|---|---|---|---|---|",
+      "| structure | " + " | ".join(classes) + " |",
+      "|---|" + "---|" * len(classes),
     ]
-    for e in cnn:
-      run = loaded[e.name]
-      study_acc = e.study.get("test.accuracy")
-      study_s = e.study.get("train_seconds")
-      study_acc_text = f"{100 * study_acc:.0f}%" if study_acc is not None else "–"
-      study_s_text = f"{study_s:,.0f}" if study_s is not None else "–"
-      if run is None:
-        lines.append(
-          f"| {e.name} | {study_acc_text} | not run | | {study_s_text} | | | `{' '.join(commands[e.name])}` |"
-        )
-        continue
-      results = run[0]
-      s = results["summary"]["test.accuracy"]
-      n = s["n"]
-      lines.append(
-        f"| {e.name} | {study_acc_text} | {_mean_std(s, 100, 1)}% | {n} | {study_s_text} "
-        f"| {results['train_seconds']:,.0f} | {results['train_seconds'] / n:,.0f} | `{' '.join(commands[e.name])}` |"
-      )
-    done = [(e, loaded[e.name][0]) for e in cnn if loaded[e.name] is not None]
-    if done:
-      classes = list(done[0][1]["test"]["per_class_accuracy"])
-      lines += [
-        "",
-        "### Per-class test accuracy, % (mean ± std over seeds; CIFAR-10 JPEG stand-in)",
-        "",
-        "| structure | " + " | ".join(classes) + " |",
-        "|---|" + "---|" * len(classes),
-      ]
-      for e, results in done:
-        cells = [_mean_std(results["summary"].get(f"test.per_class_accuracy.{c}"), 100, 1) for c in classes]
-        lines.append(f"| {e.name} | " + " | ".join(cells) + " |")
-        reported = study.cnn(e.name)
-        if reported is not None:  # the study's classes are in CIFAR-10's label order, as ours
-          cells = [f"{100 * v:.0f}" for v in reported["per_class"].values()]
-          lines.append(f"| {e.name}, study | " + " | ".join(cells) + " |")
+    for e, results in done:
+      cells = [_mean_std(results["summary"].get(f"test.per_class_accuracy.{c}"), 100, 1) for c in classes]
+      lines.append(f"| {e.name} | " + " | ".join(cells) + " |")
+      reported = study.cnn(e.name)
+      if reported is not None:  # the study's classes are in CIFAR-10's label order, as ours
+        cells = [f"{100 * v:.0f}" for v in reported["per_class"].values()]
+        lines.append(f"| {e.name}, study | " + " | ".join(cells) + " |")
+  return lines
+
+
+def _figure_lines(report_dir: str, experiments: list[Experiment], loaded: dict) -> list[str]:
   figures = _figures(report_dir, experiments, loaded)
   if any(e.group == "ablation" for e in experiments):
     figures += _ablation_figure(report_dir, experiments, loaded)
   if figures:
-    lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
-  lines += [
+    return ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
+  return []
+
+
+def _reproduce_lines(plan: dict) -> list[str]:
+  return [
     "",
     "## Reproduce",
     "",
@@ -766,11 +812,6 @@ def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> 
     "each run's console output.",
     "",
   ]
-  path = os.path.join(report_dir, "report.md")
-  with open(path + ".tmp", "w") as f:
-    f.write("\n".join(lines))
-  os.replace(path + ".tmp", path)
-  return path
 
 
 def _ablation_figure(report_dir: str, experiments: list[Experiment], loaded: dict) -> list[str]:
