@@ -16,7 +16,7 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -266,7 +266,9 @@ def _resume(state: Any, store: CheckpointStore, selection: Selection, replicas_c
   return state, meta, best_state, partial
 
 
-def _save_partial_and_stop(store, state, meta, epoch, steps, epoch_seconds, compile_seconds, stop) -> None:
+def _save_partial_and_stop(
+  store, state, meta, epoch, steps, epoch_seconds, compile_seconds, stop
+) -> NoReturn:
   """A stop in the middle of an epoch: checkpoints the step reached with the epoch's steps so
   far (the rerun continues from the next step), then raises Preempted."""
   saved_step = int(state.step[0])

@@ -255,19 +255,31 @@ def _short(command: str) -> str:
   return f"{program} {args}".strip()
 
 
-def rewrite_section(page: str, lines: list[str]) -> None:
-  with open(page) as f:
-    text = f.read()
+def _section_bounds(page: str) -> tuple[str, str]:
+  """The page's text before and after its GPU results section; one FoldError line when the
+  page or its markers are missing (checked before the fold writes anything)."""
+  try:
+    with open(page) as f:
+      text = f.read()
+  except OSError as e:
+    raise FoldError(
+      f"cannot read {page} ({e.strerror or e}): pass --results_doc=<the page with the GPU section>"
+    ) from None
   if BEGIN not in text or END not in text:
     raise FoldError(f"{page} has no GPU results section: it needs the lines {BEGIN!r} and {END!r}")
   head, rest = text.split(BEGIN, 1)
-  tail = rest.split(END, 1)[1]
+  return head, rest.split(END, 1)[1]
+
+
+def rewrite_section(page: str, lines: list[str]) -> None:
+  head, tail = _section_bounds(page)
   with open(page + ".tmp", "w") as f:
     f.write(head + "\n".join(lines) + tail)
   os.replace(page + ".tmp", page)
 
 
 def fold(source: str, repo_dir: str, results_doc: str) -> str:
+  _section_bounds(results_doc)  # a wrong page is refused before reports/ or benchmarks/ change
   with tempfile.TemporaryDirectory() as unpacked:
     session = unpack(source, unpacked)
     name = session["name"]
