@@ -279,9 +279,9 @@ def rewrite_section(page: str, lines: list[str]) -> None:
 
 
 def fold(source: str, repo_dir: str, results_doc: str) -> str:
-  _section_bounds(results_doc)  # a wrong page is refused before reports/ or benchmarks/ change
   with tempfile.TemporaryDirectory() as unpacked:
     session = unpack(source, unpacked)
+    _section_bounds(results_doc)  # a wrong page is refused before reports/ or benchmarks/ change
     name = session["name"]
     report_rel = f"reports/{name}"
     target = os.path.join(repo_dir, report_rel)
