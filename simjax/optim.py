@@ -9,6 +9,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from simjax.errors import ConfigError
+from simjax.settings import setting, validate
+
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "adadelta")
 SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "onecycle", "linear", "plateau")
 # Their shape depends on the epoch count.
@@ -17,52 +20,69 @@ SCHEDULES_OVER_ALL_EPOCHS = ("cosine", "warmup_cosine", "onecycle", "linear")
 GROUPS = ("default", "norm_bias", "frozen", "early")
 
 
-# OptimConfig fields added after workdirs were written without them: config.json records
-# them only when they differ from their defaults, so those workdirs still resume.
-ADDED_LATER = ("warmup_start", "final_lr_factor", "bias_lr_scale", "lookahead_every", "early_epochs")
-
-
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-  optimizer: str = "adam"
-  learning_rate: float = 1e-3
-  lr_schedule: str = "constant"
-  momentum: float = 0.9
-  weight_decay: float = 0.0
-  grad_clip_norm: float = 0.0  # 0 disables clipping
-  warmup_epochs: float = 0.0  # linear warmup, added in front of any schedule
-  decay_factor: float = 0.5  # step: lr *= factor every decay_epochs; plateau: on a plateau
-  decay_epochs: int = 10  # step: period
-  plateau_patience: int = 2  # plateau: epochs without dev improvement before decaying
-  # Settings added later: a config.json without them had their defaults (Task.run_config omits them then).
-  warmup_start: float = 0.0  # the warmup starts at this fraction of learning_rate
-  final_lr_factor: float = 0.0  # linear: the learning rate falls linearly to this fraction of it
-  bias_lr_scale: float = 1.0  # "norm_bias" parameters: learning rate x this, weight decay / this
-  lookahead_every: int = 0  # > 0: lookahead with an EMA of the weights every this many steps
-  early_epochs: float = 0.0  # "early" parameters are trained for this many epochs only
-
-  def recorded(self) -> dict[str, Any]:
-    """The settings as config.json records them (see ADDED_LATER)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(self)}
-    return {k: v for k, v in dataclasses.asdict(self).items() if not (k in ADDED_LATER and v == defaults[k])}
+  optimizer: str = setting("adam", "Optimizer.", choices=OPTIMIZERS)
+  learning_rate: float = setting(1e-3, "Peak learning rate.", lower=0.0)
+  lr_schedule: str = setting(
+    "constant",
+    "Learning-rate schedule; plateau: multiply by decay_factor when the dev metric stalls for "
+    "plateau_patience epochs.",
+    choices=SCHEDULES,
+  )
+  momentum: float = setting(0.9, "Momentum for momentum / nesterov.")
+  weight_decay: float = setting(
+    0.0, "Weight decay: decoupled for adamw, an L2 term in the gradient otherwise.", lower=0.0
+  )
+  grad_clip_norm: float = setting(0.0, "Clip gradients to this global norm (0: off).", lower=0.0)
+  warmup_epochs: float = setting(
+    0.0, "Linear warmup length in epochs (added in front of any schedule).", lower=0.0
+  )
+  decay_factor: float = setting(
+    0.5, "step / plateau: learning-rate multiplier at each decay.", lower=0.0, upper=1.0
+  )
+  decay_epochs: int = setting(10, "step: epochs between decays.", lower=1)
+  plateau_patience: int = setting(2, "plateau: epochs without improvement before a decay.", lower=1)
+  warmup_start: float = setting(
+    0.0, "The warmup starts at this fraction of learning_rate.", lower=0.0, upper=1.0, added_later=True
+  )
+  final_lr_factor: float = setting(
+    0.0,
+    "linear: the learning rate falls linearly to this fraction of learning_rate.",
+    lower=0.0,
+    upper=1.0,
+    added_later=True,
+  )
+  bias_lr_scale: float = setting(
+    1.0,
+    "Normalization biases (the speedrun net's) train at this multiple of the learning rate, "
+    "with weight decay divided by it (the same decay per step).",
+    lower=0.0,
+    added_later=True,
+  )
+  lookahead_every: int = setting(
+    0,
+    "> 0: lookahead every this many steps, the slow weights an EMA of the fast ones (airbench's).",
+    lower=0,
+    added_later=True,
+  )
+  early_epochs: float = setting(
+    0.0,
+    "Parameters a model marks as early (the speedrun net's whitening bias) train this many epochs.",
+    lower=0.0,
+    added_later=True,
+  )
 
   def __post_init__(self):
-    if self.optimizer not in OPTIMIZERS:
-      raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
-    if self.lr_schedule not in SCHEDULES:
-      raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}; got {self.lr_schedule!r}")
+    validate(self)  # choices and bounds
     if not 0 < self.learning_rate < float("inf"):
-      raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+      raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}", ("learning_rate",))
     if self.lr_schedule == "warmup_cosine" and self.warmup_epochs <= 0:
-      raise ValueError("lr_schedule warmup_cosine needs warmup_epochs > 0")
-    if self.plateau_patience < 1:
-      raise ValueError(f"plateau_patience must be >= 1, got {self.plateau_patience}")
-    if not 0 < self.decay_factor <= 1:
-      raise ValueError(f"decay_factor must be in (0, 1], got {self.decay_factor}")
-    if not (0 <= self.warmup_start <= 1 and 0 <= self.final_lr_factor <= 1):
-      raise ValueError("warmup_start and final_lr_factor must be in [0, 1]")
-    if not 0 < self.bias_lr_scale < float("inf") or self.lookahead_every < 0 or self.early_epochs < 0:
-      raise ValueError("bias_lr_scale must be positive, lookahead_every and early_epochs >= 0")
+      raise ConfigError("lr_schedule warmup_cosine needs warmup_epochs > 0", ("lr_schedule", "warmup_epochs"))
+    if self.decay_factor == 0:
+      raise ConfigError("decay_factor must be in (0, 1], got 0", ("decay_factor",))
+    if self.bias_lr_scale == 0 or self.bias_lr_scale == float("inf"):
+      raise ConfigError(f"bias_lr_scale must be positive, got {self.bias_lr_scale}", ("bias_lr_scale",))
 
 
 def learning_rate_schedule(config: OptimConfig, steps_per_epoch: int, total_steps: int) -> optax.Schedule:

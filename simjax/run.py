@@ -41,7 +41,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from simjax import distributed, loop, optim, replicas, run_records, sharding, summary, workdir_lock
+from simjax import distributed, loop, optim, replicas, run_records, settings, sharding, summary, workdir_lock
 from simjax.checkpoints import (
   CONFIG_FILE,
   CheckpointStore,
@@ -363,17 +363,20 @@ def _trains_on(workdir: str, record: dict[str, Any], config: RunConfig) -> bool:
 
 def _recorded_settings(workdir: str, task: Task) -> dict[str, Any]:
   """For a workdir whose config.json was written before some of its task's data settings were
-  guarded (Task.data_fields_added_later: left out there), the values other than their defaults
+  guarded (declared `added_later`: left out there), the values other than their defaults
   that its run recorded for them among its flags (run_info.json), under their config.json keys
   (config.json, too, leaves them out at their defaults)."""
   flags = (_read_json(os.path.join(workdir, run_records.RUN_INFO_FILE)) or {}).get("flags") or {}
-  defaults = (
-    {f.name: f.default for f in dataclasses.fields(task.data)} if task.data_fields_added_later else {}
-  )
+  data = getattr(task, "data", None)  # a task may keep no data settings
+  if not dataclasses.is_dataclass(data):
+    return {}
+  defaults = {f.name: f.default for f in dataclasses.fields(data)}
+  values = {name: flags.get(name) for name in settings.added_later(type(data))}
+  values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}  # list flags
   return {
-    f"data.{name}": flags[name]
-    for name in task.data_fields_added_later
-    if flags.get(name) not in (None, "", defaults[name])  # unset or the default: left out
+    f"data.{name}": value
+    for name, value in values.items()
+    if value not in (None, "", defaults[name])  # unset or the default: left out
   }
 
 

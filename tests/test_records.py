@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from simjax import errors, optim, run
+from simjax import errors, optim, run, settings
 from simjax.tasks.base import Task
 from simjax.tasks.cifar10 import task as cifar10
 from simjax.tasks.similarity import task as similarity
@@ -157,11 +157,11 @@ def test_results_without_checkpoints_are_never_trained_over(tmp_path):
     for step in (workdir / folder).iterdir():
       step.rename(tmp_path / f"{folder}_{step.name}")  # a record copied without its checkpoints
   before = snapshot(workdir)
-  for settings in ({"epochs": 1}, {"epochs": 1, "batch_size": 32}):  # its own, or others
+  for asked in ({"epochs": 1}, {"epochs": 1, "batch_size": 32}):  # its own, or others
     with pytest.raises(
       errors.WorkdirError, match="holds the results of a finished run but none of its checkpoints"
     ):
-      train(workdir, **settings)
+      train(workdir, **asked)
     assert snapshot(workdir) == before
 
 
@@ -259,7 +259,7 @@ def test_what_the_record_says_is_in_config_json_and_where_the_data_is_is_not(con
 @dataclasses.dataclass(frozen=True)
 class SplitData:
   rows: int = 64
-  test_split: str = "test"
+  test_split: str = settings.setting("test", "The test split.", added_later=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,7 +270,6 @@ class NoModel:
 class WithTestSplit(LinearTask):
   """LinearTask with a data setting guarded since a later version (as test_split is)."""
 
-  data_fields_added_later = ("test_split",)
   run_config = Task.run_config  # the base class's, which leaves such settings out at their defaults
 
   def __init__(self, test_split="test"):

@@ -11,11 +11,11 @@ a short example task through it (tests/example_task.py, shown in docs/adding_a_t
 from __future__ import annotations
 
 import abc
-import dataclasses
 from typing import Any, Callable
 
 import numpy as np
 
+from simjax import settings
 from simjax.loop import EpochResult, FitResult, Selection, mean_of_steps
 from simjax.optim import OptimConfig
 from simjax.run_config import RunConfig
@@ -43,24 +43,19 @@ class Task(abc.ABC):
   #: data record, data.json, says by checksum what the data is). Every other setting changes
   #: what is trained or what the record says, so config.json holds it (simjax.run's record rule).
   free_data_fields: tuple[str, ...] = ()
-  #: Fields of `self.data` that config.json holds only when they differ from their defaults:
-  #: settings guarded since a later version, which workdirs written before lack.
-  data_fields_added_later: tuple[str, ...] = ()
 
   def run_config(self) -> dict[str, Any]:
     """What the workdir's checkpoints and records depend on (its config.json, called after
     prepare); a workdir resumes only with an equal one. By default the `model`, `data` (less
-    its free fields) and `optim` dataclasses of the task, and its `train_settings()`."""
-    defaults = {f.name: f.default for f in dataclasses.fields(self.data)}
-    data = {
-      k: v
-      for k, v in dataclasses.asdict(self.data).items()
-      if k not in self.free_data_fields and not (k in self.data_fields_added_later and v == defaults[k])
-    }
+    its free fields) and `optim` dataclasses of the task as `settings.recorded` gives them
+    (settings added later left out at their defaults), and its `train_settings()`."""
+    data = settings.recorded(self.data)
+    for name in self.free_data_fields:
+      data.pop(name, None)
     return {
-      "model": dataclasses.asdict(self.model),
+      "model": settings.recorded(self.model),
       "data": data,
-      "optim": self.optim.recorded(),
+      "optim": settings.recorded(self.optim),
       "train": self.train_settings(),
     }
 

@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 from PIL import Image, UnidentifiedImageError
 
 from simjax import distributed, errors
+from simjax.settings import setting, validate
 
 log = logging.getLogger("simjax")
 
@@ -324,17 +325,18 @@ def tta_views(images: jax.Array, mode: str) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
-  crop_padding: int = 4  # random translation by up to this many pixels (reflect padding)
-  flip: bool = True  # random horizontal flip
-  cutout: int = 0  # side of a random square set to the mean (0: off)
-  # With flip: each image is flipped on alternate epochs (a fixed random half of them in the
-  # first) instead of at random, so every image is seen both ways every two epochs. Added
-  # later: config.json records it only when set (see Cifar10Task.run_config).
-  alternate_flip: bool = False
+  crop_padding: int = setting(4, "Random translation by up to this many pixels (0: off).", lower=0)
+  flip: bool = setting(True, "Random horizontal flips.")
+  cutout: int = setting(0, "Side of a random square blanked per image (0: off).", lower=0)
+  alternate_flip: bool = setting(
+    False,
+    "With flip: flip each image on alternate epochs (a fixed random half of them in the first) "
+    "instead of at random, so every image is seen both ways every two epochs.",
+    added_later=True,
+  )
 
   def __post_init__(self):
-    if self.crop_padding < 0 or self.cutout < 0:
-      raise ValueError("crop_padding and cutout must be >= 0")
+    validate(self)
 
 
 def alternate_flips(key: jax.Array, indices: jax.Array, epoch: jax.Array) -> jax.Array:

@@ -22,6 +22,7 @@ from simjax import checkpoints, deviceless, loop, optim, replicas, run, sharding
 from simjax.errors import ConfigError
 from simjax.programs import Program, abstract_state
 from simjax.run_config import RunConfig
+from simjax.settings import setting, validate
 from simjax.tasks.base import Task
 from simjax.tasks.cifar10 import input_pipeline
 from simjax.tasks.cifar10.models import (
@@ -39,16 +40,24 @@ class DataConfig:
   data_dir: str | None = None  # TFDS data_dir holding cifar10/ (None: TFDS's default)
   cache_dir: str | None = None  # decoded uint8 arrays are cached here (None: no cache)
   train_split: str = "train"
-  eval_split: str = "test"
+  eval_split: str = setting("test", "Split evaluated every epoch.", added_later=True)
   augmentation: input_pipeline.Augmentation = input_pipeline.Augmentation()
-  tta: str = "none"  # test-time augmentation of the evaluated split (input_pipeline.TTA_MODES)
-  tta_each_epoch: bool = True  # False: each epoch's evaluation sees one view, the final one `tta`'s
+  tta: str = setting(
+    "none",
+    "Test-time augmentation when evaluating: the mean logits of the image and its mirror (flip), "
+    "and of both shifted one pixel each way (flip_translate, 6 views). Training is unchanged. Eval "
+    "and predict: the trained run's own unless given.",
+    choices=input_pipeline.TTA_MODES,
+    added_later=True,
+  )
+  tta_each_epoch: bool = setting(
+    True,
+    "Evaluate every epoch with tta; false: one view each epoch (cheaper), tta for the final numbers.",
+    added_later=True,
+  )
 
   def __post_init__(self):
-    if self.tta not in input_pipeline.TTA_MODES:
-      raise ConfigError(
-        f"tta must be one of {', '.join(input_pipeline.TTA_MODES)}; got {self.tta!r}", settings=("tta",)
-      )
+    validate(self)
 
 
 EPOCH_LOOPS = ("auto", "scan", "host")
@@ -504,13 +513,6 @@ class Cifar10Task(Task):
     )
 
   free_data_fields = ("data_dir", "cache_dir")  # where the data is
-  data_fields_added_later = ("eval_split", "tta", "tta_each_epoch")
-
-  def run_config(self) -> dict[str, Any]:
-    config = super().run_config()
-    if not self.data.augmentation.alternate_flip:  # added later: older workdirs lack it
-      del config["data"]["augmentation"]["alternate_flip"]
-    return config
 
   def train_settings(self) -> dict[str, Any]:
     return {"label_smoothing": self.label_smoothing}

