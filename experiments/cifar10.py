@@ -9,31 +9,15 @@ from absl import flags
 
 from experiments import cli_flags, console, workdirs
 from simjax.tasks.cifar10 import input_pipeline, task as training
-from simjax.tasks.cifar10.models import DTYPES, HEADS, MODELS, ModelConfig
+from simjax.tasks.cifar10.models import HEADS, ModelConfig
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_enum(
-  "architecture",
-  "cnn",
-  sorted(MODELS),
-  "cnn: the classic conv-pool stacks; resnet: with BatchNorm; speedrun: the airbench94 net "
-  "(cifar_speedrun.flags).",
-)
 flags.DEFINE_enum("cnn_head", "fc", list(HEADS), "cnn: fully connected layers or global average pooling.")
-flags.DEFINE_integer("width", 64, "Channels of the first stage (later stages double).", lower_bound=1)
 flags.DEFINE_list("fc_units", ["512", "256"], "Hidden units of the fc head, comma separated.")
-flags.DEFINE_enum("dtype", "float32", sorted(DTYPES), "Compute dtype (params and BatchNorm stay float32).")
+cli_flags.define_settings(ModelConfig)  # architecture, width, dtype (--cnn_head, --fc_units: above)
 cli_flags.define_settings(input_pipeline.Augmentation)
-flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the cross-entropy targets.", lower_bound=0.0)
-flags.DEFINE_enum(
-  "epoch_loop",
-  "auto",
-  list(training.EPOCH_LOOPS),
-  "scan: each epoch is one compiled program (lax.scan over its steps); host: a host loop over one "
-  "compiled step; auto: scan on GPU/TPU, host on CPU (XLA's CPU backend runs convolutions inside "
-  "loops slowly). Same numbers either way.",
-)
+cli_flags.define_settings(training.TrainConfig)  # label_smoothing, epoch_loop
 cli_flags.define_settings(training.DataConfig, skip=("eval_split",))  # --eval_split: every task's
 flags.DEFINE_string(
   "cache_dir",

@@ -14,6 +14,7 @@ from absl import flags
 
 from experiments import flagfiles
 from simjax import errors, optim, settings
+from simjax.run_config import RunConfig
 
 FLAGS = flags.FLAGS
 
@@ -57,27 +58,6 @@ def define_training_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     upper_bound=0.99,
     flag_values=flag_values,
   )
-  flags.DEFINE_integer(
-    "seed",
-    0,
-    "Random seed (init, dropout, data order); with --num_seeds, the first.",
-    flag_values=flag_values,
-  )
-  flags.DEFINE_integer(
-    "num_seeds",
-    1,
-    "Train seeds --seed ... --seed+N-1 of this configuration together (jax.vmap in one "
-    "compiled program); results.json reports each and their mean, std, min, max.",
-    lower_bound=1,
-    flag_values=flag_values,
-  )
-  flags.DEFINE_bool(
-    "sequential_seeds",
-    False,
-    "With --num_seeds: train the seeds one after another (in <workdir>/seed_<s>) instead of "
-    "together, when N replicas do not fit in device memory.",
-    flag_values=flag_values,
-  )
   flags.DEFINE_bool(
     "deterministic",
     False,
@@ -85,27 +65,8 @@ def define_training_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     "reruns are bit-identical there too; slower. CPU runs are deterministic already.",
     flag_values=flag_values,
   )
-  flags.DEFINE_integer(
-    "epochs",
-    20,
-    "Training epochs (a resumed run continues up to this).",
-    lower_bound=1,
-    flag_values=flag_values,
-  )
-  flags.DEFINE_integer("batch_size", 64, "Batch size.", lower_bound=1, flag_values=flag_values)
+  define_settings(RunConfig, flag_values=flag_values)
   define_settings(optim.OptimConfig, flag_values=flag_values)
-  flags.DEFINE_integer(
-    "keep_checkpoints", 3, "How many latest checkpoints to keep.", lower_bound=1, flag_values=flag_values
-  )
-  flags.DEFINE_integer(
-    "early_stop_patience",
-    0,
-    "Stop before --epochs once no seed's dev metric (the one that picks the best epoch) has "
-    "improved for this many epochs; 0: train every epoch. Each seed's best epoch is the one "
-    "a full run would pick unless it improves again later.",
-    lower_bound=0,
-    flag_values=flag_values,
-  )
   define_compilation_cache_flag(flag_values=flag_values)
   define_distributed_flags(flag_values=flag_values)
 
@@ -146,13 +107,19 @@ def define_settings(
   config_class: type, *, skip: tuple[str, ...] = (), flag_values: flags.FlagValues = FLAGS
 ) -> None:
   """A flag for each setting a library config declares (simjax.settings): its name, default,
-  help, choices and bounds are the declaration's. `skip`: settings whose flag is defined
-  elsewhere (shared by the tasks)."""
+  help, choices and bounds are the declaration's. The settings of its dataclass bases are left
+  to theirs (a task's TrainConfig adds to RunConfig); `skip`: settings whose flag is defined
+  elsewhere (shared by the tasks). The flags belong to the calling module, as if it had
+  defined them (main.py tells a task's flags by their module)."""
+  module_name = sys._getframe(1).f_globals["__name__"]
   types = typing.get_type_hints(config_class)
+  inherited = {
+    name for base in config_class.__mro__[1:] for name in getattr(base, "__dataclass_fields__", {})
+  }
   for field, spec in settings.declared(config_class):
-    if field.name in skip:
+    if field.name in skip or field.name in inherited:
       continue
-    common = dict(flag_values=flag_values)
+    common = dict(flag_values=flag_values, module_name=module_name)
     kind = types[field.name]
     bounds = dict(lower_bound=spec.lower, upper_bound=spec.upper)
     if spec.choices is not None:

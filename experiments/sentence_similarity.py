@@ -23,9 +23,7 @@ flags.DEFINE_string(
 )
 cli_flags.define_settings(training.DataConfig)
 cli_flags.define_settings(ModelConfig)
-flags.DEFINE_enum(
-  "best_metric", "pearson", list(training.BEST_METRICS), "Dev metric that picks the best checkpoint."
-)
+cli_flags.define_settings(training.TrainConfig)  # best_metric
 
 DEFAULT_EVAL_SPLIT = "validation"  # dev: model selection and the plateau schedule
 

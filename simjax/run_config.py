@@ -8,34 +8,38 @@ from typing import Any
 
 from simjax import replicas
 from simjax.errors import ConfigError
+from simjax.settings import setting, validate
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
   """What every task's run shares (a task's own recipe lives in the task)."""
 
-  epochs: int = 20
-  batch_size: int = 64
-  seed: int = 0  # the first seed; replica r uses seed + r
-  num_seeds: int = 1  # replicas trained together (jax.vmap) and reported as mean ± std
-  sequential_seeds: bool = False  # train the seeds one after another instead (less memory)
-  keep_checkpoints: int = 3
-  # > 0: stop once no seed has improved its best dev metric for this many epochs (loop.stalled).
-  early_stop_patience: int = 0
+  epochs: int = setting(20, "Training epochs (a resumed run continues up to this).", lower=1)
+  batch_size: int = setting(64, "Batch size.", lower=1)
+  seed: int = setting(0, "Random seed (init, dropout, data order); with num_seeds, the first.")
+  num_seeds: int = setting(
+    1,
+    "Train seeds seed ... seed+N-1 of this configuration together (jax.vmap in one compiled "
+    "program); results.json reports each and their mean, std, min, max.",
+    lower=1,
+  )
+  sequential_seeds: bool = setting(
+    False,
+    "With num_seeds: train the seeds one after another (in <workdir>/seed_<s>) instead of "
+    "together, when N replicas do not fit in device memory.",
+  )
+  keep_checkpoints: int = setting(3, "How many latest checkpoints to keep.", lower=1)
+  early_stop_patience: int = setting(
+    0,
+    "Stop before the last epoch once no seed's dev metric (the one that picks the best epoch) "
+    "has improved for this many epochs; 0: train every epoch. Each seed's best "
+    "epoch is the one a full run would pick unless it improves again later.",
+    lower=0,
+  )
 
   def __post_init__(self):
-    if self.epochs < 1 or self.batch_size < 1:
-      raise ConfigError(
-        f"need epochs >= 1 and batch_size >= 1; got {self.epochs}, {self.batch_size}",
-        settings=("epochs", "batch_size"),
-      )
-    if self.num_seeds < 1:
-      raise ConfigError(f"num_seeds must be >= 1, got {self.num_seeds}", settings=("num_seeds",))
-    if self.early_stop_patience < 0:
-      raise ConfigError(
-        f"early_stop_patience must be >= 0 (0: never stop early), got {self.early_stop_patience}",
-        settings=("early_stop_patience",),
-      )
+    validate(self)  # choices and bounds
     if self.early_stop_patience > 0 and self.sequential_seeds and self.num_seeds > 1:
       # Stacked seeds stop together, when the last of them stalls; seeds trained one after
       # another cannot wait for the later ones, and their histories would differ in length.

@@ -55,8 +55,19 @@ def spec_of(field: dataclasses.Field) -> Spec | None:
 
 
 def declared(config_class: type) -> list[tuple[dataclasses.Field, Spec]]:
-  """The declared settings of a config dataclass, in field order."""
-  return [(f, spec_of(f)) for f in dataclasses.fields(config_class) if spec_of(f) is not None]
+  """The declared settings of a config dataclass, in field order. A subclass may give a
+  setting another default (`epochs: int = 30`): the declaration stays its base class's."""
+  found = []
+  for field in dataclasses.fields(config_class):
+    specs = (
+      spec_of(base.__dataclass_fields__[field.name])
+      for base in config_class.__mro__
+      if field.name in getattr(base, "__dataclass_fields__", {})
+    )
+    spec = next((s for s in specs if s is not None), None)
+    if spec is not None:
+      found.append((field, spec))
+  return found
 
 
 def validate(config: Any) -> None:
@@ -73,9 +84,13 @@ def validate(config: Any) -> None:
     below = spec.lower is not None and not value >= spec.lower  # NaN is outside any bound
     above = spec.upper is not None and not value <= spec.upper
     if below or above:
-      low = "-inf" if spec.lower is None else spec.lower
-      high = "inf" if spec.upper is None else spec.upper
-      raise ConfigError(f"{field.name} must be in [{low}, {high}], got {value}", settings=(field.name,))
+      if spec.upper is None:
+        wanted = f">= {spec.lower}"
+      elif spec.lower is None:
+        wanted = f"<= {spec.upper}"
+      else:
+        wanted = f"in [{spec.lower}, {spec.upper}]"
+      raise ConfigError(f"{field.name} must be {wanted}, got {value}", settings=(field.name,))
 
 
 def added_later(config_class: type) -> tuple[str, ...]:
@@ -92,9 +107,10 @@ def recorded(config: Any) -> dict[str, Any]:
 
 
 def _drop_added_later_defaults(config: Any, record: dict[str, Any]) -> None:
+  specs = {field.name: spec for field, spec in declared(type(config))}
   for field in dataclasses.fields(config):
     value = getattr(config, field.name)
-    spec = spec_of(field)
+    spec = specs.get(field.name)
     if spec is not None and spec.added_later and value == field.default:
       del record[field.name]
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):

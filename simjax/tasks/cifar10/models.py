@@ -24,8 +24,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from simjax.settings import setting, validate
+
 HEADS = ("fc", "gap")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+ARCHITECTURES = ("cnn", "resnet", "speedrun")  # MODELS, below, in this order
 NUM_STAGES = 3  # 32x32 inputs -> 4x4 feature maps after three 2x2 poolings
 
 # He (Kaiming) normal init for kernels followed by a ReLU: Flax's default (LeCun normal) halves the
@@ -38,24 +41,26 @@ _RELU_INIT = nn.initializers.he_normal()
 class ModelConfig:
   """Everything that fixes the parameter shapes and the function the model computes."""
 
-  architecture: str = "cnn"
+  architecture: str = setting(
+    "cnn",
+    "cnn: the classic conv-pool stacks; resnet: with BatchNorm; speedrun: the airbench94 net "
+    "(cifar_speedrun.flags).",
+    choices=ARCHITECTURES,
+  )
   head: str = "fc"  # cnn only; the resnet always ends in global average pooling + Dense
   dropout: float = 0.0
-  width: int = 64  # channels of the first stage; each later stage doubles them
+  width: int = setting(64, "Channels of the first stage (later stages double).", lower=1)
   fc_units: tuple[int, ...] = (512, 256)  # hidden layers of the cnn's "fc" head
   num_classes: int = 10
-  dtype: str = "float32"  # compute dtype; params and BatchNorm are always float32
+  dtype: str = setting("float32", "Compute dtype (params and BatchNorm stay float32).", choices=tuple(DTYPES))
 
   def __post_init__(self):
     # Flags and JSON hand over lists; a tuple keeps the frozen config hashable (usable as a jit static).
     object.__setattr__(self, "fc_units", tuple(self.fc_units))
-    _check_choice("architecture", self.architecture, tuple(MODELS))
+    validate(self)  # choices and bounds
     _check_choice("head", self.head, HEADS)
-    _check_choice("dtype", self.dtype, tuple(DTYPES))
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-    if self.width < 1:
-      raise ValueError(f"width must be >= 1, got {self.width}")
     if any(units < 1 for units in self.fc_units):
       raise ValueError(f"fc_units must all be >= 1, got {self.fc_units}")
     if self.num_classes < 2:
@@ -304,7 +309,7 @@ def _dropout(x: jax.Array, rate: float, train: bool) -> jax.Array:
   return nn.Dropout(rate, deterministic=not train)(x)
 
 
-MODELS = {"cnn": ClassicCNN, "resnet": ResNet, "speedrun": SpeedrunNet}
+MODELS = dict(zip(ARCHITECTURES, (ClassicCNN, ResNet, SpeedrunNet)))
 
 
 def make_model(config: ModelConfig) -> nn.Module:

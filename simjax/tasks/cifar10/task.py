@@ -70,22 +70,16 @@ class TrainConfig(RunConfig):
 
   epochs: int = 30
   batch_size: int = 256
-  label_smoothing: float = 0.0
-  # How an epoch runs: "scan", one compiled program (lax.scan over the steps); "host", a host
-  # loop over one compiled step; "auto", scan on GPU/TPU and host on CPU (see compile_train_epoch).
-  epoch_loop: str = "auto"
-
-  def __post_init__(self):
-    super().__post_init__()
-    if self.epoch_loop not in EPOCH_LOOPS:
-      raise ConfigError(
-        f"epoch_loop must be one of {', '.join(EPOCH_LOOPS)}; got {self.epoch_loop!r}",
-        settings=("epoch_loop",),
-      )
-    if not 0.0 <= self.label_smoothing < 1.0:
-      raise ConfigError(
-        f"label_smoothing must be in [0, 1), got {self.label_smoothing}", settings=("label_smoothing",)
-      )
+  label_smoothing: float = setting(
+    0.0, "Label smoothing of the cross-entropy targets.", lower=0.0, upper=0.99
+  )
+  epoch_loop: str = setting(
+    "auto",
+    "scan: each epoch is one compiled program (lax.scan over its steps); host: a host loop over one "
+    "compiled step; auto: scan on GPU/TPU, host on CPU (XLA's CPU backend runs convolutions inside "
+    "loops slowly). Same numbers either way.",
+    choices=EPOCH_LOOPS,
+  )
 
 
 # --------------------------------------------------------------------------------------

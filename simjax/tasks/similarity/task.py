@@ -86,14 +86,7 @@ BEST_METRICS = ("pearson", "spearman", "mse")
 class TrainConfig(RunConfig):
   """The shared run settings (simjax.run_config.RunConfig) and this task's own."""
 
-  best_metric: str = "pearson"  # pearson | spearman | mse, on the dev split
-
-  def __post_init__(self):
-    super().__post_init__()
-    if self.best_metric not in BEST_METRICS:
-      raise ConfigError(
-        f"best_metric must be pearson, spearman or mse; got {self.best_metric!r}", settings=("best_metric",)
-      )
+  best_metric: str = setting("pearson", "Dev metric that picks the best checkpoint.", choices=BEST_METRICS)
 
 
 @dataclasses.dataclass
