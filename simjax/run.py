@@ -370,14 +370,13 @@ def _recorded_settings(workdir: str, task: Task) -> dict[str, Any]:
   data = getattr(task, "data", None)  # a task may keep no data settings
   if not dataclasses.is_dataclass(data):
     return {}
-  defaults = {f.name: f.default for f in dataclasses.fields(data)}
-  values = {name: flags.get(name) for name in settings.added_later(type(data))}
-  values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}  # list flags
-  return {
-    f"data.{name}": value
-    for name, value in values.items()
-    if value not in (None, "", defaults[name])  # unset or the default: left out
-  }
+  recovered = {}
+  for field, spec in settings.declared(type(data)):
+    value = flags.get(field.name)
+    value = tuple(value) if isinstance(value, list) else value  # a list flag's value
+    if spec.added_later and value not in (None, "", field.default):  # unset or the default: left out
+      recovered[f"data.{field.name}"] = value
+  return recovered
 
 
 def _is_record(name: str) -> bool:

@@ -96,10 +96,10 @@ def test_the_flags_are_the_declarations():
 )
 def test_every_declared_library_setting_is_a_flag_of_the_command_line_with_its_default(config_class):
   for field, spec in settings.declared(config_class):
-    flag = flags.FLAGS[field.name]
-    default = list(field.default) if isinstance(field.default, tuple) else field.default
     if field.name == "eval_split":  # every task's flag, its default per task
       continue
+    flag = flags.FLAGS[field.name]
+    default = list(field.default) if isinstance(field.default, tuple) else field.default
     assert flag.help.endswith(spec.help), field.name
     if field.name not in TASK_DEFAULTS:
       assert flag.default == default, field.name
