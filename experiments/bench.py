@@ -114,7 +114,7 @@ def all_flags() -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 def train_one(run_index: int, seed: int, workdir: str) -> dict[str, Any]:
   """One training run of seed `seed` in `workdir`; its numbers for the bench."""
-  task, train_config = cifar10.task_from_flags(progress=None)  # a fresh task per run
+  task, train_config = cifar10.task_from_flags()  # a fresh task per run
   config = dataclasses.replace(train_config, seed=seed, num_seeds=1, sequential_seeds=False)
   with compilation.CompileClock() as clock:
     start = time.perf_counter()

@@ -53,11 +53,11 @@ def owns(config: dict) -> bool:
   return "architecture" in config.get("model", {})
 
 
-def task_from_flags(progress=console.progress_bar) -> tuple[training.Cifar10Task, training.TrainConfig]:
+def task_from_flags() -> tuple[training.Cifar10Task, training.TrainConfig]:
   """The task and run settings the flags describe (what --mode=train trains)."""
   train_config = cli_flags.config_from_flags(training.TrainConfig)
   task = training.Cifar10Task(
-    model_config(), data_config(), cli_flags.optim_config(), progress=progress, **train_config.task_settings
+    model_config(), data_config(), cli_flags.optim_config(), **train_config.task_settings
   )
   return task, train_config
 

@@ -108,7 +108,7 @@ def _build(mesh, small: bool) -> Built:
   seeds = SMALL_SEEDS if small else FLAGS.num_seeds
   batch_size = SMALL_BATCH if small else FLAGS.batch_size
   if FLAGS.task == "cifar10":
-    task, config = cifar10.task_from_flags(progress=None)
+    task, config = cifar10.task_from_flags()
     model = dataclasses.replace(task.model, **SMALL_CIFAR) if small else task.model
     train_images = (
       4 * batch_size if small else input_pipeline.split_rows(task.data.train_split, task.data.data_dir)

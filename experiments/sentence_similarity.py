@@ -63,7 +63,6 @@ def train() -> None:
     model_config_for,
     data_config(),
     cli_flags.optim_config(),
-    progress=console.progress_bar,
     **train_config.task_settings,
   )
   columns = [

@@ -7,7 +7,7 @@ import sys
 from typing import Any, Callable
 
 from experiments.cli_flags import FLAGS, command_line, flag_values
-from experiments.console import EpochTable
+from experiments.console import EpochTable, progress_bar
 from experiments.lifecycle import STOP
 from simjax import run
 from simjax.run_config import RunConfig
@@ -28,6 +28,7 @@ def train_workdir(task: Task, config: RunConfig, workdir: str, columns: list[tup
     on_epoch=table.print_row,
     stop=STOP,
     on_note=lambda line: print(line, flush=True),
+    progress=progress_bar,
   )
 
 

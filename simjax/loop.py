@@ -1,7 +1,10 @@
 """The epoch loop every task uses: train, evaluate on dev, checkpoint, log, resume.
 
-A task supplies `train_epoch(state, epoch, start_step=, stop=)`, `epoch_metrics(steps)`
-and `evaluate(state)`; this module owns what must be identical for all tasks: resuming
+A task supplies what differs: `epoch_plan(epoch)` (the epoch's batches, its step and, as an
+optional fast path, the whole epoch as one program), `epoch_metrics(steps)` and
+`evaluate(state)`. This module owns what must be identical for all tasks: running the steps
+(skipping to the step a resumed epoch reached, polling for a stop after each step, stacking
+the metrics, the progress bar, whether the epoch ended: `run_epoch`), resuming
 from the latest checkpoint (a killed run restarted with the same command ends with the
 same numbers), stopping on request in the middle of an epoch with a checkpoint of the
 step reached (a preemption), each seed's best-on-dev checkpoint, reduce-on-plateau,
@@ -14,26 +17,47 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import math
 import time
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, Iterable, NoReturn
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simjax import distributed, optim, replicas
+from simjax import distributed, optim, replicas, sharding
 from simjax.checkpoints import CheckpointStore, abstract_state
 from simjax.compilation import CompileClock
 from simjax.errors import ConfigError, Preempted, TrainingDiverged, WorkdirError
 from simjax.run_records import MetricsLog
 
 
+@dataclasses.dataclass(frozen=True)
+class EpochPlan:
+  """One epoch of training as a task describes it (`Task.epoch_plan`); `run_epoch` runs it.
+
+  The batches' order must depend only on (seed, epoch): a resumed run replays the epoch from
+  any step. Each step's metrics are [R] per name (R stacked replicas), "loss" among them.
+  """
+
+  steps: int  # the epoch's steps
+  # Each step's input, from the epoch's first step on; iterated lazily (a generator), so the
+  # steps a resumed epoch skips cost little.
+  batches: Iterable[Any]
+  step: Callable[[Any, Any], tuple[Any, dict[str, Any]]]  # (state, batch) -> (state, metrics)
+  # Optional fast path: (state) -> (state, {name: [steps, R]}), the whole epoch as one program
+  # (no host round trip between steps; a stop request waits for its end). A resumed epoch that
+  # stopped in the middle is finished with `step`.
+  fused: Callable[[Any], tuple[Any, dict[str, Any]]] | None = None
+  place: Callable[[Any], Any] | None = None  # optional: puts the state where the programs expect it
+
+
 @dataclasses.dataclass
 class EpochResult:
-  """What one call of a task's train_epoch did: the state after its last step, and each of
-  its steps' metrics [steps run, R] per name. "loss" is required (the first non-finite one is
-  reported); the task's epoch_metrics turns the whole epoch's steps into the logged values."""
+  """What `run_epoch` did: the state after its last step, and each of its steps' metrics
+  [steps run, R] per name. "loss" is required (the first non-finite one is reported); the
+  task's epoch_metrics turns the whole epoch's steps into the logged values."""
 
   state: Any  # R stacked replicas (see simjax.replicas)
   step_metrics: dict[str, np.ndarray]  # [steps run, R] per name, e.g. {"loss": ..., "accuracy": ...}
@@ -67,6 +91,66 @@ class StopRequest:
       yield
     finally:
       self.honoured = before
+
+
+ProgressBar = Callable[[int, str], Any]  # (total steps, description) -> tqdm-like: update(n), close()
+
+
+def run_epoch(
+  plan: EpochPlan,
+  state: Any,
+  *,
+  start_step: int = 0,
+  stop: Callable[[], bool] = lambda: False,
+  progress: ProgressBar | None = None,
+  description: str = "epoch",
+) -> EpochResult:
+  """The steps `start_step`, `start_step + 1`, ... of `plan` (the fused program when starting
+  at 0 and the plan has one), returning after a step once `stop()` is true. `progress` counts
+  the steps computed (a fused epoch's all at once, when its program ends)."""
+  if plan.place is not None:
+    state = plan.place(state)
+  bar = progress(plan.steps, description) if progress is not None else None
+  try:
+    if plan.fused is not None and start_step == 0:
+      state, metrics = plan.fused(state)
+      metrics = sharding.fetch(metrics)  # waits for the program's end
+      if bar is not None:
+        bar.update(plan.steps)
+      return EpochResult(state, {k: np.asarray(v) for k, v in metrics.items()}, complete=True)
+    if bar is not None and start_step:
+      bar.update(start_step)
+    done = []
+    for batch in itertools.islice(plan.batches, start_step, None):
+      state, metrics = plan.step(state, batch)
+      if bar is not None and done:  # the step before: counted once computed (one step stays queued)
+        jax.block_until_ready(done[-1])
+        bar.update(1)
+      done.append(metrics)
+      if stop():
+        break
+    if bar is not None and done:
+      jax.block_until_ready(done[-1])
+      bar.update(1)
+  finally:
+    if bar is not None:
+      bar.close()
+  done = sharding.fetch(done)
+  steps = {name: np.stack([np.asarray(m[name]) for m in done]) for name in done[0]} if done else {}
+  return EpochResult(state, steps, complete=start_step + len(done) == plan.steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+  """What the caller of a run watches and steers, all optional: every metrics row
+  (`on_epoch`), a line on what the run did besides training (`on_note`: stopped early, a
+  finished run found), a stop request (e.g. set by a SIGTERM handler) and a progress bar
+  within epochs."""
+
+  on_epoch: Callable[[dict[str, Any]], None] = lambda row: None
+  on_note: Callable[[str], None] = lambda line: None
+  stop: StopRequest | None = None
+  progress: ProgressBar | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,31 +191,30 @@ def fit(
   *,
   store: CheckpointStore,
   epochs: int,
-  train_epoch: Callable[..., EpochResult],
+  epoch_plan: Callable[[int], EpochPlan],
   epoch_metrics: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
   evaluate: Callable[[Any], list[dict[str, float]]],
   selection: Selection,
   seeds: list[int],
   plateau: optim.optax.GradientTransformationExtraArgs | None = None,
-  on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
-  stop: StopRequest | None = None,
   early_stop_patience: int = 0,
-  on_note: Callable[[str], None] = lambda line: None,
+  hooks: Hooks = Hooks(),
 ) -> FitResult:
   """Trains until `epochs` are done (resuming if the workdir has a checkpoint), or, with
   `early_stop_patience` N > 0, until no replica's best epoch is among the last N (see `stalled`).
 
-  `state` stacks one replica per seed; `train_epoch(state, epoch, start_step=, stop=)` runs an
-  epoch's steps from `start_step` on, returning early once `stop()` is true; `epoch_metrics`
-  turns an epoch's step metrics into its logged train metrics; `evaluate` returns one metrics
-  dict per replica; `on_note` gets one line when the run stops early. Each replica has its own
-  best epoch and plateau; the "best" checkpoint stacks every replica at its own best epoch.
-  Rows: see `_epoch_row`; their "compile_seconds" is JAX's compile time during the epoch's
-  training and evaluation (a task that compiles on first use pays it inside "epoch_seconds").
+  `state` stacks one replica per seed; `epoch_plan(epoch)` describes an epoch's training
+  (`run_epoch` runs it, from the step a stopped epoch reached, returning early once a stop is
+  requested on `hooks.stop`); `epoch_metrics` turns an epoch's step metrics into its logged
+  train metrics; `evaluate` returns one metrics dict per replica; `hooks.on_note` gets one line
+  when the run stops early. Each replica has its own best epoch and plateau; the "best"
+  checkpoint stacks every replica at its own best epoch. Rows: see `_epoch_row`; their
+  "compile_seconds" is JAX's compile time during the epoch's training and evaluation (a task
+  that compiles on first use pays it inside "epoch_seconds").
   The checkpoints' JSON meta holds {"epoch", "history", "best" (one per replica),
   "train_seconds", "compile_seconds"} (a FitResult), and mid-epoch (a `stop`) "partial".
   """
-  stop = stop if stop is not None else StopRequest()
+  stop = hooks.stop if hooks.stop is not None else StopRequest()
   log = MetricsLog(store.workdir)
   try:
     state, meta, best_state, partial = _resume(state, store, selection, len(seeds), epochs)
@@ -141,47 +224,57 @@ def fit(
       jax.vmap(lambda plateau_state, value: optim.advance_plateau(plateau, plateau_state, value))
     )
     for row in meta["history"]:
-      on_epoch(row)
-
+      hooks.on_epoch(row)
     # One process alone: a request stops the epoch after the step in progress. Several processes
     # (simjax.distributed) must stop at the same step: they agree at the end of each epoch.
     single = distributed.process_count() == 1
     stopped = functools.partial(_stop_agreed, stop, single)
     check_early_stopping(selection, early_stop_patience)
+    last_fused_seconds = None  # how long the last epoch run as one program took (progress bar)
     with stop.honouring():
       for epoch in range(meta["epoch"] + 1, epochs + 1):
         # Also on a resumed run; an epoch stopped in the middle is finished first (its state is
         # not an epoch's end, and the rerun may have been given less patience).
         if partial is None and stalled(meta["best"], meta["epoch"], early_stop_patience):
-          on_note(_early_stop_note(meta["epoch"], epochs, selection, early_stop_patience))
+          hooks.on_note(_early_stop_note(meta["epoch"], epochs, selection, early_stop_patience))
           break
         if stopped():  # between epochs: the latest checkpoint holds everything done
           raise Preempted(stop.reason, epoch=epoch - 1, steps_done=None, saved_step=store.latest_step())
+        plan = epoch_plan(epoch)
+        fused = plan.fused is not None and partial is None
         state, steps, dev, epoch_seconds, compile_seconds = _train_and_evaluate_epoch(
-          state, epoch, partial, meta, train_epoch=train_epoch, evaluate=evaluate, selection=selection,
-          store=store, seeds=seeds, stop=stop, stopped=stopped, single=single,
+          state, epoch, partial, meta, plan=plan, evaluate=evaluate, selection=selection, store=store,
+          seeds=seeds, stop=stop, stopped=stopped, single=single, progress=hooks.progress,
+          description=_epoch_description(epoch, fused, last_fused_seconds),
         )  # fmt: skip
+        last_fused_seconds = epoch_seconds if fused else last_fused_seconds
         partial = None
         row = _epoch_row(epoch, epoch_metrics(steps), dev, state, selection, epoch_seconds, compile_seconds)
         if plateau is not None and selection.plateau_metric is not None:
           values = jnp.asarray([d[selection.plateau_metric] for d in dev], jnp.float32)
           state = state.replace(plateau_state=advance_plateau(state.plateau_state, values))
         improved, best_state = _update_best(meta["best"], best_state, state, dev, epoch, selection)
-        meta["epoch"] = epoch
+        meta["epoch"], meta["train_seconds"] = epoch, meta["train_seconds"] + epoch_seconds
         meta["history"].append(row)
-        meta["train_seconds"] += epoch_seconds
-        meta["compile_seconds"] = (
-          meta.get("compile_seconds", 0.0) + row["compile_seconds"]
-        )  # older runs lack it
+        meta["compile_seconds"] = meta.get("compile_seconds", 0.0) + compile_seconds  # older runs lack it
         # before the log: see MetricsLog.reset
         store.save(int(state.step[0]), state, meta, best_state=best_state if improved.any() else None)
         log.write(row)
-        on_epoch(row)
+        hooks.on_epoch(row)
       if stopped():  # during the last epoch's evaluation or save: all is saved
         raise Preempted(stop.reason, epoch=meta["epoch"], steps_done=None, saved_step=store.latest_step())
     return FitResult.from_meta(state, meta)
   finally:
     log.close()
+
+
+def _epoch_description(epoch: int, fused: bool, last_fused_seconds: float | None) -> str:
+  """The progress bar's: an epoch run as one program shows no steps until its end, so it says
+  so, and how long the last such epoch took."""
+  if not fused:
+    return f"epoch {epoch}"
+  last = f" (the last took {last_fused_seconds:.1f} s)" if last_fused_seconds is not None else ""
+  return f"epoch {epoch}: one compiled program{last}"
 
 
 def _stop_agreed(stop: StopRequest, single: bool) -> bool:
@@ -195,18 +288,20 @@ def _stop_agreed(stop: StopRequest, single: bool) -> bool:
   return agreed
 
 
-def _train_and_evaluate_epoch(state, epoch, partial, meta, *, train_epoch, evaluate, selection, store, seeds,
-                              stop, stopped, single):  # fmt: skip
+def _train_and_evaluate_epoch(state, epoch, partial, meta, *, plan, evaluate, selection, store, seeds,
+                              stop, stopped, single, progress, description):  # fmt: skip
   """One epoch's training from the step a partial checkpoint reached (if any), its finite-loss
   check and its dev evaluation; a stop request in the middle saves the step reached and raises
   Preempted. Returns (state, the epoch's step metrics, dev metrics, seconds, compile seconds)."""
   done = _steps_from_json(partial["step_metrics"]) if partial else None
   earlier_seconds = (partial["seconds"], partial["compile_seconds"]) if partial else (0.0, 0.0)
   start_step = len(done["loss"]) if done else 0
-  first_step = int(state.step[0]) - start_step  # read now: train_epoch may donate `state`'s buffers
+  first_step = int(state.step[0]) - start_step  # read now: the epoch may donate `state`'s buffers
   with CompileClock() as compile_clock:
     start = time.perf_counter()
-    result = train_epoch(state, epoch, start_step=start_step, stop=stop if single else lambda: False)
+    # Several processes stop together, at the end of an epoch (see `stopped`).
+    result = run_epoch(plan, state, start_step=start_step, stop=stop if single else lambda: False,
+                       progress=progress, description=description)  # fmt: skip
     jax.block_until_ready(result.state)
     epoch_seconds = earlier_seconds[0] + time.perf_counter() - start  # the checks below: not timed
     steps = _concatenate_steps(done, result.step_metrics)
@@ -349,10 +444,8 @@ def _concatenate_steps(
   later = {k: np.asarray(v) for k, v in later.items()}
   if earlier is None:
     return later
-  # The earlier steps keep their dtype (an epoch resumed with no steps left may return empty arrays).
-  return {
-    k: np.concatenate([e, later[k].reshape(-1, *e.shape[1:]).astype(e.dtype)]) for k, e in earlier.items()
-  }
+  # An epoch resumed with no steps left runs none (no metrics): the earlier steps are all.
+  return {k: np.concatenate([e, later[k].astype(e.dtype)]) if k in later else e for k, e in earlier.items()}
 
 
 def _steps_to_json(step_metrics: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -57,7 +58,7 @@ from simjax.errors import (
   WorkdirError,
 )
 from simjax.run_config import RunConfig
-from simjax.tasks.base import Task
+from simjax.tasks.base import Prepared, Task
 
 EVAL_FILE = "eval.json"
 DATA_FILE = "data.json"
@@ -78,6 +79,7 @@ def train_and_evaluate(
   on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
   stop: loop.StopRequest | None = None,
   on_note: Callable[[str], None] = lambda line: None,
+  progress: loop.ProgressBar | None = None,
 ) -> dict[str, Any]:
   """Trains (or resumes) `task` in `workdir`; returns (and writes) results.json.
 
@@ -86,10 +88,11 @@ def train_and_evaluate(
   metrics row; `on_note` gets a line on what the run did besides training (stopped early, a
   finished run found, earlier records kept). A request on `stop` (e.g. from a SIGTERM
   handler) ends training after the step in progress with a checkpoint of it and raises
-  errors.Preempted; rerunning resumes. A finished run is never rewritten (see the module's
+  errors.Preempted; rerunning resumes. `progress(total, description)` may return a tqdm-like
+  bar (update(n), close()) that counts each epoch's steps. A finished run is never rewritten (see the module's
   record rule): rerun with its own settings, it returns its results.json as it is.
   """
-  records = {"flags": flags or {}, "command": command, "stop": stop, "note": on_note}
+  records = _Records(flags or {}, command, loop.Hooks(on_epoch, on_note, stop, progress))
   loop.check_early_stopping(task.selection, config.early_stop_patience)  # before any file is written
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"workdir {workdir} is a file, not a folder", workdir)
@@ -97,11 +100,11 @@ def train_and_evaluate(
   try:
     with _lock(workdir):  # one run at a time writes here
       if config.sequential_seeds and config.num_seeds > 1:
-        return _train_sequentially(task, config, workdir, records, on_epoch)
+        return _train_sequentially(task, config, workdir, records)
       if sequential_seed_dirs(workdir):
         raise WorkdirError(f"{workdir} holds a run whose seeds were trained one after another", workdir)
       try:
-        return _train_stacked(task, config, workdir, records, on_epoch, new_workdir)
+        return _train_stacked(task, config, workdir, records, new_workdir)
       except jax.errors.JaxRuntimeError as e:
         if config.num_seeds > 1 and _is_resource_exhausted(e):
           raise OutOfDeviceMemory(config.num_seeds, _first_line(e)) from None
@@ -110,6 +113,16 @@ def train_and_evaluate(
     if new_workdir and not _has_files(workdir) and distributed.is_primary():  # e.g. data missing:
       with contextlib.suppress(OSError):  # leave no empty workdir behind
         os.rmdir(workdir)  # only if empty: another process's new lock keeps it
+
+
+@dataclasses.dataclass(frozen=True)
+class _Records:
+  """What a run records as given (the flags and command line, with the provenance, in
+  run_info.json and results.json), and its caller's hooks (simjax.loop.Hooks)."""
+
+  flags: dict[str, Any]
+  command: str | None
+  hooks: loop.Hooks
 
 
 @contextlib.contextmanager
@@ -155,11 +168,9 @@ def _has_files(workdir: str) -> bool:
 
 
 def _train_stacked(
-  task: Task, config: RunConfig, workdir: str, records, on_epoch, new_workdir: bool
+  task: Task, config: RunConfig, workdir: str, records: _Records, new_workdir: bool
 ) -> dict[str, Any]:
-  """`records`: {"flags", "command", "stop", "note"}: flags and command written with the provenance to
-  run_info.json and results.json, the stop request, where notes go; `new_workdir`: whether the
-  caller found `workdir` empty (then a failed start removes it)."""
+  """`new_workdir`: whether the caller found `workdir` empty (then a failed start removes it)."""
   seeds = config.seeds
   os.makedirs(workdir, exist_ok=True)
   store = CheckpointStore(workdir, keep=config.keep_checkpoints)
@@ -175,50 +186,52 @@ def _train_stacked(
         workdir,
       )
     try:
-      data_info = task.prepare(workdir, config, resuming=resuming)
-      replicas.check_memory(task.create_train_state, seeds)  # before any is built
+      prepared = task.prepare(workdir, config, resuming=resuming)
+      # before any is built
+      replicas.check_memory(functools.partial(task.create_train_state, prepared=prepared), seeds)
     except Exception:
       if new_workdir:  # e.g. data missing, too many seeds: leave no empty workdir behind (this call made it)
         store.close()
         _empty(workdir)
       raise
     store.guard_config(
-      workdir_config(task, config), replace=not resuming, recorded=_recorded_settings(workdir, task)
+      workdir_config(task, config, prepared), replace=not resuming, recorded=_recorded_settings(workdir, task)
     )
-    data_info = _guard_data(workdir, data_info, resuming=resuming, finished=finished)
+    data_info = _guard_data(workdir, prepared.info, resuming=resuming, finished=finished)
     if finished is not None:
       if not _trains_on(workdir, finished, config):  # the same run asked again: its record stands
         if os.path.exists(os.path.join(workdir, run_records.METRICS_FILE)):
           for row in run_records.read_metrics(workdir):
-            on_epoch(row)
-        records["note"](
+            records.hooks.on_epoch(row)
+        records.hooks.on_note(
           f"{workdir} holds this run, finished ({_finished_text(finished)}); its results.json "
           f"(recorded {finished.get('recorded_at', '?')}) stands as it is: nothing to train"
         )
         return finished
       kept = _keep_earlier_records(workdir, finished)
-      records["note"](
+      records.hooks.on_note(
         f"the run in {workdir} finished after {finished['epochs']} epochs; training on to "
         f"{config.epochs}: its records so far are kept in {kept}"
       )
     run_records.write_json(
       os.path.join(workdir, run_records.RUN_INFO_FILE),
-      {"flags": records["flags"], "data": data_info, **run_records.provenance(records["command"])},
+      {"flags": records.flags, "data": data_info, **run_records.provenance(records.command)},
     )
-    state = task.create_train_state(seeds)
+    state = task.create_train_state(seeds, prepared)
     with CompileClock() as ahead_of_time:
-      task.compile(state)
-    fit = _fit(task, config, state, store, on_epoch, records)
+      prepared = task.compile(prepared, state)
+    fit = _fit(task, prepared, config, state, store, records.hooks)
     selects = task.selection.best_metric is not None
     final_state = store.restore_best(abstract_state(fit.state))[0] if selects else fit.state
   finally:
     store.close()
-  results = _results(task, config, fit, final_state, ahead_of_time.seconds, data_info, records)
+  per_seed, extras = task.report(prepared, final_state, fit)
+  results = _results(task, config, fit, (per_seed, extras), ahead_of_time.seconds, data_info, records)
   run_records.write_json(os.path.join(workdir, run_records.RESULTS_FILE), results)
   return results
 
 
-def _fit(task: Task, config: RunConfig, state, store: CheckpointStore, on_epoch, records) -> loop.FitResult:
+def _fit(task: Task, prepared: Prepared, config: RunConfig, state, store: CheckpointStore, hooks: loop.Hooks):
   """The epochs (simjax.loop.fit) with the task's parts; the plateau metric only where the
   schedule is reduce-on-plateau."""
   plateau_active = task.optim.lr_schedule == "plateau"
@@ -226,25 +239,24 @@ def _fit(task: Task, config: RunConfig, state, store: CheckpointStore, on_epoch,
     state,
     store=store,
     epochs=config.epochs,
-    train_epoch=task.train_epoch,
+    epoch_plan=functools.partial(task.epoch_plan, prepared),
     epoch_metrics=task.epoch_metrics,
-    evaluate=task.evaluate,
+    evaluate=functools.partial(task.evaluate, prepared),
     selection=dataclasses.replace(
       task.selection, plateau_metric=task.selection.plateau_metric if plateau_active else None
     ),
     seeds=config.seeds,
     plateau=optim.plateau_transform(task.optim),
-    on_epoch=on_epoch,
-    stop=records["stop"],
     early_stop_patience=config.early_stop_patience,
-    on_note=records["note"],
+    hooks=hooks,
   )
 
 
-def _results(task: Task, config: RunConfig, fit, final_state, ahead_of_time_seconds, data_info, records):
-  """results.json: each seed's numbers and their summary, timings, settings and provenance."""
+def _results(task: Task, config: RunConfig, fit, report, ahead_of_time_seconds, data_info, records):
+  """results.json: each seed's numbers and their summary (`report`: the task's), timings,
+  settings and provenance."""
   selects = task.selection.best_metric is not None
-  per_seed_metrics, extras = task.report(final_state, fit)
+  per_seed_metrics, extras = report
   per_seed = [
     {"seed": s, **metrics, **({"best_epoch": fit.best[r]["epoch"]} if selects else {})}
     for r, (s, metrics) in enumerate(zip(config.seeds, per_seed_metrics))
@@ -265,8 +277,8 @@ def _results(task: Task, config: RunConfig, fit, final_state, ahead_of_time_seco
     **({"evaluation": evaluation} if (evaluation := task.evaluation()) else {}),
     "data": data_info,
     "run_settings": dataclasses.asdict(config),  # what was asked: epochs, patience, seeds...
-    "flags": records["flags"],
-    **run_records.provenance(records["command"]),
+    "flags": records.flags,
+    **run_records.provenance(records.command),
   }
   return results
 
@@ -408,11 +420,11 @@ def _keep_earlier_records(workdir: str, record: dict[str, Any], *, layout_in_res
   return folder
 
 
-def workdir_config(task: Task, config: RunConfig) -> dict[str, Any]:
+def workdir_config(task: Task, config: RunConfig, prepared: Prepared | None = None) -> dict[str, Any]:
   """config.json: the task's settings, and the run settings its checkpoints depend on. The
   number of epochs counts only where the schedule's shape depends on it (to allow training
   longer); how seeds run and how many checkpoints are kept never count."""
-  own = task.run_config()
+  own = task.run_config(prepared)
   train = {"seed": config.seed, "num_seeds": config.num_seeds, "batch_size": config.batch_size}
   if task.optim.lr_schedule in optim.SCHEDULES_OVER_ALL_EPOCHS:
     train["epochs"] = config.epochs
@@ -422,7 +434,7 @@ def workdir_config(task: Task, config: RunConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 # Seeds one after another
 # --------------------------------------------------------------------------------------
-def _train_sequentially(task: Task, config: RunConfig, workdir: str, records, on_epoch) -> dict[str, Any]:
+def _train_sequentially(task: Task, config: RunConfig, workdir: str, records: _Records) -> dict[str, Any]:
   """Each seed in <workdir>/seed_<s> (so each resumes on its own), then the combined
   results.json and metrics.jsonl in `workdir`, laid out like those of a stacked run."""
   if os.path.exists(os.path.join(workdir, CONFIG_FILE)):
@@ -440,7 +452,6 @@ def _train_sequentially(task: Task, config: RunConfig, workdir: str, records, on
       dataclasses.replace(config, seed=s, num_seeds=1, sequential_seeds=False),
       d,
       records,
-      on_epoch,
       new_workdir=not _has_files(d),
     )
     for s, d in zip(config.seeds, seed_dirs)

@@ -39,15 +39,14 @@ class Described(LinearTask):
     self.data_record, self.split, self.evaluation_shift = data or {"rows": 64}, split, evaluation_shift
 
   def prepare(self, workdir, config, *, resuming):
-    super().prepare(workdir, config, resuming=resuming)
-    return self.data_record
+    return dataclasses.replace(super().prepare(workdir, config, resuming=resuming), info=self.data_record)
 
   def evaluation(self):
     return {"dev": self.split}
 
   def evaluate_trained(self, state, batch_size):
-    super().prepare("", run.RunConfig(epochs=1, batch_size=batch_size), resuming=True)  # the data
-    return [{"dev": {"mse": m["mse"] + self.evaluation_shift}} for m in self.evaluate(state)], {}
+    data = super().prepare("", run.RunConfig(epochs=1, batch_size=batch_size), resuming=True)
+    return [{"dev": {"mse": m["mse"] + self.evaluation_shift}} for m in self.evaluate(data, state)], {}
 
 
 def _load(task):
@@ -207,14 +206,14 @@ def test_the_data_record_is_the_first_starts_and_other_data_is_refused(tmp_path)
 
 
 def _interrupted(task, epoch):
-  original = task.train_epoch
+  original = task.epoch_plan
 
-  def train_epoch(state, e, **steps):
+  def epoch_plan(data, e):
     if e == epoch:
       raise KeyboardInterrupt
-    return original(state, e, **steps)
+    return original(data, e)
 
-  task.train_epoch = train_epoch
+  task.epoch_plan = epoch_plan
   return task
 
 

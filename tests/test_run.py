@@ -1,6 +1,7 @@
 """The run module (simjax/run.py + loop.py) on a fake task: a linear model on synthetic data,
 so resume, best epochs, the NaN stop, plateau and seeds are tested in seconds."""
 
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -32,24 +33,20 @@ class Scripted(LinearTask):
     if script:
       self.selection = run.loop.Selection(best_metric="score", higher_is_better=False, plateau_metric="score")
 
-  def train_epoch(self, state, epoch, **steps):
+  def epoch_plan(self, data, epoch):
     if epoch == self.interrupt_epoch:
       raise KeyboardInterrupt  # as if the process were killed in the middle of this epoch
     if self.oom:
       raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 80.00GiB.")
-    clean = self.y.copy()
-    if epoch == self.poison_epoch:
-      self.y[: self.rows] = np.nan  # bad data in this epoch only
-    try:
-      return super().train_epoch(state, epoch, **steps)
-    finally:
-      self.y = clean
+    if epoch == self.poison_epoch:  # bad data in this epoch only
+      data = dataclasses.replace(data, y=np.where(np.arange(len(data.y)) < self.rows, np.nan, data.y))
+    return super().epoch_plan(data, epoch)
 
-  def evaluate(self, state):
-    rows = super().evaluate(state)
+  def evaluate(self, data, state):
+    rows = super().evaluate(data, state)
     if self.script:
-      epoch = int(state.step[0]) // self.steps
-      for row, seed in zip(rows, self.config.seeds):
+      epoch = int(state.step[0]) // data.steps
+      for row, seed in zip(rows, data.config.seeds):
         row["score"] = self.script[seed][epoch - 1]
     return rows
 
@@ -126,10 +123,10 @@ def test_a_stop_request_saves_the_step_reached_and_the_rerun_ends_bit_identical(
 
 def test_a_stop_request_between_epochs_stops_after_the_epoch_is_saved(tmp_path):
   class StopDuringEvaluation(Scripted):
-    def evaluate(self, state):
-      if int(state.step[0]) == 2 * self.steps:
+    def evaluate(self, data, state):
+      if int(state.step[0]) == 2 * data.steps:
         stop.request("SIGINT")
-      return super().evaluate(state)
+      return super().evaluate(data, state)
 
   stop = run.loop.StopRequest()
   with pytest.raises(errors.Preempted, match=r"stopped \(SIGINT\) after epoch 2: checkpoint step 8 holds it"):
@@ -340,9 +337,9 @@ def test_more_seeds_than_memory_can_hold_are_refused_before_any_is_built(tmp_pat
   built = []
 
   class Counting(LinearTask):
-    def create_train_state(self, seeds):
+    def create_train_state(self, seeds, prepared=None):
       built.append(len(seeds))
-      return super().create_train_state(seeds)
+      return super().create_train_state(seeds, prepared)
 
   one = LinearTask(SGD).create_train_state([0])
   per_replica = sum(x.nbytes for x in jax.tree_util.tree_leaves(one)) + one.params["w"].nbytes  # + gradients

@@ -95,7 +95,7 @@ def test_a_lock_from_another_host_is_never_taken_over(tmp_path):
 
 
 class Failing(LinearTask):
-  def train_epoch(self, state, epoch, **steps):
+  def epoch_plan(self, data, epoch):
     raise errors.DataError("an unreadable batch")
 
 
@@ -109,13 +109,12 @@ def test_the_lock_is_released_when_a_run_fails(tmp_path):
 
 class Evaluable(LinearTask):
   def evaluate_trained(self, state, batch_size):
-    return [{"dev": metrics} for metrics in self.evaluate(state)], {}
+    data = self.prepare("", run.RunConfig(epochs=2, batch_size=16), resuming=True)
+    return [{"dev": metrics} for metrics in self.evaluate(data, state)], {}
 
 
 def _load(workdir):
-  task = Evaluable(SGD)
-  task.prepare(workdir, run.RunConfig(epochs=2, batch_size=16), resuming=True)
-  return run.load_trained(workdir, lambda config, _: task)
+  return run.load_trained(workdir, lambda config, _: Evaluable(SGD))
 
 
 def test_a_read_only_workdir_is_evaluated_without_a_lock_and_says_eval_json_is_not_written(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from typing import Any, Callable
 
 import jax
@@ -23,6 +22,7 @@ from simjax.errors import ConfigError
 from simjax.programs import Program, abstract_state
 from simjax.run_config import RunConfig
 from simjax.settings import setting, validate
+from simjax.tasks import base
 from simjax.tasks.base import Task
 from simjax.tasks.cifar10 import input_pipeline
 from simjax.tasks.cifar10.models import (
@@ -174,6 +174,8 @@ class EpochPrograms:
   order: Callable  # (epoch_keys [R, 2]) -> the epoch's batch indices [steps, R, batch]
   step: Callable  # (state, images, labels, indices [R, batch]) -> (state, {"loss", "accuracy"} [R])
   epoch: Callable  # (state, images, labels, epoch_keys) -> (state, {"loss", "accuracy"} [steps, R])
+  steps: int
+  batch_size: int
 
 
 def epoch_programs(
@@ -186,7 +188,7 @@ def epoch_programs(
   compute_dtype,
 ) -> EpochPrograms:
   """Builds (jits, without compiling) an epoch's programs for the devices of `mesh`: a run
-  compiles them with its arrays (compile_train_epoch), the compile checks with abstract ones
+  compiles them with its arrays (compile_epoch), the compile checks with abstract ones
   (`programs`), on any mesh, e.g. of TPU or GPU devices that are not here.
 
   `images`/`labels` are the whole (replicated) train split, shared by the replicas; each step
@@ -227,95 +229,80 @@ def epoch_programs(
     order=jax.jit(order, static_argnums=(1,)),
     step=jax.jit(step, **outputs),
     epoch=jax.jit(epoch, **outputs),
+    steps=steps,
+    batch_size=batch_size,
   )
 
 
-def compile_train_epoch(
-  mesh,
+@dataclasses.dataclass(frozen=True)
+class CompiledEpoch:
+  """An epoch's programs compiled for a run's arrays (`compile_epoch`)."""
+
+  order: Any  # (epoch_keys [R, 2]) -> the epoch's batch indices [steps, R, batch]
+  step: Callable[[], Any]  # -> the compiled step (compiled on first use when the epoch is fused)
+  epoch: Any | None  # the whole epoch as one program; None: a host loop over the step
+  steps: int
+
+  @property
+  def training_program(self) -> Any:
+    """The program that trains: the fused epoch, or the host loop's step."""
+    return self.epoch if self.epoch is not None else self.step()
+
+  def plan(self, images: jax.Array, labels: jax.Array, keys: jax.Array, place=None) -> loop.EpochPlan:
+    """The epoch of `keys` [R, 2] (see `epoch_keys`) on the whole split `images`/`labels`."""
+
+    def batches():  # a generator: nothing runs until the loop asks for the first step's batch
+      order = self.order(keys)
+      for i in range(self.steps):
+        yield order[i]
+
+    def fused(state):
+      return self.epoch(state, images, labels, keys)
+
+    return loop.EpochPlan(
+      steps=self.steps,
+      batches=batches(),
+      step=lambda state, indices: self.step()(state, images, labels, indices),
+      fused=fused if self.epoch is not None else None,
+      place=place,
+    )
+
+
+def compile_epoch(
+  programs: EpochPrograms,
   state: TrainState,
   images: jax.Array,
   labels: jax.Array,
   *,
-  batch_size: int,
-  steps: int,
-  augmentation,
-  label_smoothing: float,
-  compute_dtype,
   fused: bool | None = None,
-) -> Callable:
-  """Compiles one epoch: (state, images, labels, epoch_keys, *, start=0, stop=None,
-  on_step=None) -> (state, {"loss", "accuracy"} [steps run, replicas]): the steps from
-  `start` on, returning after a step once `stop()` is true; `on_step(n)` counts steps done.
+) -> CompiledEpoch:
+  """Compiles `programs` (`epoch_programs`) for these arrays, ahead of time, so that epoch
+  timings exclude compilation (but a fused epoch's one-step program, needed only to finish an
+  epoch that stopped in the middle). `state` stacks the replicas (seeds).
 
-  `state` stacks the replicas (seeds) and `epoch_keys` [replicas, 2] gives each its data
-  order (the programs: `epoch_programs`).
-  fused=True compiles the epoch as one program (`lax.scan` over steps): no host round
-  trip between steps. XLA's CPU backend runs loop bodies without its fast convolution
-  path (about 14x slower, measured here), so on CPU (fused=None picks) the epoch is a
-  host loop over one compiled step instead; the data still never leaves the device.
-  Everything is compiled here, ahead of time, so epoch timings exclude compilation (but a
-  fused epoch's one-step program, needed only to finish an epoch a host loop stopped in
-  the middle of).
+  fused=True compiles the epoch as one program (`lax.scan` over steps): no host round trip
+  between steps. XLA's CPU backend runs loop bodies without its fast convolution path (about
+  14x slower, measured here), so on CPU (fused=None picks) the epoch is a host loop over one
+  compiled step instead; the data still never leaves the device.
   """
   fused = jax.default_backend() != "cpu" if fused is None else fused
-  programs = epoch_programs(
-    mesh,
-    batch_size=batch_size,
-    steps=steps,
-    augmentation=augmentation,
-    label_smoothing=label_smoothing,
-    compute_dtype=compute_dtype,
-  )
   num_replicas = replicas.num_replicas(state)
   example_keys = jnp.zeros((num_replicas, 2), jnp.uint32)
   abstract_state = checkpoints.abstract_state(state)  # `state` may be donated before a late compile
-  order_fn = programs.order.lower(example_keys, labels.shape[0]).compile()
-  example_indices = jax.ShapeDtypeStruct((num_replicas, batch_size), jnp.int32)
+  example_indices = jax.ShapeDtypeStruct((num_replicas, programs.batch_size), jnp.int32)
 
-  @functools.cache  # a fused epoch needs it only to finish an epoch stopped in the middle
-  def step_fn():
+  @functools.cache
+  def step():
     return programs.step.lower(abstract_state, images, labels, example_indices).compile()
 
-  host_loop_epoch = functools.partial(_host_loop_epoch, order_fn, step_fn, steps, num_replicas)
   if not fused:
-    host_loop_epoch.compiled = step_fn()  # ahead of time: epoch timings exclude compilation
-    host_loop_epoch.fused = False
-    return host_loop_epoch
-
-  compiled = programs.epoch.lower(state, images, labels, example_keys).compile()
-
-  def fused_epoch(state, images, labels, epoch_keys, *, start=0, stop=None, on_step=None):
-    """All steps in one program (a stop request waits for its end), unless resuming a host
-    loop's epoch that stopped in the middle."""
-    if start:
-      return host_loop_epoch(state, images, labels, epoch_keys, start=start, stop=stop, on_step=on_step)
-    out = compiled(state, images, labels, epoch_keys)
-    if on_step is not None:  # one program: all its steps are done at once
-      jax.block_until_ready(out)
-      on_step(steps)
-    return out
-
-  fused_epoch.fused = True
-  fused_epoch.compiled = compiled
-  return fused_epoch
-
-
-def _host_loop_epoch(order_fn, step_fn, steps, num_replicas, state, images, labels, epoch_keys, *,
-                     start=0, stop=None, on_step=None):  # fmt: skip
-  """An epoch as a host loop over the compiled step `step_fn()`, from step `start` on."""
-  order = order_fn(epoch_keys)
-  metrics = []
-  for i in range(start, steps):
-    state, step_metrics = step_fn()(state, images, labels, order[i])
-    metrics.append(step_metrics)
-    if on_step is not None:  # count steps computed, not dispatched ahead
-      jax.block_until_ready(step_metrics)
-      on_step(1)
-    if stop is not None and stop():
-      break
-  if not metrics:  # resumed after the epoch's last step
-    return state, {name: jnp.zeros((0, num_replicas), jnp.float32) for name in ("loss", "accuracy")}
-  return state, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *metrics)
+    step()  # the host loop's program, ahead of time
+  return CompiledEpoch(
+    order=programs.order.lower(example_keys, labels.shape[0]).compile(),
+    step=step,
+    epoch=programs.epoch.lower(state, images, labels, example_keys).compile() if fused else None,
+    steps=programs.steps,
+  )
 
 
 def make_predict(mesh, *, batch_size: int, compute_dtype, tta: str = "none") -> Callable:
@@ -346,7 +333,50 @@ def make_predict(mesh, *, batch_size: int, compute_dtype, tta: str = "none") -> 
 
 def eval_batch_size(batch_size: int, images: int, devices: int) -> int:
   """The evaluation's batch: the run's, or less for a small split, a multiple of the devices."""
-  return min(batch_size, -(-images // devices) * devices)
+  return -(-min(batch_size, images) // devices) * devices
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+  """Every replica's predicted class of each of a set of images, on all devices: the images
+  padded to whole batches and placed once, one compiled program per test-time augmentation.
+  Training's per-epoch rows and final numbers, eval of a trained workdir and predict all use
+  it (`evaluator` makes one)."""
+
+  mesh: Any
+  batch_size: int  # a multiple of the devices
+  count: int  # images (the rest of `padded` is padding)
+  padded: jax.Array  # uint8 [whole batches, 32, 32, 3], replicated
+  compute_dtype: Any
+  _compiled: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+  def compile(self, state: TrainState, tta: str) -> Any:
+    """The program of `tta` (compiled on first use, e.g. ahead of training)."""
+    if tta not in self._compiled:
+      predict = make_predict(self.mesh, batch_size=self.batch_size, compute_dtype=self.compute_dtype, tta=tta)
+      self._compiled[tta] = predict.lower(self._placed(state), self.padded).compile()
+    return self._compiled[tta]
+
+  def predictions(self, state: TrainState, tta: str = "none") -> np.ndarray:
+    """[replicas, images]: every replica's predicted classes."""
+    state = self._placed(state)
+    return np.asarray(self.compile(state, tta)(state, self.padded))[:, : self.count]
+
+  def classify(self, state: TrainState, split: input_pipeline.ImageSplit, tta: str) -> list[dict[str, Any]]:
+    """Every replica's `classification_metrics` of `split` (the images this evaluator holds)."""
+    return [classification_metrics(p, split.labels, split.class_names) for p in self.predictions(state, tta)]
+
+  def _placed(self, state: TrainState) -> TrainState:
+    return jax.device_put(state, sharding.replicated(self.mesh))
+
+
+def evaluator(images: np.ndarray, batch_size: int, dtype: str, mesh=None) -> Evaluator:
+  """An Evaluator of uint8 `images` [N, 32, 32, 3] in batches of at most `batch_size`, on the
+  devices of `mesh` (None: all)."""
+  mesh = sharding.data_mesh() if mesh is None else mesh
+  batch = eval_batch_size(batch_size, len(images), mesh.devices.size)
+  padded = sharding.replicate(_padded(images, batch), mesh)
+  return Evaluator(mesh, batch, len(images), padded, jnp.dtype(dtype))
 
 
 def programs(
@@ -408,13 +438,7 @@ def predict_classes(
   state: TrainState, images: np.ndarray, batch_size: int, dtype: str, tta: str = "none"
 ) -> np.ndarray:
   """Every replica's predicted class of every uint8 image [replicas, N], on all devices."""
-  mesh = sharding.data_mesh()
-  devices = mesh.devices.size
-  batch_size = eval_batch_size(batch_size, len(images), devices)
-  batch_size = -(-batch_size // devices) * devices
-  predict = make_predict(mesh, batch_size=batch_size, compute_dtype=jnp.dtype(dtype), tta=tta)
-  padded = sharding.replicate(_padded(images, batch_size), mesh)
-  return np.asarray(predict(sharding.replicate(state, mesh), padded))[:, : len(images)]
+  return evaluator(images, batch_size, dtype).predictions(state, tta)
 
 
 def classification_metrics(predictions: np.ndarray, labels: np.ndarray, class_names) -> dict[str, Any]:
@@ -462,6 +486,24 @@ def _padded(images: np.ndarray, multiple: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # The task
 # --------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Prepared(base.Prepared):
+  """One run's splits (the train split on the devices), settings and evaluator, and after
+  `Cifar10Task.compile` its training epoch."""
+
+  config: RunConfig
+  mesh: Any
+  train_split: input_pipeline.ImageSplit
+  eval_split: input_pipeline.ImageSplit
+  train_arrays: tuple[jax.Array, jax.Array]  # images, labels (replicated)
+  evaluator: Evaluator  # of the eval split
+  epoch: CompiledEpoch | None = None  # compiled by Cifar10Task.compile
+
+  @property
+  def steps(self) -> int:
+    return len(self.train_split) // self.config.batch_size
+
+
 class Cifar10Task(Task):
   """CIFAR-10 classification: the whole split on the device(s), the last epoch reported.
 
@@ -481,17 +523,12 @@ class Cifar10Task(Task):
     *,
     label_smoothing: float = 0.0,
     epoch_loop: str = "auto",
-    progress: Callable[[int, str], Any] | None = None,
   ):
-    """`progress(total, description)` may return a tqdm-like object with update()/close():
-    it counts an epoch's steps (a fused epoch's all at once, when its program ends)."""
     self.model, self.data, self.optim = model, data, optim_config
-    self.label_smoothing, self.epoch_loop, self.progress = label_smoothing, epoch_loop, progress
+    self.label_smoothing, self.epoch_loop = label_smoothing, epoch_loop
     # Rows are logged as test_* when the evaluated split is (a slice of) the test split.
     eval_name = "test" if tfds_split_name(data.eval_split) == "test" else "eval"
     self.selection = loop.Selection(best_metric=None, plateau_metric="error", eval_name=eval_name)
-    self._run: RunConfig | None = None
-    self._last_fused_seconds: float | None = None
 
   @classmethod
   def from_config(cls, config: dict[str, Any], **data_settings) -> "Cifar10Task":
@@ -514,150 +551,110 @@ class Cifar10Task(Task):
   def evaluation(self) -> dict[str, Any]:
     return {"split": self.data.eval_split, "tta": self.data.tta}
 
-  def prepare(self, workdir: str, config: RunConfig, *, resuming: bool) -> dict[str, Any]:
-    self._run = config
-    self.mesh = sharding.data_mesh()
-    sharding.check_batch_size(config.batch_size, self.mesh)
+  def prepare(self, workdir: str, config: RunConfig, *, resuming: bool) -> Prepared:
+    mesh = sharding.data_mesh()
+    sharding.check_batch_size(config.batch_size, mesh)
     # Several processes: each reads and decodes its part of a split; all then hold all of it.
-    self.train_split = input_pipeline.load_split_of_processes(
-      self.data.train_split, self.data.data_dir, self.data.cache_dir
+    train_split, eval_split = (
+      input_pipeline.load_split_of_processes(split, self.data.data_dir, self.data.cache_dir)
+      for split in (self.data.train_split, self.data.eval_split)
     )
-    self.eval_split = input_pipeline.load_split_of_processes(
-      self.data.eval_split, self.data.data_dir, self.data.cache_dir
-    )
-    self.steps = len(self.train_split) // config.batch_size
-    if self.steps == 0:
+    if len(train_split) < config.batch_size:
       raise ConfigError(
-        f"batch size {config.batch_size} is larger than the {len(self.train_split)} images of "
+        f"batch size {config.batch_size} is larger than the {len(train_split)} images of "
         f"{self.data.train_split!r}: lower the batch size or use a larger train split",
         settings=("batch_size", "train_split"),
       )
-    self.train_arrays = sharding.replicate((self.train_split.images, self.train_split.labels), self.mesh)
-    devices = self.mesh.devices.size
-    self.eval_batch = eval_batch_size(config.batch_size, len(self.eval_split), devices)
-    self.eval_images = sharding.replicate(_padded(self.eval_split.images, self.eval_batch), self.mesh)
-    return {"train": self.train_split.info, "eval": self.eval_split.info}
+    return Prepared(
+      info={"train": train_split.info, "eval": eval_split.info},
+      config=config,
+      mesh=mesh,
+      train_split=train_split,
+      eval_split=eval_split,
+      train_arrays=sharding.replicate((train_split.images, train_split.labels), mesh),
+      evaluator=evaluator(eval_split.images, config.batch_size, self.model.dtype, mesh),
+    )
 
-  def create_train_state(self, seeds: list[int]) -> TrainState:
-    if self._run is None:  # eval / predict: the structure to restore into
+  def create_train_state(self, seeds: list[int], prepared: Prepared | None = None) -> TrainState:
+    if prepared is None:  # eval / predict: the structure to restore into
       return create_train_state(seeds, self.model, self.optim, steps_per_epoch=1, total_steps=1)
     state = create_train_state(
       seeds,
       self.model,
       self.optim,
-      steps_per_epoch=self.steps,
-      total_steps=self.steps * self._run.epochs,
-      whitening_images=self.train_split.images[:WHITENING_IMAGES],
+      steps_per_epoch=prepared.steps,
+      total_steps=prepared.steps * prepared.config.epochs,
+      whitening_images=prepared.train_split.images[:WHITENING_IMAGES],
     )
-    return jax.device_put(state, sharding.replicated(self.mesh))
+    return jax.device_put(state, sharding.replicated(prepared.mesh))
 
-  def compile(self, state: TrainState) -> None:
+  def compile(self, prepared: Prepared, state: TrainState) -> Prepared:
     """Compiles the epoch and the evaluations; on an accelerator, a program that does not fit
     its memory is refused here, before any training, naming the batch size that fits."""
-    replicated = sharding.replicated(self.mesh)
-    state = jax.device_put(state, replicated)
-    compute_dtype = jnp.dtype(self.model.dtype)
+    state = jax.device_put(state, sharding.replicated(prepared.mesh))
     fused = {"auto": jax.default_backend() != "cpu", "scan": True, "host": False}[self.epoch_loop]
     program = "epoch" if fused else "train_step"
+    built = epoch_programs(
+      prepared.mesh,
+      batch_size=prepared.config.batch_size,
+      steps=prepared.steps,
+      augmentation=self.data.augmentation,
+      label_smoothing=self.label_smoothing,
+      compute_dtype=jnp.dtype(self.model.dtype),
+    )
     try:
-      self._epoch = compile_train_epoch(
-        self.mesh,
-        state,
-        *self.train_arrays,
-        batch_size=self._run.batch_size,
-        steps=self.steps,
-        augmentation=self.data.augmentation,
-        label_smoothing=self.label_smoothing,
-        compute_dtype=compute_dtype,
-        fused=fused,
-      )
+      epoch = compile_epoch(built, state, *prepared.train_arrays, fused=fused)
     except jax.errors.JaxRuntimeError as e:  # XLA's TPU compiler refuses what does not fit
       if not deviceless.out_of_memory(e):
         raise
-      self._refuse_too_large(program, None)
-    self._refuse_too_large(program, self._epoch.compiled)
+      self._refuse_too_large(prepared, program, None)
+    self._refuse_too_large(prepared, program, epoch.training_program)
+    for tta in dict.fromkeys([self.data.tta, self._epoch_tta()]):  # the final numbers' and each epoch's
+      prepared.evaluator.compile(state, tta)
+    epoch_keys(prepared.config.seeds, 0).block_until_ready()  # eager ops of epoch_plan
+    return dataclasses.replace(prepared, epoch=epoch)
 
-    def predict(tta: str):
-      program = make_predict(self.mesh, batch_size=self.eval_batch, compute_dtype=compute_dtype, tta=tta)
-      return program.lower(state, self.eval_images).compile()
+  def _epoch_tta(self) -> str:
+    return self.data.tta if self.data.tta_each_epoch else "none"
 
-    self._predict = predict(self.data.tta)  # the final numbers
-    each_epoch_tta = self.data.tta if self.data.tta_each_epoch else "none"
-    self._predict_epoch = self._predict if each_epoch_tta == self.data.tta else predict(each_epoch_tta)
-    epoch_keys(self._run.seeds, 0).block_until_ready()  # eager ops of train_epoch
-
-  def _refuse_too_large(self, name: str, compiled) -> None:
+  def _refuse_too_large(self, prepared: Prepared, name: str, compiled) -> None:
     """On an accelerator: the training program `name` (compiled; None: refused by the compiler)
     must fit a device's memory (simjax.deviceless.refuse_if_too_large)."""
 
     def build(batch_size: int) -> Program:
       listed = programs(
-        self.mesh,
+        prepared.mesh,
         self.model,
         self.optim,
         batch_size=batch_size,
-        num_seeds=len(self._run.seeds),
-        train_images=len(self.train_split),
-        eval_images=len(self.eval_split),
+        num_seeds=len(prepared.config.seeds),
+        train_images=len(prepared.train_split),
+        eval_images=len(prepared.eval_split),
         augmentation=self.data.augmentation,
         label_smoothing=self.label_smoothing,
         tta=self.data.tta,
       )
       return next(p for p in listed if p.name == name)
 
-    deviceless.refuse_if_too_large(name, build, self._run.batch_size, self.mesh.devices.size, compiled)
+    batch_size, devices = prepared.config.batch_size, prepared.mesh.devices.size
+    deviceless.refuse_if_too_large(name, build, batch_size, devices, compiled)
 
-  def train_epoch(
-    self, state: TrainState, epoch: int, *, start_step: int = 0, stop: Callable[[], bool] = lambda: False
-  ) -> loop.EpochResult:
+  def epoch_plan(self, prepared: Prepared, epoch: int) -> loop.EpochPlan:
     # Data order and augmentation depend only on (seed, epoch, step): resuming replays them.
-    replicated = sharding.replicated(self.mesh)
-    # A fused epoch shows no steps until its program ends: say so, and how long the last one took.
-    fused = self._epoch.fused and start_step == 0
-    description = f"epoch {epoch}" + (": one compiled program" if fused else "")
-    if fused and self._last_fused_seconds is not None:
-      description += f" (the last took {self._last_fused_seconds:.1f} s)"
-    bar = self.progress(self.steps, description) if self.progress else None
-    if bar is not None and start_step:
-      bar.update(start_step)
-    start = time.perf_counter()
-    try:
-      state, metrics = self._epoch(
-        jax.device_put(state, replicated),
-        *self.train_arrays,
-        epoch_keys(self._run.seeds, epoch),
-        start=start_step,
-        stop=stop,
-        on_step=bar.update if bar is not None else None,
-      )
-    finally:
-      if bar is not None:
-        bar.close()
-    metrics = jax.device_get(metrics)  # [steps, replicas]
-    if fused:
-      self._last_fused_seconds = time.perf_counter() - start
-    losses = np.asarray(metrics["loss"])
-    return loop.EpochResult(
-      state,
-      {"loss": losses, "accuracy": np.asarray(metrics["accuracy"])},
-      complete=start_step + len(losses) == self.steps,
-    )
+    place = functools.partial(jax.device_put, device=sharding.replicated(prepared.mesh))
+    keys = epoch_keys(prepared.config.seeds, epoch)
+    return prepared.epoch.plan(*prepared.train_arrays, keys, place=place)
 
-  def _classify(self, state: TrainState, predict: Callable) -> list[dict[str, Any]]:
-    replicated = sharding.replicated(self.mesh)
-    predictions = np.asarray(predict(jax.device_put(state, replicated), self.eval_images))
-    split = self.eval_split
-    return [classification_metrics(p[: len(split)], split.labels, split.class_names) for p in predictions]
-
-  def evaluate(self, state: TrainState) -> list[dict[str, float]]:
+  def evaluate(self, prepared: Prepared, state: TrainState) -> list[dict[str, float]]:
     # The per-epoch row keeps scalars only; "error" can drive the plateau schedule.
-    each = self._classify(state, self._predict_epoch)
+    each = prepared.evaluator.classify(state, prepared.eval_split, self._epoch_tta())
     return [{"accuracy": m["accuracy"], "error": 1.0 - m["accuracy"]} for m in each]
 
-  def report(self, state: TrainState, fit: loop.FitResult) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    final = self._classify(
-      state, self._predict
-    )  # the last epoch, as the study reports it (no selection on test)
+  def report(
+    self, prepared: Prepared, state: TrainState, fit: loop.FitResult
+  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    # The last epoch, as the study reports it (no selection on test).
+    final = prepared.evaluator.classify(state, prepared.eval_split, self.data.tta)
     accuracy_key = f"{self.selection.eval_name}_accuracy"
     per_seed = [
       {
@@ -668,11 +665,11 @@ class Cifar10Task(Task):
       }
       for r in range(len(final))
     ]
-    images_trained = self.steps * self._run.batch_size * fit.epochs * len(final)
+    images_trained = prepared.steps * prepared.config.batch_size * fit.epochs * len(final)
     extras = {
       "images_per_second": images_trained / fit.train_seconds if fit.train_seconds else None,
       "seconds_per_epoch": float(np.median([row["epoch_seconds"] for row in fit.history])),
-      "devices": self.mesh.devices.size,
+      "devices": prepared.mesh.devices.size,
       # Test-time augmentation of the final numbers, and whether each epoch's row used it too.
       "tta": self.data.tta,
       "tta_each_epoch": self.data.tta_each_epoch or self.data.tta == "none",
@@ -685,9 +682,8 @@ class Cifar10Task(Task):
     """eval from a workdir: accuracy on the evaluated split, with the task's test-time augmentation
     (under "test", as results.json has it; the record's "evaluation" names the split)."""
     split = input_pipeline.load_split(self.data.eval_split, self.data.data_dir, self.data.cache_dir)
-    predictions = predict_classes(state, split.images, batch_size, self.model.dtype, tta=self.data.tta)
-    per_seed = [{"test": classification_metrics(p, split.labels, split.class_names)} for p in predictions]
-    return per_seed, {"tta": self.data.tta, "data": {"eval": split.info}}
+    classified = evaluator(split.images, batch_size, self.model.dtype).classify(state, split, self.data.tta)
+    return [{"test": metrics} for metrics in classified], {"tta": self.data.tta, "data": {"eval": split.info}}
 
 
 def tfds_split_name(split: str) -> str:

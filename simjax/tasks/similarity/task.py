@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 from typing import Any, Callable
 
@@ -17,6 +16,7 @@ from simjax.errors import ConfigError, WorkdirError
 from simjax.programs import Program, abstract, abstract_state
 from simjax.run_config import RunConfig
 from simjax.settings import setting, validate
+from simjax.tasks import base
 from simjax.tasks.base import Task
 from simjax.tasks.similarity import augment, datasets, glove, input_pipeline, leakage, text
 from simjax.tasks.similarity.models import ModelConfig, SiameseSimilarity, with_pretrained_embeddings
@@ -381,6 +381,32 @@ def evaluate(
 # --------------------------------------------------------------------------------------
 # The task
 # --------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Prepared(base.Prepared):
+  """One run's data (encoded splits, vocabulary, embeddings), model settings (they depend on
+  the vocabulary's size), mesh and batch size."""
+
+  data: PreparedData
+  extra_train_epochs: int  # the first this many epochs train on the extra data too
+  max_length: int
+  model: ModelConfig
+  mesh: Any
+  config: RunConfig
+
+  def train_split(self, epoch: int) -> input_pipeline.EncodedPairs:
+    splits = self.data.splits
+    official = "train_official" in splits and epoch > self.extra_train_epochs
+    return splits["train_official"] if official else splits["train"]
+
+  def steps_of(self, epoch: int) -> int:
+    return input_pipeline.num_batches(self.train_split(epoch), self.config.batch_size, self.max_length)
+
+  def embeddings_of(self, seeds: list[int]) -> np.ndarray | None:
+    """The prepared embedding matrices of `seeds` (any of the run's seeds, e.g. one of them)."""
+    matrices = self.data.embedding_matrices
+    return None if matrices is None else matrices[[self.config.seeds.index(s) for s in seeds]]
+
+
 class SimilarityTask(Task):
   """Sentence-pair similarity: each seed's best epoch on dev, evaluated on dev and test.
 
@@ -395,17 +421,14 @@ class SimilarityTask(Task):
     optim_config: optim.OptimConfig,
     *,
     best_metric: str = "pearson",
-    progress: Callable[[int, str], Any] | None = None,
   ):
-    """`model_config_fn` builds the model config once the vocabulary size is known.
-    `progress(total, description)` may return a tqdm-like object with update()/close()."""
+    """`model_config_fn` builds the model config once the vocabulary size is known."""
     self.model_config_fn, self.data, self.optim = model_config_fn, data, optim_config
-    self.best_metric, self.progress = best_metric, progress
+    self.best_metric = best_metric
     self.selection = loop.Selection(
       best_metric=best_metric, higher_is_better=best_metric != "mse", plateau_metric="mse", eval_name="dev"
     )
-    self.prepared: PreparedData | None = None
-    self.model: ModelConfig | None = None
+    self.model: ModelConfig | None = None  # a trained run's (from_config); a new run's: its Prepared's
 
   @classmethod
   def from_config(cls, config: dict[str, Any], workdir: str, **data_settings) -> "SimilarityTask":
@@ -427,138 +450,112 @@ class SimilarityTask(Task):
 
   free_data_fields = ("data_dir", "manual_dir")  # where the data is
 
+  def model_settings(self, prepared: Prepared | None) -> ModelConfig:
+    return prepared.model if prepared is not None else self.model
+
   def train_settings(self) -> dict[str, Any]:
     return {"best_metric": self.best_metric}
 
   def evaluation(self) -> dict[str, Any]:
     return {"dev": self.data.eval_split, "test": self.data.test_split}
 
-  def prepare(self, workdir: str, config: RunConfig, *, resuming: bool) -> dict[str, Any]:
+  def prepare(self, workdir: str, config: RunConfig, *, resuming: bool) -> Prepared:
     vocab_path = os.path.join(workdir, VOCAB_FILE)
     if resuming and not os.path.exists(vocab_path):
       raise WorkdirError(f"{workdir} holds checkpoints but no {VOCAB_FILE}", workdir)
     # A resumed run reuses its workdir's vocabulary, so ids never change under a model.
-    self.prepared = prepare_data(
+    data = prepare_data(
       self.data, seeds=config.seeds, vocab=text.Vocabulary.load(vocab_path) if resuming else None
     )
     if not resuming and distributed.is_primary():  # every process built the same vocabulary
-      self.prepared.vocab.save(vocab_path)
-    self.vocab = self.prepared.vocab
-    pairs = len(self.prepared.splits.get("train_official", self.prepared.splits["train"]))
+      data.vocab.save(vocab_path)
+    pairs = len(data.splits.get("train_official", data.splits["train"]))
     if config.batch_size > pairs:  # padding a batch that large only spends memory (or runs out)
       raise ConfigError(
         f"batch size {config.batch_size} is larger than the {pairs} sentence pairs of "
         f"{self.data.train_split!r}: lower the batch size or use a larger train split",
         settings=("batch_size", "train_split"),
       )
-    self.model = self.model_config_fn(self.prepared)
-    self.mesh = sharding.data_mesh()  # data parallel over every device (of every process)
-    sharding.check_batch_size(config.batch_size, self.mesh)
-    self.batch_size, self.epochs, self.seeds = config.batch_size, config.epochs, config.seeds
-    self.steps_per_epoch = self.steps_of(1)  # of the first epoch (the optimizer's schedule counts these)
-
-    return self.prepared.info
-
-  def _train_split(self, epoch: int) -> input_pipeline.EncodedPairs:
-    splits = self.prepared.splits
-    return (
-      splits["train_official"]
-      if "train_official" in splits and epoch > self.data.extra_train_epochs
-      else splits["train"]
+    mesh = sharding.data_mesh()  # data parallel over every device (of every process)
+    sharding.check_batch_size(config.batch_size, mesh)
+    return Prepared(
+      info=data.info,
+      data=data,
+      extra_train_epochs=self.data.extra_train_epochs,
+      max_length=self.data.max_length,
+      model=self.model_config_fn(data),
+      mesh=mesh,
+      config=config,
     )
 
-  def steps_of(self, epoch: int) -> int:
-    return input_pipeline.num_batches(self._train_split(epoch), self.batch_size, self.data.max_length)
-
-  def create_train_state(self, seeds: list[int]) -> TrainState:
-    if self.prepared is None:  # eval / predict: the structure to restore into
+  def create_train_state(self, seeds: list[int], prepared: Prepared | None = None) -> TrainState:
+    if prepared is None:  # eval / predict: the structure to restore into
       return create_train_state(seeds, self.model, self.optim, steps_per_epoch=1, total_steps=1)
     state = create_train_state(
       seeds,
-      self.model,
+      prepared.model,
       self.optim,
-      steps_per_epoch=self.steps_per_epoch,
-      total_steps=sum(self.steps_of(epoch) for epoch in range(1, self.epochs + 1)),
-      pretrained_embeddings=self._embeddings_of(seeds),
+      # of the first epoch (the optimizer's schedule counts these)
+      steps_per_epoch=prepared.steps_of(1),
+      total_steps=sum(prepared.steps_of(epoch) for epoch in range(1, prepared.config.epochs + 1)),
+      pretrained_embeddings=prepared.embeddings_of(seeds),
     )
-    return sharding.replicate(state, self.mesh)
+    return sharding.replicate(state, prepared.mesh)
 
-  def compile(self, state: TrainState) -> None:
+  def compile(self, prepared: Prepared, state: TrainState) -> Prepared:
     """On an accelerator: a train step (at the longest bucket) that does not fit the device's
     memory is refused here, before any training, naming the batch size that fits. (The steps
     themselves compile on first use, one program per bucket length.)"""
 
     def build(batch_size: int) -> Program:
       listed = programs(
-        self.mesh,
-        self.model,
+        prepared.mesh,
+        prepared.model,
         self.optim,
         batch_size=batch_size,
-        num_seeds=len(self.seeds),
+        num_seeds=len(prepared.config.seeds),
         max_length=self.data.max_length,
       )
       return next(p for p in listed if p.name == "train_step")
 
-    deviceless.refuse_if_too_large("train_step", build, self.batch_size, self.mesh.devices.size)
+    batch_size, devices = prepared.config.batch_size, prepared.mesh.devices.size
+    deviceless.refuse_if_too_large("train_step", build, batch_size, devices)
+    return prepared
 
-  def _embeddings_of(self, seeds: list[int]) -> np.ndarray | None:
-    """The prepared embedding matrices of `seeds` (any of the run's seeds, e.g. one of them)."""
-    matrices = self.prepared.embedding_matrices
-    return None if matrices is None else matrices[[self.seeds.index(s) for s in seeds]]
-
-  def train_epoch(
-    self, state: TrainState, epoch: int, *, start_step: int = 0, stop: Callable[[], bool] = lambda: False
-  ) -> loop.EpochResult:
+  def epoch_plan(self, prepared: Prepared, epoch: int) -> loop.EpochPlan:
     # The order depends only on (seed, epoch): a resumed run sees the same batches (from any
     # step), and replica r sees the batches a single run with its seed would. Each seed fills
     # the batches with its own examples; the sequence of bucket lengths depends on the epoch
     # alone, so the replicas' batches stack into one array.
     orders = [
       input_pipeline.batches(
-        self._train_split(epoch),
-        self.batch_size,
+        prepared.train_split(epoch),
+        prepared.config.batch_size,
         self.data.max_length,
         shuffle_rng=np.random.default_rng([s, epoch]),
         bucket_order_rng=np.random.default_rng([epoch]),
       )
-      for s in self.seeds
+      for s in prepared.config.seeds
     ]
-    steps = self.steps_of(epoch)
-    bar = self.progress(steps, f"epoch {epoch}") if self.progress else None
-    if bar is not None and start_step:
-      bar.update(start_step)
-    step_metrics = []
-    for replica_batches in itertools.islice(zip(*orders), start_step, None):
+
+    def step(state: TrainState, replica_batches) -> tuple[TrainState, dict[str, jax.Array]]:
       batch = input_pipeline.stack_replica_batches(replica_batches)
-      state, out = train_step(state, sharding.shard_batch(batch, self.mesh, batch_axis=1))
-      step_metrics.append(out)
-      if bar is not None:
-        bar.update(1)
-      if stop():
-        break
-    if bar is not None:
-      bar.close()
-    step_metrics = sharding.fetch(step_metrics)
-    replicas_ = len(self.seeds)
-    return loop.EpochResult(
-      state,
-      {
-        name: np.asarray([m[name] for m in step_metrics]).reshape(-1, replicas_)
-        for name in ("loss", "squared_error", "weight")
-      },
-      complete=start_step + len(step_metrics) == steps,
-    )
+      return train_step(state, sharding.shard_batch(batch, prepared.mesh, batch_axis=1))
+
+    return loop.EpochPlan(steps=prepared.steps_of(epoch), batches=zip(*orders), step=step)
 
   def epoch_metrics(self, step_metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     squared_error = np.sum(step_metrics["squared_error"], axis=0, dtype=np.float64)
     weight = np.sum(step_metrics["weight"], axis=0, dtype=np.float64)
     return {"train_mse": squared_error / np.maximum(weight, 1.0)}
 
-  def evaluate(self, state: TrainState) -> list[dict[str, float]]:
-    return evaluate(state, self.prepared.splits["dev"], self.batch_size, self.data.max_length)
+  def evaluate(self, prepared: Prepared, state: TrainState) -> list[dict[str, float]]:
+    return evaluate(state, prepared.data.splits["dev"], prepared.config.batch_size, self.data.max_length)
 
-  def report(self, state: TrainState, fit: loop.FitResult) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    splits, batch_size, max_length = self.prepared.splits, self.batch_size, self.data.max_length
+  def report(
+    self, prepared: Prepared, state: TrainState, fit: loop.FitResult
+  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    splits, batch_size, max_length = prepared.data.splits, prepared.config.batch_size, self.data.max_length
     scored, ensemble = _seeds_and_ensemble(
       state, {n: splits[n] for n in ("dev", "test")}, batch_size, max_length
     )
@@ -568,8 +565,8 @@ class SimilarityTask(Task):
     last_test = evaluate(fit.state, splits["test"], batch_size, max_length)
     extras = {
       "best_metric": self.best_metric,
-      "seconds_per_step": _median_step_seconds(fit.history, self.steps_of),
-      "steps_per_epoch": self.steps_per_epoch,
+      "seconds_per_step": _median_step_seconds(fit.history, prepared.steps_of),
+      "steps_per_epoch": prepared.steps_of(1),
     }
     if ensemble is not None:
       extras["ensemble"] = ensemble

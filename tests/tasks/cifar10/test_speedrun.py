@@ -158,7 +158,8 @@ def test_a_short_speedrun_learns_with_its_parameter_groups(tmp_path, cifar_data_
     assert np.mean(predicted == test.labels) == accuracy
   assert (results["tta"], results["tta_each_epoch"]) == ("flip", False)
   params = jax.tree_util.tree_map(lambda x: x[0], state.params)
-  whitening = models.whitening_kernel(input_pipeline.normalize(jnp.asarray(task.train_split.images[:5000])))
+  train_images = input_pipeline.load_split(data.train_split, data.data_dir, None).images
+  whitening = models.whitening_kernel(input_pipeline.normalize(jnp.asarray(train_images[:5000])))
   np.testing.assert_allclose(params["whiten"]["kernel"], whitening, rtol=1e-5, atol=1e-6)  # frozen
   assert np.abs(np.asarray(params["block_0"]["norm_0"]["bias"])).max() > 0  # norm biases train
 

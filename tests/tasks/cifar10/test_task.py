@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from simjax import optim, run, run_records
+from simjax import loop, optim, run, run_records, sharding
 from tests.multi_device import run_on_devices
 from simjax.train_state import TrainState
 from simjax.tasks.cifar10 import input_pipeline, task as train
@@ -35,13 +35,38 @@ def _run(workdir, data_config, *, epochs, model=None, batch_size=64, optim_confi
   return run.train_and_evaluate(task, config, str(workdir))
 
 
+def _compiled(state, images, labels, *, fused=None, augmentation=input_pipeline.Augmentation()):
+  """The epoch (4 steps of 64 images) compiled for these arrays."""
+  programs = train.epoch_programs(
+    sharding.data_mesh(),
+    batch_size=64,
+    steps=4,
+    augmentation=augmentation,
+    label_smoothing=0.0,
+    compute_dtype=jnp.float32,
+  )
+  return train.compile_epoch(programs, state, images, labels, fused=fused)
+
+
+class Bar:
+  """A progress bar that keeps what it is told."""
+
+  made = []
+
+  def __init__(self, total, description):
+    self.total, self.description, self.updates = total, description, []
+    Bar.made.append(self)
+
+  def update(self, n):
+    self.updates.append(n)
+
+  def close(self):
+    pass
+
+
 def test_fused_epoch_program_equals_the_host_loop_and_both_report_progress(cifar_data_dir):
-  import jax.numpy as jnp
-
-  from simjax import sharding
-
   split = input_pipeline.load_split("train[:256]", cifar_data_dir, None)
-  mesh = sharding.data_mesh()
+  images, labels = jnp.asarray(split.images), jnp.asarray(split.labels)
   results = []
   for fused in (True, False):
     state = train.create_train_state(
@@ -51,55 +76,31 @@ def test_fused_epoch_program_equals_the_host_loop_and_both_report_progress(cifar
       steps_per_epoch=4,
       total_steps=4,
     )
-    images, labels = jnp.asarray(split.images), jnp.asarray(split.labels)
-    epoch = train.compile_train_epoch(
-      mesh,
-      state,
-      images,
-      labels,
-      batch_size=64,
-      steps=4,
-      augmentation=input_pipeline.Augmentation(cutout=4),
-      label_smoothing=0.0,
-      compute_dtype=jnp.float32,
-      fused=fused,
+    compiled = _compiled(
+      state, images, labels, fused=fused, augmentation=input_pipeline.Augmentation(cutout=4)
     )
-    progress = []  # a progress bar's updates: every step (host loop) or all at once (fused)
-    state, metrics = epoch(state, images, labels, train.epoch_keys([0, 1], 5), on_step=progress.append)
-    assert progress == ([4] if fused else [1, 1, 1, 1])
-    results.append(np.asarray(metrics["loss"]))
+    Bar.made = []
+    result = loop.run_epoch(compiled.plan(images, labels, train.epoch_keys([0, 1], 5)), state, progress=Bar)
+    # A progress bar's updates: every step (host loop) or all at once (fused).
+    assert Bar.made[0].updates == ([4] if fused else [1, 1, 1, 1]) and result.complete
+    results.append(result.step_metrics["loss"])
   assert results[0].shape == (4, 2)  # [steps, replicas]
   np.testing.assert_allclose(results[0], results[1], rtol=1e-5)
 
 
 def test_a_fused_epoch_says_it_is_one_program_and_how_long_the_last_one_took(tmp_path, data_config):
-  bars = []
-
-  class Bar:
-    def __init__(self, total, description):
-      self.description, self.updates = description, []
-      bars.append(self)
-
-    def update(self, n):
-      self.updates.append(n)
-
-    def close(self):
-      pass
-
   data = dataclasses.replace(data_config, train_split="train[:128]", eval_split="test[:64]")
   config = train.TrainConfig(epochs=2, batch_size=64, epoch_loop="scan")
-  task = train.Cifar10Task(
-    ModelConfig(architecture="cnn", width=4), data, TINY_OPTIM, epoch_loop="scan", progress=Bar
-  )
-  run.train_and_evaluate(task, config, str(tmp_path))
+  task = train.Cifar10Task(ModelConfig(architecture="cnn", width=4), data, TINY_OPTIM, epoch_loop="scan")
+  Bar.made = []
+  run.train_and_evaluate(task, config, str(tmp_path), progress=Bar)
+  bars = Bar.made
   assert bars[0].description == "epoch 1: one compiled program" and bars[0].updates == [2]
   assert re.fullmatch(r"epoch 2: one compiled program \(the last took \d+\.\d s\)", bars[1].description)
 
 
 def test_an_epoch_stopped_after_a_step_continues_from_the_next_one(cifar_data_dir):
   # What a preemption leaves (simjax.loop saves the state between the two calls).
-  from simjax import sharding
-
   split = input_pipeline.load_split("train[:256]", cifar_data_dir, None)
   images, labels = jnp.asarray(split.images), jnp.asarray(split.labels)
   keys = train.epoch_keys([0], 1)
@@ -108,44 +109,31 @@ def test_an_epoch_stopped_after_a_step_continues_from_the_next_one(cifar_data_di
     [0], ModelConfig(architecture="cnn", width=4), TINY_OPTIM, steps_per_epoch=4, total_steps=4
   )
   fresh = lambda: jax.tree_util.tree_map(jnp.copy, initial)  # each epoch call donates its state
+  epochs = {fused: _compiled(fresh(), images, labels, fused=fused) for fused in (False, True)}
 
-  epochs = {
-    fused: train.compile_train_epoch(
-      sharding.data_mesh(),
-      fresh(),
-      images,
-      labels,
-      batch_size=64,
-      steps=4,
-      augmentation=input_pipeline.Augmentation(),
-      label_smoothing=0.0,
-      compute_dtype=jnp.float32,
-      fused=fused,
-    )
-    for fused in (False, True)
-  }
-  whole, whole_metrics = epochs[False](fresh(), images, labels, keys)
+  def run_epoch(fused, state, **kwargs):
+    return loop.run_epoch(epochs[fused].plan(images, labels, keys), state, **kwargs)
+
+  whole = run_epoch(False, fresh())
   stop_after = iter([False, True])  # asked during the second step
-  half, first = epochs[False](fresh(), images, labels, keys, stop=lambda: next(stop_after))
-  assert first["loss"].shape == (2, 1) and int(half.step[0]) == 2
-  for fused, epoch in epochs.items():  # a fused epoch finishes a host loop's epoch with single steps
-    rest_state, rest = epoch(jax.tree_util.tree_map(jnp.copy, half), images, labels, keys, start=2)
-    losses = np.concatenate([first["loss"], rest["loss"]])
-    np.testing.assert_array_equal(losses, whole_metrics["loss"])
+  half = run_epoch(False, fresh(), stop=lambda: next(stop_after))
+  assert half.step_metrics["loss"].shape == (2, 1) and int(half.state.step[0]) == 2 and not half.complete
+  for fused in epochs:  # a fused epoch finishes a host loop's epoch with single steps
+    rest = run_epoch(fused, jax.tree_util.tree_map(jnp.copy, half.state), start_step=2)
+    assert rest.complete
+    losses = np.concatenate([half.step_metrics["loss"], rest.step_metrics["loss"]])
+    np.testing.assert_array_equal(losses, whole.step_metrics["loss"])
     for got, want in zip(
-      jax.tree_util.tree_leaves(rest_state.params), jax.tree_util.tree_leaves(whole.params)
+      jax.tree_util.tree_leaves(rest.state.params), jax.tree_util.tree_leaves(whole.state.params)
     ):
       np.testing.assert_array_equal(got, want)
   # Resumed after the last step: nothing left to do.
-  done, nothing = epochs[False](whole, images, labels, keys, start=4)
-  assert nothing["loss"].shape == (0, 1) and int(done.step[0]) == 4
+  done = run_epoch(False, whole.state, start_step=4)
+  assert done.step_metrics == {} and int(done.state.step[0]) == 4 and done.complete
 
 
 def test_stacked_seeds_train_like_single_runs_with_their_own_batchnorm(cifar_data_dir):
-  import jax
-  import jax.numpy as jnp
-
-  from simjax import replicas, sharding
+  from simjax import replicas
 
   split = input_pipeline.load_split("train[:256]", cifar_data_dir, None)
   images, labels = jnp.asarray(split.images), jnp.asarray(split.labels)
@@ -153,18 +141,9 @@ def test_stacked_seeds_train_like_single_runs_with_their_own_batchnorm(cifar_dat
 
   def one_epoch(seed_list):
     state = train.create_train_state(seed_list, model, TINY_OPTIM, steps_per_epoch=4, total_steps=4)
-    epoch = train.compile_train_epoch(
-      sharding.data_mesh(),
-      state,
-      images,
-      labels,
-      batch_size=64,
-      steps=4,
-      augmentation=input_pipeline.Augmentation(),
-      label_smoothing=0.0,
-      compute_dtype=jnp.float32,
-    )
-    return epoch(state, images, labels, train.epoch_keys(seed_list, 1))
+    plan = _compiled(state, images, labels).plan(images, labels, train.epoch_keys(seed_list, 1))
+    result = loop.run_epoch(plan, state)
+    return result.state, result.step_metrics
 
   stacked, stacked_metrics = one_epoch([7, 8])
   for r, seed in enumerate((7, 8)):

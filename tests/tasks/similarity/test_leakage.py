@@ -205,9 +205,11 @@ def test_extra_data_can_be_pre_training_only(mixed_data, tmp_path):
     _data(mixed_data, "sick", extra_train_epochs=1),
     optim.OptimConfig(),
   )
-  results = run.train_and_evaluate(task, train.TrainConfig(epochs=2, batch_size=4), str(tmp_path / "run"))
+  config, workdir = train.TrainConfig(epochs=2, batch_size=4), str(tmp_path / "run")
+  results = run.train_and_evaluate(task, config, workdir)
+  prepared = task.prepare(workdir, config, resuming=True)  # the run's data, as a rerun reads it
   # Epoch 1 trains on the 64 SICK pairs and the 4 SemEval pairs left, epoch 2 on SICK's alone.
-  assert [task.steps_of(epoch) for epoch in (1, 2)] == [17, 16]
+  assert [prepared.steps_of(epoch) for epoch in (1, 2)] == [17, 16]
   assert results["data"]["rows"]["train_with_extra"] == 68 and results["epochs"] == 2
 
 
