@@ -47,10 +47,11 @@ class EpochTable:
 
 
 def progress_bar(total: int, description: str):
-  """A progress bar within long epochs, shown only on a terminal."""
-  if not distributed.is_primary():  # one bar per run, not one per process
-    return tqdm(total=total, disable=True)
-  return tqdm(total=total, desc=description, leave=False, unit="step", disable=None, file=sys.stderr)
+  """A progress bar within long epochs, shown only on a terminal (None elsewhere: no bar, and
+  the steps are never waited for to count them)."""
+  if not distributed.is_primary() or not sys.stderr.isatty():  # one bar per run, not one per process
+    return None
+  return tqdm(total=total, desc=description, leave=False, unit="step", file=sys.stderr)
 
 
 def read_sentence_pairs(data: bytes, name: str) -> tuple[list[str], list[str]]:

@@ -93,7 +93,8 @@ class StopRequest:
       self.honoured = before
 
 
-ProgressBar = Callable[[int, str], Any]  # (total steps, description) -> tqdm-like: update(n), close()
+# (total steps, description) -> tqdm-like: update(n), close(); or None: no bar this time
+ProgressBar = Callable[[int, str], Any]
 
 
 def run_epoch(

@@ -101,6 +101,17 @@ def _cpu_model() -> str | None:
   return None
 
 
+def cpu_flags(names=("avx2", "avx512f", "avx512_bf16", "amx_tile")) -> dict[str, bool]:
+  """Whether the CPU has each of these instruction-set flags (Linux; {} elsewhere): CPU
+  benchmarks record them, since XLA's CPU code paths depend on them."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      have = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+  except (OSError, StopIteration):
+    return {}
+  return {name: name in have for name in names}
+
+
 @functools.cache  # read once: every record's provenance asks
 def package_version() -> str | None:
   """simjax's own version. The source tree's pyproject.toml when the package is imported from

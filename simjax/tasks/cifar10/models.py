@@ -10,6 +10,11 @@ Both take normalized float images [B, H, W, 3] (NHWC) and return float32 logits 
   4w->4w, global average pooling, Dense, with BatchNorm after every conv and an identity
   shortcut inside each stage.
 
+Convolutions: XLA's own (`conv_impl="xla"`), or one matmul over the k*k shifted copies of the
+padded input (`"matmul"`, `MatmulConv`): the same parameters and checkpoints, numbers equal to
+float tolerance. "auto" takes the matmul form on CPUs, where XLA's convolution is the slower path
+(measured in docs/cifar10.md), and XLA's on GPUs and TPUs.
+
 Mixed precision: with dtype="bfloat16" convs and Dense layers compute in bfloat16, parameters stay
 float32 (`param_dtype` default), BatchNorm normalizes and keeps its statistics in float32, and the
 logits are cast back to float32 so losses and metrics never see bfloat16.
@@ -23,12 +28,14 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from simjax.settings import setting, validate
 
 HEADS = ("fc", "gap")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ARCHITECTURES = ("cnn", "resnet", "speedrun")  # MODELS, below, in this order
+CONV_IMPLS = ("auto", "xla", "matmul")
 NUM_STAGES = 3  # 32x32 inputs -> 4x4 feature maps after three 2x2 poolings
 
 # He (Kaiming) normal init for kernels followed by a ReLU: Flax's default (LeCun normal) halves the
@@ -53,6 +60,14 @@ class ModelConfig:
   fc_units: tuple[int, ...] = (512, 256)  # hidden layers of the cnn's "fc" head
   num_classes: int = 10
   dtype: str = setting("float32", "Compute dtype (params and BatchNorm stay float32).", choices=tuple(DTYPES))
+  conv_impl: str = setting(
+    "auto",
+    "How convolutions compute: xla (XLA's convolution), matmul (one matmul over shifted copies of "
+    "the input), auto (matmul on CPUs, where it is faster; xla on GPUs and TPUs). Same parameters "
+    "and checkpoints; numbers equal to float tolerance.",
+    choices=CONV_IMPLS,
+    added_later=True,
+  )
 
   def __post_init__(self):
     # Flags and JSON hand over lists; a tuple keeps the frozen config hashable (usable as a jit static).
@@ -85,10 +100,65 @@ def _prepare(images: jax.Array, dtype: Any) -> jax.Array:
   return images.astype(dtype)
 
 
-def _conv(features: int, dtype: Any, name: str, use_bias: bool = True) -> nn.Conv:
+class MatmulConv:
+  """`lax.conv_general_dilated` for flax's `nn.Conv` (its `conv_general_dilated_cls`), computed
+  as im2col by slicing: the input padded once, its kh*kw shifted copies concatenated on the
+  channel axis, and one matmul with the kernel reshaped to [kh*kw*in, out] (the order in which
+  the kernel's HWIO layout flattens). Stride 1, no dilation, one feature group, NHWC/HWIO, which
+  is every convolution of these models; anything else goes to XLA's convolution."""
+
+  def __call__(self, lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+               dimension_numbers=None, feature_group_count=1, precision=None,
+               preferred_element_type=None):  # fmt: skip
+    plain = (
+      all(s == 1 for s in window_strides)
+      and all(d == 1 for d in (lhs_dilation or ()) + (rhs_dilation or ()))
+      and feature_group_count == 1
+      and lhs.ndim == 4
+      and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    )
+    if not plain:
+      return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+        feature_group_count, precision=precision, preferred_element_type=preferred_element_type,
+      )  # fmt: skip
+    kh, kw, channels, features = rhs.shape
+    if isinstance(padding, str):
+      padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), window_strides, padding)
+    x = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
+    batch, height, width = x.shape[0], x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    patches = jnp.concatenate(
+      [x[:, i : i + height, j : j + width, :] for i in range(kh) for j in range(kw)], axis=-1
+    )
+    y = lax.dot(
+      patches.reshape(-1, kh * kw * channels),
+      rhs.reshape(kh * kw * channels, features),
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+    )
+    return y.reshape(batch, height, width, features)
+
+
+def resolve_conv_impl(conv_impl: str, platform: str) -> str:
+  """ "auto" -> "matmul" on a CPU, "xla" elsewhere (a GPU, a TPU); others as they are."""
+  if conv_impl != "auto":
+    return conv_impl
+  return "matmul" if platform == "cpu" else "xla"
+
+
+def conv(features: int, kernel_size, conv_impl: str, **kwargs) -> nn.Conv:
+  """`nn.Conv` computing as `conv_impl` ("xla" or "matmul"): the same parameters either way."""
+  assert conv_impl in ("xla", "matmul"), conv_impl  # "auto" is resolved by make_model
   return nn.Conv(
-    features, (3, 3), padding="SAME", use_bias=use_bias, kernel_init=_RELU_INIT, dtype=dtype, name=name
+    features, kernel_size, conv_general_dilated_cls=MatmulConv if conv_impl == "matmul" else None, **kwargs
   )
+
+
+def _conv(features: int, dtype: Any, name: str, conv_impl: str, use_bias: bool = True) -> nn.Conv:
+  return conv(
+    features, (3, 3), conv_impl, padding="SAME", use_bias=use_bias, kernel_init=_RELU_INIT, dtype=dtype,
+    name=name,
+  )  # fmt: skip
 
 
 class ClassicCNN(nn.Module):
@@ -103,8 +173,8 @@ class ClassicCNN(nn.Module):
     x = _prepare(images, dtype)
     for stage in range(NUM_STAGES):
       features = cfg.width * 2**stage
-      x = nn.relu(_conv(features, dtype, f"conv_{stage}_0")(x))
-      x = nn.relu(_conv(features, dtype, f"conv_{stage}_1")(x))
+      x = nn.relu(_conv(features, dtype, f"conv_{stage}_0", cfg.conv_impl)(x))
+      x = nn.relu(_conv(features, dtype, f"conv_{stage}_1", cfg.conv_impl)(x))
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
       # The last stage's dropout is the head's dropout before its first Dense: dropping twice in a row
       # would silently raise the rate to 1 - (1 - p)^2, and for "gap" it belongs after the averaging.
@@ -132,13 +202,14 @@ class ResidualStage(nn.Module):
 
   features: int
   dtype: Any
+  conv_impl: str
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    y1 = nn.relu(self._bn(_conv(self.features, self.dtype, "conv_0", use_bias=False)(x), train, "bn_0"))
-    branch = self._bn(
-      _conv(self.features, self.dtype, "conv_1", use_bias=False)(y1), train, "bn_1", zero=True
-    )
+    conv_0 = _conv(self.features, self.dtype, "conv_0", self.conv_impl, use_bias=False)
+    y1 = nn.relu(self._bn(conv_0(x), train, "bn_0"))
+    conv_1 = _conv(self.features, self.dtype, "conv_1", self.conv_impl, use_bias=False)
+    branch = self._bn(conv_1(y1), train, "bn_1", zero=True)
     return nn.relu(branch + y1).astype(self.dtype)
 
   def _bn(self, x: jax.Array, train: bool, name: str, zero: bool = False) -> jax.Array:
@@ -164,11 +235,11 @@ class ResNet(nn.Module):
     cfg = self.config
     dtype = cfg.compute_dtype
     x = _prepare(images, dtype)
-    x = ResidualStage(cfg.width, dtype, name="stage_0")(x, train=train)
+    x = ResidualStage(cfg.width, dtype, cfg.conv_impl, name="stage_0")(x, train=train)
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = ResidualStage(2 * cfg.width, dtype, name="stage_1")(x, train=train)
+    x = ResidualStage(2 * cfg.width, dtype, cfg.conv_impl, name="stage_1")(x, train=train)
     x = nn.avg_pool(x, (2, 2), strides=(2, 2))
-    x = ResidualStage(4 * cfg.width, dtype, name="stage_2")(x, train=train)
+    x = ResidualStage(4 * cfg.width, dtype, cfg.conv_impl, name="stage_2")(x, train=train)
     x = jnp.mean(x, axis=(1, 2))
     x = _dropout(x, cfg.dropout, train)
     # The classifier runs in float32 even under bf16: cheap, and the logits keep their precision.
@@ -230,13 +301,15 @@ class SpeedrunBlock(nn.Module):
 
   features: int
   dtype: Any
+  conv_impl: str
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     for i in range(2):
-      x = nn.Conv(
+      x = conv(
         self.features,
         (3, 3),
+        self.conv_impl,
         padding="SAME",
         use_bias=False,
         kernel_init=dirac_init(),
@@ -272,10 +345,11 @@ class SpeedrunNet(nn.Module):
     dtype = cfg.compute_dtype
     x = _prepare(images, dtype)
     channels = 2 * WHITEN_PATCH * WHITEN_PATCH * 3
-    x = nn.Conv(channels, (WHITEN_PATCH, WHITEN_PATCH), padding="VALID", dtype=dtype, name="whiten")(x)
+    patch = (WHITEN_PATCH, WHITEN_PATCH)
+    x = conv(channels, patch, cfg.conv_impl, padding="VALID", dtype=dtype, name="whiten")(x)
     x = nn.gelu(x, approximate=False)
     for i, features in enumerate((cfg.width, 4 * cfg.width, 4 * cfg.width)):
-      x = SpeedrunBlock(features, dtype, name=f"block_{i}")(x, train=train)
+      x = SpeedrunBlock(features, dtype, cfg.conv_impl, name=f"block_{i}")(x, train=train)
     # Max over the whole final map: 3x3 for CIFAR's 32x32 images, so the recipe's max-pool 3
     # (the same XLA op and numbers); other sizes (e.g. small compile checks) still end in 1x1.
     x = nn.max_pool(x, x.shape[1:3], strides=x.shape[1:3])
@@ -312,9 +386,11 @@ def _dropout(x: jax.Array, rate: float, train: bool) -> jax.Array:
 MODELS = dict(zip(ARCHITECTURES, (ClassicCNN, ResNet, SpeedrunNet)))
 
 
-def make_model(config: ModelConfig) -> nn.Module:
-  """The model for `config`; call it as `model.apply(variables, images, train=...)`."""
-  return MODELS[config.architecture](config)
+def make_model(config: ModelConfig, platform: str | None = None) -> nn.Module:
+  """The model for `config` on `platform` ("cpu", "tpu", "gpu", ...; None: JAX's default
+  backend), which resolves conv_impl "auto"; call it as `model.apply(variables, images, train=...)`."""
+  conv_impl = resolve_conv_impl(config.conv_impl, platform or jax.default_backend())
+  return MODELS[config.architecture](dataclasses.replace(config, conv_impl=conv_impl))
 
 
 def init_variables(model: nn.Module, rng: jax.Array, image_shape=(32, 32, 3)) -> dict[str, Any]:

@@ -94,12 +94,14 @@ def create_train_state(
   total_steps: int,
   whitening_images: np.ndarray | None = None,
   image_size: int = 32,
+  platform: str | None = None,
 ) -> TrainState:
   """One replica per seed, stacked (see simjax.replicas). The speedrun net's whitening conv
   is computed from `whitening_images` (uint8, e.g. the first 5,000 of the train split);
   without them (eval, predict) it is left for a checkpoint to fill. `image_size`: CIFAR's 32,
-  or smaller for programs compiled only to check them (the fc head's shape depends on it)."""
-  model = make_model(model_config)
+  or smaller for programs compiled only to check them (the fc head's shape depends on it).
+  `platform`: where the programs run (models.make_model; None: JAX's default backend)."""
+  model = make_model(model_config, platform)
   tx = optim.make_optimizer(optim_config, steps_per_epoch, total_steps, labels=param_groups(model_config))
   plateau = optim.plateau_transform(optim_config)
 
@@ -411,7 +413,13 @@ def programs(
   )
   state = abstract_state(
     lambda seeds: create_train_state(
-      seeds, model, optim_config, steps_per_epoch=steps, total_steps=steps, image_size=image_size
+      seeds,
+      model,
+      optim_config,
+      steps_per_epoch=steps,
+      total_steps=steps,
+      image_size=image_size,
+      platform=mesh.devices.flat[0].platform,
     ),
     num_seeds,
     replicated,
@@ -585,6 +593,7 @@ class Cifar10Task(Task):
       steps_per_epoch=prepared.steps,
       total_steps=prepared.steps * prepared.config.epochs,
       whitening_images=prepared.train_split.images[:WHITENING_IMAGES],
+      platform=prepared.mesh.devices.flat[0].platform,
     )
     return jax.device_put(state, sharding.replicated(prepared.mesh))
 

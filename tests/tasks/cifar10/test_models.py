@@ -1,3 +1,4 @@
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -7,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from simjax.tasks.cifar10 import models
 from simjax.tasks.cifar10.models import ModelConfig, init_variables, make_model, param_count
 
 BATCH = 4
@@ -90,11 +92,19 @@ def test_bfloat16_computes_in_bf16_with_float32_params_and_logits(structure):
   for leaf in jax.tree_util.tree_leaves(new_state):
     assert leaf.dtype == jnp.float32
 
-  # Every convolution really runs in bfloat16 (the dtype reached the layers).
-  jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, images).jaxpr
-  convs = [e for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
-  assert len(convs) == 6
-  assert all(v.aval.dtype == jnp.bfloat16 for e in convs for v in e.invars)
+  # Every convolution really runs in bfloat16 (the dtype reached the layers), in either form:
+  # XLA's convolution, or the matmul over shifted copies (its kernel [9 * in, out]).
+  def is_conv(eqn, conv_impl):
+    if conv_impl == "xla":
+      return eqn.primitive.name == "conv_general_dilated"
+    return eqn.primitive.name == "dot_general" and eqn.invars[1].aval.shape[0] % 9 == 0
+
+  for conv_impl in ("xla", "matmul"):
+    form = make_model(_config(dtype="bfloat16", conv_impl=conv_impl, **overrides))
+    jaxpr = jax.make_jaxpr(lambda v, x: form.apply(v, x, train=False))(variables, images).jaxpr
+    convs = [e for e in jaxpr.eqns if is_conv(e, conv_impl)]
+    assert len(convs) == 6, conv_impl
+    assert all(v.aval.dtype == jnp.bfloat16 for e in convs for v in e.invars)
 
   # Same parameters, same function as float32, up to bfloat16 rounding.
   _, _, evaluate32, _ = _built(_config(**overrides))
@@ -268,3 +278,56 @@ def test_unnormalized_or_badly_shaped_images_are_rejected():
     model.apply(variables, jnp.zeros((1, 32, 32, 3), jnp.uint8), train=False)
   with pytest.raises(ValueError, match=r"NHWC\), got shape \(1, 3, 32, 32\)"):
     model.apply(variables, jnp.zeros((1, 3, 32, 32)), train=False)
+
+
+# --------------------------------------------------------------------------------------
+# The convolution's two forms
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kernel,padding", [((3, 3, 5, 16), "SAME"), ((2, 2, 3, 24), "VALID")])
+def test_the_matmul_convolution_computes_xlas_convolution_and_its_gradients(kernel, padding):
+  # float32 sums in another order: each output sums kh*kw*in products, so it may move by a few
+  # ulps of the sum's magnitude (seen: 4e-6 on values of order 5), never more.
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, 9, 9, kernel[2])).astype(np.float32))
+  w = jnp.asarray(rng.normal(size=kernel).astype(np.float32))
+  numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+  forms = {
+    "xla": functools.partial(jax.lax.conv_general_dilated, dimension_numbers=numbers),
+    "matmul": functools.partial(models.MatmulConv(), dimension_numbers=numbers),
+  }
+  outputs = {name: f(x, w, (1, 1), padding) for name, f in forms.items()}
+  cotangent = jnp.asarray(rng.normal(size=outputs["xla"].shape).astype(np.float32))
+  grads = {
+    name: jax.grad(lambda x, w: jnp.vdot(f(x, w, (1, 1), padding), cotangent), argnums=(0, 1))(x, w)
+    for name, f in forms.items()
+  }
+  for got, want in zip((outputs["matmul"], *grads["matmul"]), (outputs["xla"], *grads["xla"])):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+  # Strided: not the matmul form's case; it hands the convolution to XLA.
+  strided = {name: f(x, w, (2, 2), padding) for name, f in forms.items()}
+  np.testing.assert_array_equal(strided["matmul"], strided["xla"])
+
+
+@pytest.mark.parametrize("architecture", ["cnn", "resnet", "speedrun"])
+def test_both_convolution_forms_share_parameters_and_compute_the_same_model(architecture):
+  config = _config(architecture=architecture)
+  built = {impl: make_model(dataclasses.replace(config, conv_impl=impl)) for impl in ("xla", "matmul")}
+  variables = {impl: init_variables(model, jax.random.PRNGKey(0)) for impl, model in built.items()}
+  _assert_trees_equal(variables["xla"], variables["matmul"])  # one checkpoint serves both
+  images = _images(0)
+  logits = {impl: model.apply(variables["xla"], images, train=False) for impl, model in built.items()}
+  # The float32 reordering above, through the network's layers.
+  np.testing.assert_allclose(logits["matmul"], logits["xla"], rtol=1e-4, atol=1e-5)
+
+
+def test_auto_takes_the_matmul_form_on_cpus_and_xlas_convolution_on_accelerators():
+  config = _config(architecture="resnet")
+  assert config.conv_impl == "auto"
+  images = jnp.zeros((2, 32, 32, 3))
+  for platform, convolutions in (("cpu", False), ("tpu", True), ("gpu", True)):
+    model = make_model(config, platform)
+    variables = init_variables(model, jax.random.PRNGKey(0))
+    program = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images).as_text()
+    assert ("convolution" in program) == convolutions, platform
+  with pytest.raises(ValueError, match="conv_impl must be one of auto, xla, matmul; got 'fft'"):
+    ModelConfig(conv_impl="fft")
