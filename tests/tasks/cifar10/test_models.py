@@ -320,14 +320,15 @@ def test_both_convolution_forms_share_parameters_and_compute_the_same_model(arch
   np.testing.assert_allclose(logits["matmul"], logits["xla"], rtol=1e-4, atol=1e-5)
 
 
-def test_auto_takes_the_matmul_form_on_cpus_and_xlas_convolution_on_accelerators():
-  config = _config(architecture="resnet")
-  assert config.conv_impl == "auto"
+def test_auto_takes_the_matmul_form_on_cpus_for_wide_nets_and_xlas_convolution_elsewhere():
+  wide, narrow = _config(architecture="resnet", width=32), _config(architecture="resnet", width=16)
+  assert wide.conv_impl == narrow.conv_impl == "auto"
   images = jnp.zeros((2, 32, 32, 3))
-  for platform, convolutions in (("cpu", False), ("tpu", True), ("gpu", True)):
+  cases = [(wide, "cpu", False), (narrow, "cpu", True), (wide, "tpu", True), (wide, "gpu", True)]
+  for config, platform, convolutions in cases:
     model = make_model(config, platform)
     variables = init_variables(model, jax.random.PRNGKey(0))
     program = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images).as_text()
-    assert ("convolution" in program) == convolutions, platform
+    assert ("convolution" in program) == convolutions, (config.width, platform)
   with pytest.raises(ValueError, match="conv_impl must be one of auto, xla, matmul; got 'fft'"):
     ModelConfig(conv_impl="fft")
