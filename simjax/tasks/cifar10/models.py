@@ -12,7 +12,7 @@ Both take normalized float images [B, H, W, 3] (NHWC) and return float32 logits 
 
 Convolutions: XLA's own (`conv_impl="xla"`), or one matmul over the k*k shifted copies of the
 padded input (`"matmul"`, `MatmulConv`): the same parameters and checkpoints, numbers equal to
-float tolerance. "auto" takes the matmul form on CPUs at width 32 and more, where XLA's
+float tolerance. "auto" takes the matmul form on CPUs at width 64 and more, where XLA's
 convolution is the slower path (measured in docs/cifar10.md), and XLA's on GPUs and TPUs.
 
 Mixed precision: with dtype="bfloat16" convs and Dense layers compute in bfloat16, parameters stay
@@ -63,7 +63,7 @@ class ModelConfig:
   conv_impl: str = setting(
     "auto",
     "How convolutions compute: xla (XLA's convolution), matmul (one matmul over shifted copies of "
-    "the input), auto (matmul on CPUs at width 32 and more, where it is faster; else xla). Same parameters "
+    "the input), auto (matmul on CPUs at width 64 and more, where it is faster; else xla). Same parameters "
     "and checkpoints; numbers equal to float tolerance.",
     choices=CONV_IMPLS,
     added_later=True,
@@ -139,10 +139,11 @@ class MatmulConv:
     return y.reshape(batch, height, width, features)
 
 
-# "auto" takes the matmul form on a CPU from this width on. Measured (docs/cifar10.md): whole
-# train steps at batch 128 on a 2-core AVX-512 CPU, matmul over xla: the ResNet 0.89x at width
-# 16 and 1.26x at 64, the classic CNN 1.23x at 32 and 1.35x at 64.
-MATMUL_MIN_WIDTH = 32
+# "auto" takes the matmul form on a CPU from this width on. Measured (docs/cifar10.md), whole
+# train steps on a 2-core AVX-512 CPU, matmul over xla: at width 64 faster in every case measured
+# (1.07x to 1.35x, batch 32 to 128); at 32 mixed (the classic CNN 1.23x at batch 128, the ResNet
+# 0.85x at batch 32); at 16 slower (the ResNet 0.89x).
+MATMUL_MIN_WIDTH = 64
 
 
 def resolve_conv_impl(conv_impl: str, platform: str, width: int) -> str:

@@ -321,7 +321,7 @@ def test_both_convolution_forms_share_parameters_and_compute_the_same_model(arch
 
 
 def test_auto_takes_the_matmul_form_on_cpus_for_wide_nets_and_xlas_convolution_elsewhere():
-  wide, narrow = _config(architecture="resnet", width=32), _config(architecture="resnet", width=16)
+  wide, narrow = _config(architecture="resnet", width=64), _config(architecture="resnet", width=32)
   assert wide.conv_impl == narrow.conv_impl == "auto"
   images = jnp.zeros((2, 32, 32, 3))
   cases = [(wide, "cpu", False), (narrow, "cpu", True), (wide, "tpu", True), (wide, "gpu", True)]
