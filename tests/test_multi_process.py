@@ -98,7 +98,7 @@ def similarity_flags(prepared, manual_dir):
     "--hidden_size=8",
     "--embedding_dim=8",
     "--mlp_hidden=8",
-    "--max_length=16",
+    "--max_length=8",  # one length bucket: half the programs to compile
     "--batch_size=32",
     "--epochs=4",
   ]

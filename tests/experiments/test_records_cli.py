@@ -30,7 +30,7 @@ def test_a_finished_run_with_extra_data_is_never_rewritten_by_a_rerun(prepared, 
     "--hidden_size=8",
     "--embedding_dim=8",
     "--mlp_hidden=8",
-    "--max_length=16",
+    "--max_length=8",  # one length bucket: half the programs to compile
     "--batch_size=64",
     "--epochs=2",
   ]
