@@ -285,6 +285,9 @@ def summary(times: dict[str, list[float]], flops: float | None, peak: float) -> 
     "jax_seconds_per_step": jax_s,
     "torch_seconds_per_step": torch_s,
     "torch_over_jax": torch_s / jax_s,
+    # Each round runs the same batches in both frameworks: the median of the rounds' own
+    # ratios is steadier than the ratio of medians when rounds differ (batch lengths, noise).
+    "torch_over_jax_by_round": statistics.median(t / j for j, t in zip(times["jax"], times["torch"])),
     "rounds": times,
     "flops_per_step": flops,
     "fraction_of_peak": {"jax": flops / jax_s / peak, "torch": flops / torch_s / peak} if flops else None,
@@ -297,6 +300,8 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--steps", type=int, default=5, help="steps per round and framework")
   args = parser.parse_args()
+  if os.path.exists(args.out):  # a record is never rewritten: each run keeps its own file
+    sys.exit(f"error: {args.out} exists (a finished benchmark's record): pass another --out")
   torch.set_num_threads(os.cpu_count() or 1)
   torch.manual_seed(0)
   peak = peak_matmul_flops()
@@ -324,13 +329,13 @@ def main() -> None:
   results["lstm"]["model"] = model
   print(f"lstm: {_line(results['lstm'])}", flush=True)
   record = {
+    **run_records.provenance(),
     "command": "python benchmarks/peer_torch.py " + " ".join(sys.argv[1:]),
     "results": results,
     "peak_matmul_flops_per_second": peak,
     "threads": {"torch": torch.get_num_threads(), "cpu_count": os.cpu_count()},
     "torch_version": torch.__version__,
     "cpu_flags": run_records.cpu_flags(),
-    **run_records.provenance(),
   }
   with open(args.out, "w") as f:
     json.dump(record, f, indent=2)

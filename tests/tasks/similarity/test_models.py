@@ -111,6 +111,38 @@ def test_dropout_only_between_layers_and_only_in_training():
   assert not np.allclose(*noisy)
 
 
+def _encoded_one_by_one(model, ids_a, lengths_a, ids_b, lengths_b, train):
+  """The score of each sentence encoded on its own, in the model's scope (its dropout streams)."""
+  return lambda m: m.head(m.encode(ids_a, lengths_a, train=train), m.encode(ids_b, lengths_b, train=train))
+
+
+@pytest.mark.parametrize("cell,bidirectional", [("rnn", False), ("lstm", True), ("gru", True)])
+def test_a_pair_batch_scores_as_its_sentences_encoded_one_by_one(cell, bidirectional):
+  # Without dropout, both sentences of the pairs go through one scan: the scores and their
+  # gradients are those of each sentence encoded on its own, to float32 rounding (the larger
+  # batch's matmuls may sum in another order).
+  config = _tiny(cell=cell, bidirectional=bidirectional, head="mlp", num_layers=2)
+  model, variables = _init(config)
+  pairs = (jnp.array([[4, 5, 6, 0], [7, 0, 0, 0]]), jnp.array([3, 1]))
+  pairs += (jnp.array([[9, 8, 7, 6], [5, 4, 0, 0]]), jnp.array([4, 2]))
+  together = lambda params: model.apply(params, *pairs, train=True)  # noqa: E731
+  one_by_one = lambda params: model.apply(params, method=_encoded_one_by_one(model, *pairs, True))  # noqa: E731
+  np.testing.assert_allclose(together(variables), one_by_one(variables), rtol=1e-6)
+  grads = [jax.grad(lambda p, f=f: jnp.sum(f(p)))(variables) for f in (together, one_by_one)]
+  for got, want in zip(jax.tree_util.tree_leaves(grads[0]), jax.tree_util.tree_leaves(grads[1])):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  # With dropout in training, each sentence draws its own masks from the same streams as when
+  # it was encoded on its own: the same numbers exactly.
+  model, variables = _init(
+    _tiny(cell=cell, bidirectional=bidirectional, word_dropout=0.3, embedding_dropout=0.2)
+  )
+  rngs = {"dropout": jax.random.PRNGKey(1)}
+  np.testing.assert_array_equal(
+    model.apply(variables, *pairs, train=True, rngs=rngs),
+    model.apply(variables, method=_encoded_one_by_one(model, *pairs, True), rngs=rngs),
+  )
+
+
 def test_pretrained_embeddings_are_loaded_and_shape_checked():
   _, variables = _init(_tiny())
   matrix = np.arange(VOCAB * 6, dtype=np.float32).reshape(VOCAB, 6)
