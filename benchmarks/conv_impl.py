@@ -47,6 +47,8 @@ def main() -> None:
   parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "conv_impl_cpu.json"))
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
+  if os.path.exists(args.out):  # a record is never rewritten: each run keeps its own file
+    sys.exit(f"error: {args.out} exists (a finished benchmark's record): pass another --out")
   measured = {}
   for flagfile in FLAGFILES:
     runs = {"xla": [], "matmul": []}
@@ -61,15 +63,13 @@ def main() -> None:
     }
     print(f"{flagfile}: xla {medians['xla']:.1f}, matmul {medians['matmul']:.1f} images/s", flush=True)
   record = {
-    "command": "python benchmarks/conv_impl.py " + " ".join(sys.argv[1:]),
+    **run_records.provenance("python benchmarks/conv_impl.py " + " ".join(sys.argv[1:])),
     "flags": list(SLICE),
     "repeats": args.repeats,
     "results": measured,
     "cpu_flags": run_records.cpu_flags(),
-    **run_records.provenance(),
   }
-  with open(args.out, "w") as f:
-    json.dump(record, f, indent=2)
+  run_records.write_json(args.out, record)
   print(f"written: {args.out}")
 
 

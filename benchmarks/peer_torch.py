@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 import sys
@@ -329,16 +328,14 @@ def main() -> None:
   results["lstm"]["model"] = model
   print(f"lstm: {_line(results['lstm'])}", flush=True)
   record = {
-    **run_records.provenance(),
-    "command": "python benchmarks/peer_torch.py " + " ".join(sys.argv[1:]),
+    **run_records.provenance("python benchmarks/peer_torch.py " + " ".join(sys.argv[1:])),
     "results": results,
     "peak_matmul_flops_per_second": peak,
     "threads": {"torch": torch.get_num_threads(), "cpu_count": os.cpu_count()},
     "torch_version": torch.__version__,
     "cpu_flags": run_records.cpu_flags(),
   }
-  with open(args.out, "w") as f:
-    json.dump(record, f, indent=2)
+  run_records.write_json(args.out, record)
   print(f"written: {args.out}")
 
 
