@@ -57,7 +57,9 @@ def define_flags() -> None:
     lower_bound=1,
   )
   flags.DEFINE_string("eval_split", None, "Evaluated split (default: validation / test[:1000]).")
-  flags.DEFINE_enum("epoch_loop", "auto", list(cifar10_task.EPOCH_LOOPS), "CIFAR: see experiments.main --helpfull.")
+  flags.DEFINE_enum(
+    "epoch_loop", "auto", list(cifar10_task.EPOCH_LOOPS), "CIFAR: see experiments.main --helpfull."
+  )
   cli_flags.define_compilation_cache_flag()
 
 

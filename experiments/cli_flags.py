@@ -24,8 +24,9 @@ def define_training_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_enum(
     "mode",
     "train",
-    ["train", "eval", "predict"],
-    "train (resumes from --workdir), eval (best checkpoint on dev and test), predict (from --input).",
+    ["train", "eval", "predict", "transfer"],
+    "train (resumes from --workdir), eval (best checkpoint on dev and test), predict (from --input), "
+    "transfer (sentences: STS12-16, STS-B and SICK-R, written to <workdir>/transfer.json).",
     flag_values=flag_values,
   )
   flags.DEFINE_string(

@@ -38,6 +38,10 @@ def main(argv):
   console.quiet_library_logs()
   lifecycle.apply_determinism()
   modes = {"train": task.train, "eval": task.evaluate, "predict": lambda: task.predict(inputs)}
+  if hasattr(task, "transfer_mode"):
+    modes["transfer"] = task.transfer_mode
+  if FLAGS.mode not in modes:
+    raise app.UsageError(f"--mode={FLAGS.mode} is for sentence encoders, and this is a {task_name} run")
 
   def run():
     lifecycle.initialize_distributed()  # before JAX is used; a coordinator out of reach: one error line

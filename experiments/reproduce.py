@@ -29,7 +29,7 @@ from typing import Callable
 
 from absl import app, flags
 
-from experiments import cli_flags, lifecycle, plot, study
+from experiments import cli_flags, lifecycle, plot, study, transfer_table
 from simjax import run_records
 from simjax.summary import mean_std_text
 
@@ -112,6 +112,8 @@ class Experiment:
   label: str = ""  # an ablation step: what it changes
   published: tuple[str, float] | None = None  # a best recipe: the published number to beat
   target: float | None = None  # a best recipe: the test Pearson it aims at (mean over seeds)
+  after: str | None = None  # a transfer run: the experiment whose trained workdir it scores
+  encoder: str = "trained"  # a transfer run: trained (the workdir of `after`) or a baseline
 
 
 def _sentence(variant: str, dataset: str, seconds: float) -> Experiment:
@@ -212,6 +214,40 @@ BEST = [
   _best("best_stsb", "stsb", ("InferSent, fastText vectors", 0.784), 0.78, 185.0),
 ]
 
+
+def _transfer(label: str, after: str | None = None, encoder: str = "trained") -> Experiment:
+  """A transfer run (--mode=transfer): a trained experiment's workdir, or a baseline, on STS12-16,
+  STS-B and SICK-R; its record is transfer.json in the workdir it scores (a baseline: its own)."""
+  name = f"transfer_{after or encoder}"
+  return Experiment(
+    name, "", "similarity", "transfer", {}, 20.0, group="transfer", label=label, after=after, encoder=encoder
+  )
+
+
+# The encoders of the transfer table: ours on each dataset, the best recipes, the study's settings'
+# best variant, and the baselines without training.
+TRANSFER = [
+  _transfer("ours on STS-B (lstm_glove)", "lstm_glove_stsb"),
+  _transfer("ours on SICK (lstm_glove)", "lstm_glove_sick"),
+  _transfer("best recipe on STS-B", "best_stsb"),
+  _transfer("best recipe on SICK", "best_sick"),
+  _transfer("the study's settings, its best variant (study_lstm_glove)", "study_lstm_glove"),
+  _transfer("GloVe mean (no training)", encoder="glove_mean"),
+  _transfer("SIF (no training)", encoder="sif"),
+]
+
+# Published figures for the same sets (x 100), each with its paper, table and metric: Sentence-BERT's
+# Table 1 is what the transfer table shows (Spearman of the cosine, a year's subsets pooled, STS-B
+# test); SIF's Table 1 is Pearson, a year's subsets averaged (its STS12 has MSRvid, its STS13 SMT).
+_SBERT = "Reimers & Gurevych 2019 (Sentence-BERT), Table 1: Spearman, cosine, pooled"
+_SIF = "Arora, Liang & Ma 2017 (SIF), Table 1: Pearson, mean of a year's subsets"
+PUBLISHED_TRANSFER = [
+  ("Avg. GloVe embeddings", _SBERT, {"STS12": 55.14, "STS13": 70.66, "STS14": 59.73, "STS15": 68.25, "STS16": 63.66, "STSB test": 58.02, "SICK-R": 53.76}),
+  ("InferSent (GloVe)", _SBERT, {"STS12": 52.86, "STS13": 66.75, "STS14": 62.15, "STS15": 72.77, "STS16": 66.87, "STSB test": 68.03, "SICK-R": 65.65}),
+  ("avg-GloVe", _SIF, {"STS12": 52.5, "STS13": 42.3, "STS14": 54.2, "STS15": 52.7, "SICK-R": 65.9}),
+  ("GloVe+WR (SIF)", _SIF, {"STS12": 56.2, "STS13": 56.6, "STS14": 68.5, "STS15": 71.7, "SICK-R": 72.2}),
+]  # fmt: skip
+
 # The sentence experiments' seconds a seed: their training seconds (5 seeds stacked) on the 2-core
 # AMD EPYC CPU machine (jax 0.10.2), over 5; the ablation's and best recipes' are set above.
 EXPERIMENTS = [
@@ -236,6 +272,7 @@ EXPERIMENTS = [
   ),
   *_ablation(),
   *BEST,
+  *TRANSFER,
   *(_cnn(structure) for structure in (*study.CNN_STRUCTURES, "cnn_resnet")),
 ]
 CNN_STRUCTURES = study.CNN_STRUCTURES
@@ -247,6 +284,7 @@ QUICK_FLAGS = {
     "--epochs=3",
   ],
   "cifar10": ["--train_split=train[:512]", "--eval_split=test[:500]", "--epochs=2", "--batch_size=128"],
+  "transfer": ["--transfer_max_pairs=100"],
 }
 
 
@@ -259,6 +297,8 @@ def selected(only: list[str]) -> list[Experiment]:
   chosen = [e for e in EXPERIMENTS if {e.name, e.task, e.dataset, e.group} & set(only)]
   if any(e.group == "ablation" for e in chosen):  # the ablation starts from the study's settings
     chosen = [e for e in EXPERIMENTS if e in chosen or e.name == ABLATION_START]
+  scored = {e.after for e in chosen}  # a transfer run needs the workdir it scores
+  chosen = [e for e in EXPERIMENTS if e in chosen or e.name in scored]
   known = {name for e in EXPERIMENTS for name in (e.name, e.task, e.dataset, e.group)}
   unknown = sorted(set(only) - known)
   if unknown:
@@ -275,6 +315,12 @@ def command(
   backend: str = "gpu",
   cnn_seeds: str = "auto",
 ) -> list[str]:
+  if experiment.group == "transfer":
+    workdir = os.path.join(report_dir, "runs", experiment.after or experiment.name)
+    args = ["--mode=transfer", f"--workdir={workdir}"]
+    if experiment.encoder != "trained":
+      args.append(f"--transfer_encoder={experiment.encoder}")
+    return ["python", "-m", "experiments.main", *args, *(QUICK_FLAGS["transfer"] if quick else []), *extra]
   args = [f"--flagfile={experiment.flagfile}", *experiment.flags]
   if experiment.task == "similarity":
     args.append(f"--dataset={experiment.dataset}")
@@ -426,8 +472,13 @@ def run_experiments(
   waiting, running = list(todo), []
   try:
     while waiting or running:
-      while waiting and len(running) < jobs:
-        experiment = waiting.pop(0)
+      while len(running) < jobs:
+        # The first that may start: a transfer run waits for the run it scores.
+        busy = {e.name for e in waiting} | {r.experiment.name for r in running}
+        experiment = next((e for e in waiting if e.after not in busy), None)
+        if experiment is None:
+          break
+        waiting.remove(experiment)
         on_started(experiment)
         prefix = "  " if jobs == 1 else f"  [{experiment.name}] "
         held = {r.cores for r in running}
@@ -476,7 +527,13 @@ def _stop(running: list[Running], sig: int) -> None:
 
 
 def finished(experiment: Experiment, report_dir: str) -> bool:
+  if experiment.group == "transfer":
+    return os.path.exists(_transfer_record(report_dir, experiment))
   return os.path.exists(os.path.join(report_dir, "runs", experiment.name, "results.json"))
+
+
+def _transfer_record(report_dir: str, experiment: Experiment) -> str:
+  return os.path.join(report_dir, "runs", experiment.after or experiment.name, "transfer.json")
 
 
 # --------------------------------------------------------------------------------------
@@ -582,6 +639,47 @@ def _best_lines(experiments: list[Experiment], loaded: dict, commands: dict) -> 
   return lines
 
 
+def _transfer_lines(report_dir: str, experiments: list[Experiment], commands: dict) -> list[str]:
+  """Every encoder on STS12-16, STS-B and SICK-R (its transfer.json), beside published figures."""
+  encoders = [e for e in experiments if e.group == "transfer"]
+  if not encoders:
+    return []
+  rows, missing = [], []
+  for e in encoders:
+    path = _transfer_record(report_dir, e)
+    if not os.path.exists(path):
+      missing.append(f"{e.label} (`{' '.join(commands[e.name])}`)")
+      continue
+    with open(path) as f:
+      record = json.load(f)
+    seeds = record.get("encoder", {}).get("seeds")
+    label = f"{e.label}{f', {len(seeds)} seeds' if seeds else ''}"
+    rows += [(label, record, kind) for kind in ("head", "cosine") if kind in record["sets"][0]["scores"]]
+  lines = [
+    "",
+    "## Transfer: every encoder on STS12-16, STS-B and SICK-R",
+    "",
+    "Spearman × 100 of each encoder's scores against the gold scores: `head` is the score a model "
+    "was trained to output, `cosine` the cosine of its two sentence vectors (the unsupervised "
+    "setting of the published tables). STS12-16: the year's subsets pooled (SentEval's `all`); "
+    "STS-B and SICK-R: test. Ours: mean over seeds, each at its best dev epoch; the pairs an "
+    "encoder trained on are removed from every set first (counts, per-subset figures, Pearson and "
+    "SentEval's mean / wmean: each run's transfer.json, and `--mode=transfer` prints them). "
+    "Our STS12 lacks MSRvid (not in the offline SemEval collection); the baselines use GloVe 6B "
+    "50-d, SIF with word frequencies by Zipf's law over GloVe's frequency rank.",
+    "",
+  ]
+  if rows:
+    lines += transfer_table.summary_lines(rows)
+    if any(record["settings"].get("max_pairs") for _, record, _ in rows):
+      lines += ["", "(quick: the first pairs of each set only; not comparable with published figures)"]
+  lines += ["", "Published figures for the same sets (other word vectors and training data; cited):", ""]
+  lines += transfer_table.published_lines(PUBLISHED_TRANSFER)
+  if missing:
+    lines += ["", "Not run yet: " + "; ".join(missing)]
+  return lines
+
+
 def _ablation_path(experiments: list[Experiment]) -> list[tuple[Experiment, str]]:
   """The ablation's rows: its start (the study's settings), then its steps."""
   steps = [e for e in experiments if e.group == "ablation"]
@@ -633,6 +731,7 @@ def write_report(report_dir: str, plan: dict, experiments: list[Experiment]) -> 
     *_pearson_lines(experiments, loaded, commands),
     *_ablation_lines(experiments, loaded, commands),
     *_best_lines(experiments, loaded, commands),
+    *_transfer_lines(report_dir, experiments, commands),
     *_mse_lines(experiments, loaded),
     *_cifar_lines(experiments, loaded, commands),
     *_figure_lines(report_dir, experiments, loaded),
@@ -682,7 +781,9 @@ def _pearson_lines(experiments: list[Experiment], loaded: dict, commands: dict) 
     "| experiment | dataset | study | ours (mean ± std) | n | min – max | last epoch | ensemble | command |",
     "|---|---|---|---|---|---|---|---|---|",
   ]
-  for e in (e for e in experiments if e.task == "similarity" and e.group not in ("ablation", "best")):
+  for e in (
+    e for e in experiments if e.task == "similarity" and e.group not in ("ablation", "best", "transfer")
+  ):
     run = loaded[e.name]
     pearson = e.study.get("test.pearson")
     study_text = f"{pearson:.3f}" if pearson is not None else "–"

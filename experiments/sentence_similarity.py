@@ -8,8 +8,8 @@ import sys
 import numpy as np
 from absl import flags
 
-from experiments import cli_flags, console, workdirs
-from simjax.tasks.similarity import datasets, input_pipeline, task as training
+from experiments import cli_flags, console, transfer_table, workdirs
+from simjax.tasks.similarity import datasets, input_pipeline, task as training, transfer
 from simjax.tasks.similarity.models import ModelConfig
 
 FLAGS = flags.FLAGS
@@ -24,6 +24,23 @@ flags.DEFINE_string(
 cli_flags.define_settings(training.DataConfig)
 cli_flags.define_settings(ModelConfig)
 cli_flags.define_settings(training.TrainConfig)  # best_metric
+
+flags.DEFINE_enum(
+  "transfer_encoder",
+  "trained",
+  ["trained", *transfer.WordVectorBaseline.KINDS],
+  "--mode=transfer: what to score; trained = the trained --workdir, glove_mean and sif = baselines "
+  "without training (their record goes to --workdir).",
+)
+flags.DEFINE_list(
+  "transfer_sets", list(transfer.GROUPS), f"--mode=transfer: the datasets ({', '.join(transfer.GROUPS)})."
+)
+flags.DEFINE_integer(
+  "transfer_max_pairs",
+  0,
+  "--mode=transfer: > 0 scores the first N pairs of each set (a quick check).",
+  lower_bound=0,
+)
 
 DEFAULT_EVAL_SPLIT = "validation"  # dev: model selection and the plateau schedule
 
@@ -127,6 +144,40 @@ def predict(paths: list[str]) -> None:
   # A multi-seed workdir predicts with the mean of its seeds (an ensemble).
   for score in scores.mean(axis=0):
     print(f"{score:.4f}")
+
+
+def transfer_mode() -> None:
+  """--mode=transfer: the trained --workdir (or a baseline) on STS12-16, STS-B and SICK-R."""
+  common = {
+    "data_dir": FLAGS.data_dir,
+    "manual_dir": FLAGS.manual_dir,
+    "groups": tuple(FLAGS.transfer_sets),
+    "max_pairs": FLAGS.transfer_max_pairs,
+    "command": cli_flags.command_line(),
+  }
+  if FLAGS.transfer_encoder == "trained":
+    record, path = transfer.transfer_trained(workdir(), batch_size=FLAGS.batch_size, **common)
+    what = (
+      f"{workdir()} (trained on {record['encoder']['dataset']}, {len(record['encoder']['seeds'])} seed(s))"
+    )
+  elif not FLAGS.workdir:
+    raise ValueError(
+      f"--transfer_encoder={FLAGS.transfer_encoder}: pass --workdir, the folder its transfer.json goes to"
+    )
+  else:
+    record, path = transfer.transfer_baseline(
+      FLAGS.transfer_encoder, FLAGS.workdir, glove_path=FLAGS.glove_path, **common
+    )
+    what = f"the {FLAGS.transfer_encoder} baseline"
+    if FLAGS.transfer_encoder == "sif":
+      what += f" (word frequencies: {record['encoder']['word_frequencies']})"
+  print(f"Transfer of {what}: Spearman and Pearson x 100, mean over seeds; pairs it trained on removed")
+  print("\n".join(transfer_table.set_lines(record)))
+  if FLAGS.transfer_max_pairs:
+    print(
+      f"only the first {FLAGS.transfer_max_pairs} pairs of each set: a check of the pipeline, not figures to compare"
+    )
+  print(f"transfer recorded in {path}" if path else f"{workdir()} is read-only: nothing recorded")
 
 
 def _print_final(results, where: str) -> None:

@@ -241,6 +241,29 @@ def test_a_killed_run_resumes_to_the_same_numbers_and_eval_and_predict_use_a_tra
     "error: stdin, line 1: expected 'sentence1<TAB>sentence2', found 1 tab-separated field(s)"
   )
 
+  # The trained encoder on other datasets: a table on stdout, transfer.json in the workdir.
+  where = [f"--data_dir={prepared('stsb')}", f"--manual_dir={manual_dir}"]
+  transferred = _run(
+    "--mode=transfer", f"--workdir={workdir}", "--transfer_sets=STS13,STSB", "--transfer_max_pairs=16", *where
+  )
+  assert transferred.returncode == 0, transferred.stderr
+  assert (
+    "| STS13 FNWN | 16 | 0 | 0 |" in transferred.stdout and "| **STS13 all** | 48 |" in transferred.stdout
+  )
+  assert f"transfer recorded in {workdir / 'transfer.json'}" in transferred.stdout
+  record = json.load(open(workdir / "transfer.json"))
+  assert [s["set"] for s in record["sets"]] == ["FNWN", "headlines", "OnWN", "dev", "test"]
+  # An STS-B model trained on train[:128]: whatever of the first dev and test pairs it holds is gone.
+  assert all(s["pairs"] + s["removed_training_pairs"] == 16 for s in record["sets"])
+  other = _run(
+    "--mode=transfer", f"--workdir={workdir}", "--transfer_sets=STS13", "--transfer_max_pairs=16", *where
+  )
+  assert (
+    other.returncode == 1
+    and other.stderr.startswith("error: ")
+    and "holds a transfer run of other settings (sets" in other.stderr
+  )
+
 
 def test_cifar_train_eval_and_predict_on_the_command_line(cifar_data_dir, tmp_path):
   from PIL import Image

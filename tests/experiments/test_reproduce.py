@@ -23,9 +23,19 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 def test_every_study_experiment_has_a_flagfile_and_a_quick_command():
   for experiment in reproduce.EXPERIMENTS:
-    assert (REPO / "experiments" / experiment.flagfile).is_file()
     argv = reproduce.command(experiment, "reports/x", 5, True, [])
+    if experiment.group == "transfer":  # scores a trained workdir (or a baseline's own folder)
+      scored = experiment.after or experiment.name
+      assert argv[3:5] == ["--mode=transfer", f"--workdir=reports/x/runs/{scored}"]
+      assert "--transfer_max_pairs=100" in argv
+      continue
+    assert (REPO / "experiments" / experiment.flagfile).is_file()
     assert "--num_seeds=5" in argv and "--workdir=reports/x/runs/" + experiment.name in argv
+  transfers = {e.name: e for e in reproduce.EXPERIMENTS if e.group == "transfer"}
+  assert {e.after for e in transfers.values()} - {None} <= {e.name for e in reproduce.EXPERIMENTS}
+  assert "--transfer_encoder=sif" in reproduce.command(transfers["transfer_sif"], "r", 2, False, [])
+  # A transfer run brings the run it scores.
+  assert {e.name for e in reproduce.selected(["transfer_best_sick"])} == {"best_sick", "transfer_best_sick"}
   assert {e.name for e in reproduce.selected(["sick"])} == {
     "rnn_sick",
     "lstm_sick",
@@ -250,6 +260,71 @@ def test_runs_at_once_keep_their_own_logs_and_the_first_failure_stops_the_others
       [_fake("quick"), _fake("saving")], commands, str(tmp_path), 2, lambda e: None, preempted
     )
   assert (tmp_path / "logs" / "saving.log").read_text().splitlines()[1:] == ["started", "saved"]
+
+
+def test_a_transfer_run_starts_only_once_the_run_it_scores_has_finished(tmp_path):
+  stamp = tmp_path / "trained"
+  commands = {
+    "train": ["python", "-c", f"import time, pathlib; time.sleep(1); pathlib.Path({str(stamp)!r}).touch()"],
+    "score": [
+      "python",
+      "-c",
+      f"import pathlib, sys; sys.exit(0 if pathlib.Path({str(stamp)!r}).exists() else 5)",
+    ],
+    "other": ["python", "-c", "pass"],
+  }
+  order = []
+  score = reproduce.Experiment(
+    "score", "", "similarity", "transfer", {}, 1.0, group="transfer", after="train"
+  )
+  reproduce.run_experiments(
+    [_fake("train"), score, _fake("other")],
+    commands,
+    str(tmp_path),
+    2,
+    lambda e: order.append(e.name),
+    lambda e, s: None,
+  )  # raises ExperimentFailed if `score` ran before `train` had finished
+  assert order == ["train", "other", "score"]  # the free job went to the next that could start
+
+
+def test_the_transfer_table_shows_every_encoder_beside_published_figures(tmp_path):
+  def record(spearman, kinds, seeds=None):
+    sets = [
+      {"group": g, "set": n, "scores": {k: {"spearman": spearman, "pearson": spearman} for k in kinds}}
+      for g, n in (("STS12", "MSRpar"), ("STSB", "dev"), ("STSB", "test"), ("SICK-R", "test"))
+    ]
+    years = {"STS12": {"scores": {k: {"all": {"spearman": spearman + 0.1}} for k in kinds}}}
+    return {
+      "settings": {"max_pairs": 0},
+      "encoder": {"seeds": seeds} if seeds else {},
+      "sets": sets,
+      "years": years,
+    }
+
+  runs = tmp_path / "runs"
+  for folder, content in (
+    ("best_stsb", record(0.5, ("head", "cosine"), [0, 1])),
+    ("transfer_sif", record(0.25, ("cosine",))),
+  ):
+    (runs / folder).mkdir(parents=True)
+    (runs / folder / "transfer.json").write_text(json.dumps(content))
+  chosen = [
+    e
+    for e in reproduce.EXPERIMENTS
+    if e.name in ("transfer_best_stsb", "transfer_sif", "transfer_glove_mean")
+  ]
+  commands = {e.name: reproduce.command(e, str(tmp_path), 2, False, []) for e in chosen}
+  lines = reproduce._transfer_lines(str(tmp_path), chosen, commands)
+  table = [line for line in lines if line.startswith("| ")]
+  assert table[0] == "| encoder | score | STS12 | STSB test | SICK-R |"
+  assert table[1:4] == [
+    "| best recipe on STS-B, 2 seeds | head | 60.0 | 50.0 | 50.0 |",
+    "| best recipe on STS-B, 2 seeds | cosine | 60.0 | 50.0 | 50.0 |",
+    "| SIF (no training) | cosine | 35.0 | 25.0 | 25.0 |",
+  ]
+  assert any("Arora" in line for line in table[4:])  # the published rows, cited
+  assert "Not run yet: GloVe mean (no training)" in lines[-1]
 
 
 def test_a_runs_log_holds_each_line_while_the_run_is_under_way(tmp_path):

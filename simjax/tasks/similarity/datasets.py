@@ -272,6 +272,11 @@ class SemevalSts(_SentencePairBuilder):
   STS Benchmark is drawn from these sets (see leakage.py)."""
 
   name = "semeval_sts"
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+    "1.0.0": "Initial release, parsed from the original files.",
+    "1.1.0": "Records each file's rows without a score (metadata unscored_rows); the rows are unchanged.",
+  }
   YEARS = ("2012", "2013", "2014", "2015", "2016")
   FILES = {"train": "*.tsv"}  # every year's files, in year and file-name order
   SUBDIR = "semeval-sts"
@@ -315,22 +320,30 @@ class SemevalSts(_SentencePairBuilder):
 
   def _split_generators(self, dl_manager):
     files = self._raw_files(dl_manager)
-    checksums, rows = {}, []
+    checksums, rows, unscored = {}, [], {}
     for name, path in files.items():
       data = path.read_bytes()
       checksums[name] = hashlib.sha256(data).hexdigest()
-      rows += list(self._parse_file(name, path, data))
+      scored, unscored[name] = self._parse_file(name, path, data)
+      rows += scored
     self.info.metadata["sha256"] = checksums
+    self.info.metadata["unscored_rows"] = unscored
     return {"train": self._generate_examples(rows)}
 
-  def _parse_file(self, name, path, data):
+  def _parse_file(self, name, path, data) -> tuple[list, int]:
+    """The scored rows of one file, (id, sentence1, sentence2, score) with id "<year>/<file>:<line>",
+    and how many rows it has without a score (unlabeled: left out)."""
     lo, hi = self.SCORE_RANGE
+    scored, unscored = [], 0
     for line, cols in _csv_rows(path, data):
       where = f"{path}: line {line}"
       if len(cols) != 3:
         raise DataError(f"{where}: expected score<TAB>sentence1<TAB>sentence2, got {len(cols)} columns")
       if cols[0].strip():  # unlabeled rows have an empty score
-        yield f"{name}:{line}", cols[1], cols[2], _parse_score(cols[0], lo, hi, where)
+        scored.append((f"{name}:{line}", cols[1], cols[2], _parse_score(cols[0], lo, hi, where)))
+      else:
+        unscored += 1
+    return scored, unscored
 
 
 class Msrp(_SentencePairBuilder):
@@ -449,3 +462,8 @@ def load_pairs(dataset: str, split: str, data_dir: str | None, manual_dir: str |
 def source_checksums(dataset: str, data_dir: str | None, manual_dir: str | None) -> dict[str, str]:
   """sha256 of each raw source file the prepared dataset was built from: {file name: hex digest}."""
   return dict(prepare(dataset, data_dir, manual_dir).info.metadata["sha256"])
+
+
+def unscored_rows(dataset: str, data_dir: str | None, manual_dir: str | None) -> dict[str, int]:
+  """Rows of each raw file left out for want of a gold score (SemEval STS: {file: count})."""
+  return dict(prepare(dataset, data_dir, manual_dir).info.metadata.get("unscored_rows", {}))

@@ -196,6 +196,14 @@ class SiameseSimilarity(nn.Module):
   def encode(self, token_ids, lengths, *, train: bool = False) -> jax.Array:
     return self.encoder(token_ids, lengths, train=train)
 
+  def head_and_cosine(self, ids_a, lengths_a, ids_b, lengths_b) -> jax.Array:
+    """[2, B]: the head's score and the cosine of the two sentence vectors (evaluation)."""
+    both = self.encode(jnp.concatenate([ids_a, ids_b]), jnp.concatenate([lengths_a, lengths_b]))
+    u, v = jnp.split(both, 2)
+    # sqrt(x + eps) as in the cosine head: a zero vector scores 0, not NaN.
+    cosine = jnp.sum(u * v, -1) / jnp.sqrt(jnp.sum(u * u, -1) * jnp.sum(v * v, -1) + 1e-12)
+    return jnp.stack([self.head(u, v), cosine])
+
 
 def draws_dropout(config: ModelConfig) -> bool:
   """Whether training draws random masks (word, embedding or between-layer dropout)."""

@@ -321,10 +321,23 @@ def _replica_eval_step(state: TrainState, batch: dict[str, jax.Array]) -> jax.Ar
   )
 
 
+def _replica_transfer_step(state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
+  return state.apply_fn(
+    {"params": state.params},
+    batch["ids_a"],
+    batch["lengths_a"],
+    batch["ids_b"],
+    batch["lengths_b"],
+    method="head_and_cosine",
+  )
+
+
 # Every replica takes a step on its own batch ([replicas, batch, ...]); metrics are [replicas].
 train_step = jax.jit(jax.vmap(_replica_train_step))
 # Every replica scores the same batch: [replicas, batch].
 eval_step = jax.jit(jax.vmap(_replica_eval_step, in_axes=(0, None)))
+# Every replica's head score and sentence-vector cosine of the same batch: [replicas, 2, batch].
+transfer_step = jax.jit(jax.vmap(_replica_transfer_step, in_axes=(0, None)))
 
 
 def programs(
@@ -354,20 +367,27 @@ def programs(
 
 
 def predict(
-  state: TrainState, data: input_pipeline.EncodedPairs, batch_size: int, max_length: int
+  state: TrainState,
+  data: input_pipeline.EncodedPairs,
+  batch_size: int,
+  max_length: int,
+  step: Callable[[TrainState, dict[str, jax.Array]], jax.Array] = eval_step,
 ) -> np.ndarray:
   """Every replica's score of every pair of `data`, in its order: [replicas, len(data)]
-  (bucketing reorders rows; `row` undoes it)."""
+  (bucketing reorders rows; `row` undoes it). Another `step` (transfer_step) may give
+  several scores a pair: [replicas, scores, len(data)]."""
   mesh = sharding.data_mesh()
   sharding.check_batch_size(batch_size, mesh)
   state = sharding.replicate(state, mesh)  # a state restored for eval or predict sits on one device
   rows, outputs = [], []
   for batch in input_pipeline.batches(data, batch_size, max_length):
-    outputs.append(eval_step(state, sharding.shard_batch(batch, mesh)))
+    outputs.append(step(state, sharding.shard_batch(batch, mesh)))
     rows.append(batch["row"])
-  scores = np.empty((replicas.num_replicas(state), len(data)), np.float32)
-  for row, out in zip(rows, sharding.fetch(outputs)):
-    scores[:, row[row >= 0]] = out[:, row >= 0]
+  fetched = sharding.fetch(outputs)
+  per_pair = fetched[0].shape[1:-1] if fetched else ()
+  scores = np.empty((replicas.num_replicas(state), *per_pair, len(data)), np.float32)
+  for row, out in zip(rows, fetched):
+    scores[..., row[row >= 0]] = out[..., row >= 0]
   return scores
 
 
@@ -606,16 +626,8 @@ class SimilarityTask(Task):
     (the benchmark's definition: STS-B's test shares 7 pairs with it) and in the extra training
     data, from which only the splits the run was evaluated on were removed. Another test split
     may meet the extra data there: those numbers are then not of unseen pairs."""
-    trained = self.trained_data
-    wanted = {"train": trained.train_split, "dev": trained.eval_split, "test": trained.test_split}
     loaded = {self.evaluation()[name]: pairs for name, pairs in evaluated.items()}  # read once
-    pairs = {
-      name: loaded.get(split)
-      or datasets.load_pairs(trained.dataset, split, trained.data_dir, trained.manual_dir)
-      for name, split in wanted.items()
-    }
-    train, _ = training_pairs(trained, pairs)  # the train split first, then the extra data
-    own = len(pairs["train"])
+    train, own = self.trained_pairs(loaded)
     official = set(leakage.keys(train.sentence1[:own], train.sentence2[:own]))
     extra = set(leakage.keys(train.sentence1[own:], train.sentence2[own:]))
     record: dict[str, Any] = {"compared": leakage.NORMALISATION, "official_train": {}, "extra": {}}
@@ -624,6 +636,23 @@ class SimilarityTask(Task):
       record["official_train"][name] = len(leakage.evaluation_rows(keys, official))
       record["extra"][name] = len(leakage.evaluation_rows(keys, extra))
     return record
+
+  def trained_pairs(
+    self, loaded: dict[str, datasets.SentencePairs] | None = None
+  ) -> tuple[datasets.SentencePairs, int]:
+    """Every pair a trained run (from_config) trained on, rebuilt as training built them: its
+    train split, then its extra training data (extra sources, synonym pairs) without its dev and
+    test pairs; and how many of them are the train split's. `loaded` ({split: pairs}) saves
+    reading splits already read."""
+    trained, loaded = self.trained_data, loaded or {}
+    wanted = {"train": trained.train_split, "dev": trained.eval_split, "test": trained.test_split}
+    pairs = {
+      name: loaded.get(split)
+      or datasets.load_pairs(trained.dataset, split, trained.data_dir, trained.manual_dir)
+      for name, split in wanted.items()
+    }
+    train, _ = training_pairs(trained, pairs)  # the train split first, then the extra data
+    return train, len(pairs["train"])
 
 
 def _seeds_and_ensemble(
