@@ -395,6 +395,16 @@ class SentencePairs:
   def __len__(self) -> int:
     return len(self.ids)
 
+  def take(self, keep: list[int]) -> SentencePairs:
+    """The rows at positions `keep`, in that order."""
+    return SentencePairs(
+      sentence1=[self.sentence1[i] for i in keep],
+      sentence2=[self.sentence2[i] for i in keep],
+      score=self.score[keep],
+      ids=[self.ids[i] for i in keep],
+      index=self.index[keep],
+    )
+
 
 def _builder_class(dataset: str) -> type[_SentencePairBuilder]:
   known = {**DATASETS, **AUXILIARY}

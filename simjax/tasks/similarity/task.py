@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Callable
 
@@ -196,7 +197,7 @@ def training_pairs(
         **provenance,
       }
     )
-    parts.append(_rows(extra, keep))
+    parts.append(extra.take(keep))
   if len(parts) == 1:
     return train, record
   merged = datasets.SentencePairs(
@@ -207,16 +208,6 @@ def training_pairs(
     index=np.concatenate([p.index for p in parts]),
   )
   return merged, record
-
-
-def _rows(pairs: datasets.SentencePairs, keep: list[int]) -> datasets.SentencePairs:
-  return datasets.SentencePairs(
-    sentence1=[pairs.sentence1[i] for i in keep],
-    sentence2=[pairs.sentence2[i] for i in keep],
-    score=pairs.score[keep],
-    ids=[pairs.ids[i] for i in keep],
-    index=pairs.index[keep],
-  )
 
 
 def _nltk_data(data_dir: str | None) -> str:
@@ -310,25 +301,17 @@ def _replica_train_step(state: TrainState, batch: dict[str, jax.Array]):
   return state.apply_gradients(grads), {"loss": loss, "squared_error": squared_error, "weight": weight}
 
 
-def _replica_eval_step(state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
+def _replica_eval_step(
+  state: TrainState, batch: dict[str, jax.Array], method: str | None = None
+) -> jax.Array:
   return state.apply_fn(
     {"params": state.params},
     batch["ids_a"],
     batch["lengths_a"],
     batch["ids_b"],
     batch["lengths_b"],
-    train=False,
-  )
-
-
-def _replica_transfer_step(state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
-  return state.apply_fn(
-    {"params": state.params},
-    batch["ids_a"],
-    batch["lengths_a"],
-    batch["ids_b"],
-    batch["lengths_b"],
-    method="head_and_cosine",
+    # A method other than __call__ (head_and_cosine) only evaluates: it takes no `train`.
+    **({"method": method} if method else {"train": False}),
   )
 
 
@@ -337,7 +320,9 @@ train_step = jax.jit(jax.vmap(_replica_train_step))
 # Every replica scores the same batch: [replicas, batch].
 eval_step = jax.jit(jax.vmap(_replica_eval_step, in_axes=(0, None)))
 # Every replica's head score and sentence-vector cosine of the same batch: [replicas, 2, batch].
-transfer_step = jax.jit(jax.vmap(_replica_transfer_step, in_axes=(0, None)))
+transfer_step = jax.jit(
+  jax.vmap(functools.partial(_replica_eval_step, method="head_and_cosine"), in_axes=(0, None))
+)
 
 
 def programs(

@@ -96,9 +96,7 @@ def load_sets(
             "in the manual dir and delete the prepared semeval_sts folder"
           )
         keep = rows[(year, subset)][: max_pairs or None]
-        sets.append(
-          EvalSet(group, subset, _rows(semeval, keep), unscored.get(f"{year}/{subset}.test.tsv", 0))
-        )
+        sets.append(EvalSet(group, subset, semeval.take(keep), unscored.get(f"{year}/{subset}.test.tsv", 0)))
   for (group, name), (dataset, split) in BENCHMARK_SETS.items():
     if group in groups:
       sliced = f"{split}[:{max_pairs}]" if max_pairs else split
@@ -116,16 +114,6 @@ def source_checksums(sets: list[EvalSet], data_dir: str | None, manual_dir: str 
   }
 
 
-def _rows(pairs: datasets.SentencePairs, keep: list[int]) -> datasets.SentencePairs:
-  return datasets.SentencePairs(
-    sentence1=[pairs.sentence1[i] for i in keep],
-    sentence2=[pairs.sentence2[i] for i in keep],
-    score=pairs.score[keep],
-    ids=[pairs.ids[i] for i in keep],
-    index=pairs.index[keep],
-  )
-
-
 def remove_seen(sets: list[EvalSet], seen: set[tuple[str, str]]) -> list[EvalSet]:
   """Each set without the pairs in `seen` (leakage.pair_key keys of an encoder's training pairs),
   with the number removed."""
@@ -133,7 +121,7 @@ def remove_seen(sets: list[EvalSet], seen: set[tuple[str, str]]) -> list[EvalSet
   for s in sets:
     keys = leakage.keys(s.pairs.sentence1, s.pairs.sentence2)
     keep = [i for i, key in enumerate(keys) if key not in seen]
-    kept.append(dataclasses.replace(s, pairs=_rows(s.pairs, keep), removed=s.removed + len(keys) - len(keep)))
+    kept.append(dataclasses.replace(s, pairs=s.pairs.take(keep), removed=s.removed + len(keys) - len(keep)))
   return kept
 
 
