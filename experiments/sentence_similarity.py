@@ -42,6 +42,8 @@ flags.DEFINE_integer(
   lower_bound=0,
 )
 
+TRANSFER_FLAGS = ("transfer_encoder", "transfer_sets", "transfer_max_pairs")
+
 DEFAULT_EVAL_SPLIT = "validation"  # dev: model selection and the plateau schedule
 
 
@@ -74,7 +76,17 @@ def owns(config: dict) -> bool:
   return "cell" in config.get("model", {})
 
 
+def _refuse_transfer_flags() -> None:
+  """The --transfer_* flags would be ignored without a word in the other modes."""
+  given = [f"--{name}" for name in TRANSFER_FLAGS if FLAGS[name].present]
+  if given:
+    raise ValueError(
+      f"{', '.join(given)} only apply with --mode=transfer, not --mode={FLAGS.mode}: drop them"
+    )
+
+
 def train() -> None:
+  _refuse_transfer_flags()
   train_config = cli_flags.config_from_flags(training.TrainConfig)
   task = training.SimilarityTask(
     model_config_for,
@@ -110,6 +122,7 @@ def _data_settings() -> dict:
 
 
 def evaluate() -> None:
+  _refuse_transfer_flags()
   settings = _data_settings()
   results = workdirs.evaluate_workdir(workdir(), lambda path: training.load_trained(path, **settings))
   for split, count in results["training_overlap"]["extra"].items():
@@ -123,6 +136,7 @@ def evaluate() -> None:
 
 
 def predict(paths: list[str]) -> None:
+  _refuse_transfer_flags()
   if len(paths) > 1:
     raise ValueError("predict reads one TSV file (or stdin): pass one path, '-' or nothing")
   path = paths[0] if paths else "-"

@@ -255,6 +255,11 @@ def test_a_killed_run_resumes_to_the_same_numbers_and_eval_and_predict_use_a_tra
   assert [s["set"] for s in record["sets"]] == ["FNWN", "headlines", "OnWN", "dev", "test"]
   # An STS-B model trained on train[:128]: whatever of the first dev and test pairs it holds is gone.
   assert all(s["pairs"] + s["removed_training_pairs"] == 16 for s in record["sets"])
+  ignored = _run("--mode=eval", f"--workdir={workdir}", "--transfer_sets=STS13", *where)
+  assert (
+    ignored.stderr.strip()
+    == "error: --transfer_sets only apply with --mode=transfer, not --mode=eval: drop them"
+  )
   other = _run(
     "--mode=transfer", f"--workdir={workdir}", "--transfer_sets=STS13", "--transfer_max_pairs=16", *where
   )
