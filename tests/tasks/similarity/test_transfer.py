@@ -119,7 +119,7 @@ def test_a_year_is_reported_pooled_and_as_the_mean_and_weighted_mean_of_its_subs
     gold = next(s.pairs.score for s in sets if s.pairs.sentence1 == first)
     return {"cosine": np.stack([gold + 3 * noise[len(first)], -gold])}
 
-  record = transfer.score_sets(sets, scorer)
+  record = transfer.score_sets(sets, scorer, known={"a"}.__contains__)
   assert list(record["years"]) == ["STS13"]  # a year of subsets; STS-B and SICK-R are sets of their own
   year = record["years"]["STS13"]["scores"]["cosine"]
   gold = np.concatenate([s.pairs.score for s in sets[:2]])
@@ -131,9 +131,16 @@ def test_a_year_is_reported_pooled_and_as_the_mean_and_weighted_mean_of_its_subs
   for figure, value in seed0.items():  # the seeds' mean: seed 1 scores -1 on every subset
     assert year[figure]["spearman"] == pytest.approx((value - 1.0) / 2)
   assert record["sets"][0]["unscored_rows_skipped"] == 3
+  # "s0 a" / "t0 b": one word of four known, every second sentence without one.
+  assert record["sets"][0]["unknown_token_fraction"] == 0.75
+  assert (
+    record["sets"][0]["sentences_without_a_known_word"] == 20 and record["sets"][0]["empty_sentences"] == 0
+  )
 
   lines = transfer_table.set_lines(record)
-  assert lines[0].startswith("| set | pairs | removed (trained on) | unscored rows skipped | cosine Spearman")
+  assert lines[0].startswith(
+    "| set | pairs | removed (trained on) | unscored rows skipped | unknown words | cosine Spearman"
+  )
   assert [line.split(" | ")[0] for line in lines[2:]] == [
     "| STS13 one", "| STS13 two", "| **STS13 all**", "| **STS13 mean**", "| **STS13 wmean**", "| SICK-R test"
   ]  # fmt: skip
