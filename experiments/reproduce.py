@@ -1047,7 +1047,7 @@ def reproduce(argv_command: str) -> str:
       f"is far faster for the CNNs){at_once}. Interrupt at any time: rerunning resumes."
     )
   elif todo:
-    print("expected duration: under 10 minutes on a 2-core CPU")
+    print("expected duration: about 14 minutes on a 2-core CPU (measured: docs/reproduce.md)")
   for i, e in enumerate(experiments, 1):
     if e not in todo:
       print(f"[{i}/{len(experiments)}] {e.name}: done, skipped")
