@@ -131,10 +131,11 @@ def _on_stop_signal(signum, frame) -> None:
   raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
-def run_mode(fn: Callable[[], None]) -> None:
+def run_mode(fn: Callable[[], None], *, trains: bool = True) -> None:
   """Runs `fn`; expected failures become one line on stderr and exit status 1; Ctrl-C and
   SIGTERM stop it with one line (exit status 130 and 143), a training run after saving
-  the step in progress (see _on_stop_signal)."""
+  the step in progress (see _on_stop_signal). `trains`: whether `fn` trains (a command that
+  only reads a workdir and writes its record at the end loses nothing but the time)."""
   handlers = {sig: signal.signal(sig, _on_stop_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
   try:
     fn()
@@ -146,9 +147,12 @@ def run_mode(fn: Callable[[], None]) -> None:
     _exit_at_once(f"error: {error_line(e)}", 1)
   except KeyboardInterrupt as e:
     terminated = isinstance(e, Terminated)
+    stopped = "terminated (SIGTERM)" if terminated else "interrupted"
     lost = (
-      f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: the steps since the last checkpoint "
-      "are lost; rerun the same command to resume from the last checkpoint"
+      f"{stopped}: the steps since the last checkpoint are lost; rerun the same command to resume "
+      "from the last checkpoint"
+      if trains
+      else f"{stopped}: nothing was written; rerun the same command"
     )
     # str(e): the raiser's own account (e.g. reproduce's: its run saved and stopped).
     _exit_at_once(f"\n{str(e) or lost}", 143 if terminated else 130)

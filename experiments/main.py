@@ -48,7 +48,7 @@ def main(argv):
     lifecycle.apply_compilation_cache()  # inside run_mode: an unusable folder is one error line
     modes[FLAGS.mode]()
 
-  lifecycle.run_mode(run)
+  lifecycle.run_mode(run, trains=FLAGS.mode == "train")
 
 
 def _task_name() -> str:

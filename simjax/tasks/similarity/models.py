@@ -163,10 +163,7 @@ class SimilarityHead(nn.Module):
         distance = distance * jnp.exp((power - 1.0) * jnp.log(float(u.shape[-1])))
       similarity = jnp.exp(-distance)
     elif cfg.head == "cosine":
-      # sqrt(x + eps), not norm(): the norm's gradient is NaN at a zero vector (an empty sentence).
-      norms = jnp.sqrt(jnp.sum(u * u, -1) * jnp.sum(v * v, -1) + 1e-12)
-      cosine = jnp.sum(u * v, -1) / norms
-      similarity = (cosine + 1.0) / 2.0
+      similarity = (cosine(u, v) + 1.0) / 2.0
     else:
       features = jnp.concatenate([jnp.abs(u - v), u * v], axis=-1)
       hidden = nn.tanh(nn.Dense(cfg.mlp_hidden, name="hidden")(features))
@@ -187,22 +184,27 @@ class SiameseSimilarity(nn.Module):
     if ids_a.shape != ids_b.shape or (train and draws_dropout(self.config)):
       # Each sentence draws its own dropout masks, as it always has (fixed-seed runs unchanged).
       return self.head(self.encode(ids_a, lengths_a, train=train), self.encode(ids_b, lengths_b, train=train))
-    # Both sentences of every pair in one scan over time: half the sequential steps, each on a
-    # batch twice as large (the recurrence, not the arithmetic, is what a CPU waits on).
-    both = self.encode(jnp.concatenate([ids_a, ids_b]), jnp.concatenate([lengths_a, lengths_b]), train=train)
-    u, v = jnp.split(both, 2)
-    return self.head(u, v)
+    return self.head(*self.encode_pairs(ids_a, lengths_a, ids_b, lengths_b, train=train))
 
   def encode(self, token_ids, lengths, *, train: bool = False) -> jax.Array:
     return self.encoder(token_ids, lengths, train=train)
 
-  def head_and_cosine(self, ids_a, lengths_a, ids_b, lengths_b) -> jax.Array:
+  def encode_pairs(self, ids_a, lengths_a, ids_b, lengths_b, *, train: bool = False):
+    """Both sentences of every pair in one scan over time: half the sequential steps, each on a
+    batch twice as large (the recurrence, not the arithmetic, is what a CPU waits on)."""
+    both = self.encode(jnp.concatenate([ids_a, ids_b]), jnp.concatenate([lengths_a, lengths_b]), train=train)
+    return jnp.split(both, 2)
+
+  def head_and_cosine(self, ids_a, lengths_a, ids_b, lengths_b, *, train: bool = False) -> jax.Array:
     """[2, B]: the head's score and the cosine of the two sentence vectors (evaluation)."""
-    both = self.encode(jnp.concatenate([ids_a, ids_b]), jnp.concatenate([lengths_a, lengths_b]))
-    u, v = jnp.split(both, 2)
-    # sqrt(x + eps) as in the cosine head: a zero vector scores 0, not NaN.
-    cosine = jnp.sum(u * v, -1) / jnp.sqrt(jnp.sum(u * u, -1) * jnp.sum(v * v, -1) + 1e-12)
-    return jnp.stack([self.head(u, v), cosine])
+    u, v = self.encode_pairs(ids_a, lengths_a, ids_b, lengths_b, train=train)
+    return jnp.stack([self.head(u, v), cosine(u, v)])
+
+
+def cosine(u: jax.Array, v: jax.Array) -> jax.Array:
+  """Row-wise cosine similarity. sqrt(x + eps), not norm(): the norm's gradient is NaN at a zero
+  vector (an empty sentence), and a zero vector scores 0."""
+  return jnp.sum(u * v, -1) / jnp.sqrt(jnp.sum(u * u, -1) * jnp.sum(v * v, -1) + 1e-12)
 
 
 def draws_dropout(config: ModelConfig) -> bool:

@@ -304,14 +304,15 @@ def _replica_train_step(state: TrainState, batch: dict[str, jax.Array]):
 def _replica_eval_step(
   state: TrainState, batch: dict[str, jax.Array], method: str | None = None
 ) -> jax.Array:
+  """The model's scores of `batch` (`method`: another scoring method of the model than __call__)."""
   return state.apply_fn(
     {"params": state.params},
     batch["ids_a"],
     batch["lengths_a"],
     batch["ids_b"],
     batch["lengths_b"],
-    # A method other than __call__ (head_and_cosine) only evaluates: it takes no `train`.
-    **({"method": method} if method else {"train": False}),
+    train=False,
+    method=method,
   )
 
 

@@ -74,9 +74,7 @@ def load_sets(
 ) -> list[EvalSet]:
   """Every evaluation set of `groups`, in table order; `max_pairs` > 0 keeps the first so many
   pairs of each (a quick check of the pipeline, not a figure to compare)."""
-  unknown = sorted(set(groups) - set(GROUPS))
-  if unknown:
-    raise datasets.DataError(f"unknown transfer sets {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
+  check_groups(groups)
   sets = []
   if any(g in STS_YEARS for g in groups):
     semeval = datasets.load_pairs("semeval_sts", "train", data_dir, manual_dir)
@@ -102,6 +100,12 @@ def load_sets(
       sliced = f"{split}[:{max_pairs}]" if max_pairs else split
       sets.append(EvalSet(group, name, datasets.load_pairs(dataset, sliced, data_dir, manual_dir), 0))
   return sets
+
+
+def check_groups(groups: tuple[str, ...]) -> None:
+  unknown = sorted(set(groups) - set(GROUPS))
+  if unknown:
+    raise datasets.DataError(f"unknown transfer sets {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
 
 
 def source_checksums(sets: list[EvalSet], data_dir: str | None, manual_dir: str | None) -> dict[str, str]:
@@ -351,6 +355,7 @@ def transfer_baseline(
 
 def _settings(encoder: str, word_vectors: str | None, groups, max_pairs: int) -> dict[str, Any]:
   """What a record is of: rerunning with these replaces it, with others is refused."""
+  check_groups(groups)  # before a record is compared with them
   return {
     "encoder": encoder,
     **({"word_vectors": word_vectors} if word_vectors else {}),

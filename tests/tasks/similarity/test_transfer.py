@@ -79,6 +79,10 @@ def test_a_trained_workdir_is_scored_on_every_set_without_the_pairs_it_trained_o
     transfer.transfer_trained(
       str(workdir), batch_size=16, data_dir=data_dir, manual_dir=manual_dir, max_pairs=8
     )
+  with pytest.raises(datasets.DataError, match="unknown transfer sets STS99; choose from STS12, "):
+    transfer.transfer_trained(
+      str(workdir), batch_size=16, data_dir=data_dir, manual_dir=manual_dir, groups=("STS99",)
+    )
   assert open(path).read() == before
 
 
